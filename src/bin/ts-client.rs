@@ -1,0 +1,43 @@
+//! `ts-client`: a virtual clock that reports itself and follows the master.
+
+use anyhow::Context;
+use clap::Parser;
+use std::process::ExitCode;
+use time_sync::config::ClientConfig;
+
+/// time-sync client: keeps a virtual clock in sync with the cluster's master.
+#[derive(Parser)]
+#[command(name = "ts-client", version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: ClientConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ts-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(mut config: ClientConfig) -> anyhow::Result<()> {
+    config.validate()?;
+    // The id names the log file, so it is fixed before logging starts.
+    let id = *config.id.get_or_insert_with(uuid::Uuid::new_v4);
+    let _guard = time_sync::logging::init(&config.log_dir, &id.to_string())
+        .context("cannot open the client log")?;
+    // One thread: a client does little work, and a small footprint matters with many per host.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let shutdown = time_sync::shutdown::on_signals();
+        time_sync::client::run(config, shutdown).await
+    })?;
+    Ok(())
+}

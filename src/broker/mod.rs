@@ -1,0 +1,211 @@
+//! RabbitMQ: connecting with backoff, declaring the topology, publishing typed messages.
+//!
+//! lapin's own auto-recovery is not used. Each long-running task runs *sessions*: connect (with
+//! growing backoff), declare what it needs, work until the connection fails or shutdown is asked,
+//! then start over. A new session re-declares everything, which is what a client's server-named
+//! queue needs anyway (the old one died with the connection), and it keeps recovery logic in one
+//! visible loop instead of inside the library.
+
+use crate::backoff::Backoff;
+use crate::config::endpoint_of;
+use crate::error::Result;
+use crate::protocol::{self, REPORTS_QUEUE, UPDATES_EXCHANGE};
+use lapin::options::{
+    BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// AMQP frame size we ask for. lapin keeps send and receive buffers of 32 frames each, so the
+/// broker's default (128 KiB) costs 8 MiB per connection; every time-sync message fits in
+/// [`protocol::MAX_MESSAGE_BYTES`], far below this.
+pub const FRAME_MAX: u32 = 8192;
+
+/// Parses an AMQP URL and applies [`FRAME_MAX`] unless the URL sets its own `frame_max`.
+pub fn parse_url(url: &str) -> Result<lapin::uri::AMQPUri> {
+    let mut uri: lapin::uri::AMQPUri = url
+        .parse()
+        .map_err(|e| crate::Error::Config(format!("bad AMQP URL: {e}")))?;
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(FRAME_MAX);
+    }
+    Ok(uri)
+}
+
+/// Connects to `url`, retrying with growing delays until it works or `shutdown` fires (then
+/// `None`). Every failure is logged as `Failed connecting to HOST:PORT, retrying in Ns`.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> Option<Connection> {
+    let endpoint = endpoint_of(url);
+    let uri = match parse_url(url) {
+        Ok(uri) => uri,
+        Err(e) => {
+            tracing::error!("{e}");
+            return None;
+        }
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = Connection::connect_uri(uri.clone(), props) => r,
+        };
+        match attempt {
+            Ok(conn) => {
+                info!(broker = %endpoint, "connected to RabbitMQ");
+                return Some(conn);
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(
+                    error = %e,
+                    "Failed connecting to {endpoint}, retrying in {}s",
+                    delay.as_secs()
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Declares the durable reports queue. Clients declare it too, so that reports published before
+/// the server first starts are kept rather than dropped (a defect of the seed).
+pub async fn declare_reports_queue(ch: &Channel) -> Result<()> {
+    ch.queue_declare(
+        REPORTS_QUEUE.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Declares the durable fanout exchange that carries master updates.
+pub async fn declare_updates_exchange(ch: &Channel) -> Result<()> {
+    ch.exchange_declare(
+        UPDATES_EXCHANGE.into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Declares a server-named, exclusive, auto-delete queue bound to the updates exchange and
+/// returns its name. The broker deletes it when the connection goes, so a removed client leaves
+/// nothing behind.
+pub async fn declare_update_listener(ch: &Channel) -> Result<String> {
+    declare_updates_exchange(ch).await?;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let name = q.name().to_string();
+    ch.queue_bind(
+        name.as_str().into(),
+        UPDATES_EXCHANGE.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(name)
+}
+
+/// Publishes a protocol message as transient JSON. Without publisher confirms the returned future
+/// resolves once the frame is handed to the connection; losing a report or an update in a broker
+/// outage is acceptable because the next one follows within a tick.
+pub async fn publish<T: Serialize>(
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    msg: &T,
+) -> Result<()> {
+    let body = protocol::encode(msg);
+    ch.basic_publish(
+        exchange.into(),
+        routing_key.into(),
+        BasicPublishOptions::default(),
+        &body,
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(1),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Closes a channel and its connection politely, ignoring errors: used on the way out, when the
+/// peer may already be gone.
+pub async fn close(ch: Option<&Channel>, conn: &Connection) {
+    if let Some(ch) = ch {
+        let _ = ch.close(200, "bye".into()).await;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// Pause between a failed session and the next connection attempt, so a session that fails at
+/// once (say, a declaration the broker refuses) cannot spin.
+pub const SESSION_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest wait for a polite close; a dead peer gets no more than this.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs `session` on a fresh connection until shutdown, reconnecting after every failure.
+///
+/// `session` returns `Ok(())` only when it stopped because of shutdown; any `Err` means "the
+/// connection is unusable", is logged, and starts a new session.
+pub async fn run_sessions<F, Fut>(
+    url: &str,
+    name: &str,
+    shutdown: &CancellationToken,
+    mut session: F,
+) where
+    F: FnMut(std::sync::Arc<Connection>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    loop {
+        let Some(conn) = connect(url, name, shutdown).await else {
+            return;
+        };
+        let conn = std::sync::Arc::new(conn);
+        let outcome = session(conn.clone()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close(None, &conn)).await;
+        match outcome {
+            Ok(()) => return,
+            Err(e) => {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                warn!(error = %e, "{name}: broker session ended; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(SESSION_RETRY_DELAY) => {}
+                }
+            }
+        }
+    }
+}

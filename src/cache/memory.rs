@@ -1,0 +1,70 @@
+//! In-memory [`ReportStore`] with TTLs against an injected clock, for unit tests.
+
+use super::ReportStore;
+use crate::clock::Clock;
+use crate::error::Result;
+use crate::protocol::{MasterRecord, StoredReport};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A map of reports with expiry times, plus the master record.
+#[derive(Clone)]
+pub struct MemoryStore<C: Clock + Clone> {
+    clock: C,
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    reports: HashMap<Uuid, (StoredReport, i64)>,
+    master: Option<MasterRecord>,
+    stats: Vec<(&'static str, u64)>,
+}
+
+impl<C: Clock + Clone> MemoryStore<C> {
+    pub fn new(clock: C) -> Self {
+        MemoryStore {
+            clock,
+            inner: Arc::default(),
+        }
+    }
+}
+
+impl<C: Clock + Clone> ReportStore for MemoryStore<C> {
+    async fn store_reports(&self, reports: &[StoredReport], ttl: Duration) -> Result<()> {
+        let expires = self.clock.now_us() + ttl.as_micros() as i64;
+        let mut inner = self.inner.lock().expect("not poisoned");
+        for r in reports {
+            inner.reports.insert(r.report.id, (r.clone(), expires));
+        }
+        Ok(())
+    }
+
+    async fn live_reports(&self) -> Result<Vec<StoredReport>> {
+        let now = self.clock.now_us();
+        let mut inner = self.inner.lock().expect("not poisoned");
+        inner.reports.retain(|_, (_, exp)| *exp > now);
+        Ok(inner.reports.values().map(|(r, _)| r.clone()).collect())
+    }
+
+    async fn master(&self) -> Result<Option<MasterRecord>> {
+        Ok(self.inner.lock().expect("not poisoned").master.clone())
+    }
+
+    async fn set_master(&self, master: &MasterRecord) -> Result<()> {
+        self.inner.lock().expect("not poisoned").master = Some(master.clone());
+        Ok(())
+    }
+
+    async fn write_stats(
+        &self,
+        _server_id: &Uuid,
+        stats: &[(&'static str, u64)],
+        _ttl: Duration,
+    ) -> Result<()> {
+        self.inner.lock().expect("not poisoned").stats = stats.to_vec();
+        Ok(())
+    }
+}

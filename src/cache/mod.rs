@@ -1,0 +1,45 @@
+//! The report store: each client's latest report (with a TTL) and the current master.
+//!
+//! [`RedisStore`] is the real one. [`MemoryStore`] keeps the same semantics (TTL against an
+//! injected clock) for unit tests of the server's logic; integration tests always use Redis.
+//!
+//! Liveness *is* the TTL: a client is live while its key exists, so no sweeper is needed, and a
+//! key that expires between listing and reading is simply skipped (the seed crashed on it).
+
+mod memory;
+mod redis_store;
+
+pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
+
+use crate::error::Result;
+use crate::protocol::{MasterRecord, StoredReport};
+use std::future::Future;
+use std::time::Duration;
+
+/// Storage the server needs. Cloning shares the underlying connection or map.
+pub trait ReportStore: Clone + Send + Sync + 'static {
+    /// Stores each report under its client's key with `ttl`, in one round trip.
+    fn store_reports(
+        &self,
+        reports: &[StoredReport],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// All reports whose keys have not expired, in no particular order.
+    fn live_reports(&self) -> impl Future<Output = Result<Vec<StoredReport>>> + Send;
+
+    /// The current master, if one was ever stored.
+    fn master(&self) -> impl Future<Output = Result<Option<MasterRecord>>> + Send;
+
+    /// Replaces the current master.
+    fn set_master(&self, master: &MasterRecord) -> impl Future<Output = Result<()>> + Send;
+
+    /// Publishes a server's counters under `ts:stats:<server_id>`, expiring after `ttl`.
+    fn write_stats(
+        &self,
+        server_id: &uuid::Uuid,
+        stats: &[(&'static str, u64)],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+}

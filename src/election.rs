@@ -1,0 +1,169 @@
+//! Master election: which client's clock everyone follows.
+//!
+//! The rule is the seed's, "the live client with the lowest IP", done properly: addresses are
+//! compared as numbers, never as strings or concatenated digits (the seed ranked `10.0.1.2` below
+//! `10.0.0.100`). Every IPv4 address ranks below every IPv6 address (IPv4-mapped IPv6 addresses
+//! count as IPv4); ties, e.g. two processes advertising one address, are broken by the id's
+//! 128-bit value so every server replica picks the same master.
+//!
+//! A master, once elected, keeps the role while its reports keep arriving, even if a lower
+//! address joins: re-electing on every join would make every client chase a new reference.
+//! [`decide`] is the scheduler's whole decision and has no I/O.
+
+use crate::protocol::{MasterRecord, StoredReport};
+use std::net::IpAddr;
+use uuid::Uuid;
+
+/// A sort key in which "lower" means "preferred as master".
+pub fn ip_rank(ip: &IpAddr) -> (u8, u128) {
+    match ip {
+        IpAddr::V4(v4) => (0, u128::from(u32::from(*v4))),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => (0, u128::from(u32::from(v4))),
+            None => (1, u128::from(*v6)),
+        },
+    }
+}
+
+/// The preferred master among `candidates` (id, ip), or `None` when there are none.
+pub fn lowest_ip<'a, I>(candidates: I) -> Option<(Uuid, IpAddr)>
+where
+    I: IntoIterator<Item = (&'a Uuid, &'a IpAddr)>,
+{
+    candidates
+        .into_iter()
+        .min_by_key(|(id, ip)| (ip_rank(ip), id.as_u128()))
+        .map(|(id, ip)| (*id, *ip))
+}
+
+/// What the scheduler should do this tick.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision<'a> {
+    /// No live client: publish nothing.
+    NoClients,
+    /// The current master is alive: broadcast its time.
+    Keep(&'a StoredReport),
+    /// Store this client as the new master, then broadcast its time. `previous` is the master it
+    /// replaces, if there was one.
+    Elect {
+        master: &'a StoredReport,
+        previous: Option<Uuid>,
+    },
+}
+
+/// Decides from the stored master (if any) and the live reports (whose keys have not expired).
+pub fn decide<'a>(current: Option<&MasterRecord>, live: &'a [StoredReport]) -> Decision<'a> {
+    if let Some(cur) = current {
+        if let Some(r) = live.iter().find(|r| r.report.id == cur.id) {
+            return Decision::Keep(r);
+        }
+    }
+    let Some((id, _)) = lowest_ip(live.iter().map(|r| (&r.report.id, &r.report.ip))) else {
+        return Decision::NoClients;
+    };
+    let master = live
+        .iter()
+        .find(|r| r.report.id == id)
+        .expect("lowest_ip returns one of the candidates");
+    Decision::Elect {
+        master,
+        previous: current.map(|c| c.id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{TimeReport, PROTOCOL_VERSION};
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn lowest_ip_is_numeric() {
+        // (candidates, expected winner index)
+        let table: &[(&[&str], usize)] = &[
+            (&["10.0.1.2", "10.0.0.100"], 1),
+            (&["172.17.0.10", "172.17.0.9"], 1),
+            (&["9.255.255.255", "10.0.0.0"], 0),
+            (&["127.0.0.12", "127.0.0.2", "127.0.0.100"], 1),
+            (&["::1", "255.255.255.255"], 1),
+            (&["fe80::1", "::2", "fe80::"], 1),
+            (&["::ffff:10.0.0.1", "10.0.0.2"], 0),
+            (&["2001:db8::10", "2001:db8::9"], 1),
+        ];
+        for (ips, want) in table {
+            let ids: Vec<Uuid> = (0..ips.len() as u128).map(id).collect();
+            let parsed: Vec<IpAddr> = ips.iter().map(|s| s.parse().unwrap()).collect();
+            let (winner, _) = lowest_ip(ids.iter().zip(parsed.iter())).unwrap();
+            assert_eq!(winner, ids[*want], "{ips:?}");
+        }
+    }
+
+    #[test]
+    fn ties_broken_by_numeric_id() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let ids = [id(0x10), id(0x9), id(0x100)];
+        let (winner, _) = lowest_ip(ids.iter().map(|i| (i, &ip))).unwrap();
+        assert_eq!(winner, id(0x9));
+    }
+
+    #[test]
+    fn empty_has_no_winner() {
+        assert_eq!(lowest_ip(std::iter::empty()), None);
+    }
+
+    fn stored(n: u128, ip: &str) -> StoredReport {
+        StoredReport {
+            report: TimeReport {
+                v: PROTOCOL_VERSION,
+                id: id(n),
+                ip: ip.parse().unwrap(),
+                time_us: 0,
+                seq: 1,
+                master_id: None,
+                master_time_us: None,
+                true_offset_us: None,
+            },
+            received_at_us: 0,
+        }
+    }
+
+    fn record(n: u128, ip: &str) -> MasterRecord {
+        MasterRecord {
+            id: id(n),
+            ip: ip.parse().unwrap(),
+            elected_at_us: 0,
+        }
+    }
+
+    #[test]
+    fn scheduler_decisions() {
+        let live = vec![stored(1, "10.0.0.5"), stored(2, "10.0.0.3")];
+        // No clients at all.
+        assert_eq!(decide(None, &[]), Decision::NoClients);
+        assert_eq!(decide(Some(&record(1, "10.0.0.5")), &[]), Decision::NoClients);
+        // No master yet: lowest IP.
+        assert_eq!(
+            decide(None, &live),
+            Decision::Elect {
+                master: &live[1],
+                previous: None
+            }
+        );
+        // A live master is kept even though a lower IP exists.
+        assert_eq!(
+            decide(Some(&record(1, "10.0.0.5")), &live),
+            Decision::Keep(&live[0])
+        );
+        // An expired master is replaced by the lowest live IP.
+        assert_eq!(
+            decide(Some(&record(9, "10.0.0.1")), &live),
+            Decision::Elect {
+                master: &live[1],
+                previous: Some(id(9))
+            }
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! The wire protocol: names of queues, exchanges and Redis keys, and the two messages.
+//!
+//! Everything that crosses a process boundary is defined here and nowhere else, and every
+//! message goes through [`encode`] / [`decode`] so that size limits, version checks and JSON
+//! parsing are enforced at one choke point. `docs/PROTOCOL.md` documents this file field by
+//! field; keep the two in step.
+//!
+//! Times are integers in **microseconds since the Unix epoch** (`*_us`). Microseconds keep every
+//! value below 2^53, so a JavaScript or Python client can use plain numbers, and they resolve the
+//! sub-millisecond errors this system is measured in.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::net::IpAddr;
+use uuid::Uuid;
+
+/// Version of the message format. Decoders reject any other value: a newer peer's message is
+/// counted as rejected rather than misread.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Durable queue (default exchange, routing key = queue name) that every client publishes its
+/// [`TimeReport`] to and the server's workers consume from.
+pub const REPORTS_QUEUE: &str = "ts.reports";
+
+/// Fanout exchange the server publishes [`MasterUpdate`]s to. Each client binds its own
+/// server-named, exclusive, auto-delete queue to it.
+pub const UPDATES_EXCHANGE: &str = "ts.master_updates";
+
+/// Redis key prefix of a client's latest report: `ts:client:<id>` holds a [`StoredReport`] as
+/// JSON with a TTL (the liveness window).
+pub const CLIENT_KEY_PREFIX: &str = "ts:client:";
+
+/// Redis key holding the current [`MasterRecord`] as JSON, without TTL: the master stays master
+/// until its own client key expires.
+pub const MASTER_KEY: &str = "ts:master";
+
+/// Redis key prefix of a server's counters: `ts:stats:<server_id>` is a hash (see
+/// [`crate::server::Metrics`]) rewritten every scheduler tick, expiring when the server is gone.
+pub const STATS_KEY_PREFIX: &str = "ts:stats:";
+
+/// Largest message accepted, in bytes. A report is ~300 bytes; anything this large is abuse.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Redis key of a client's latest report.
+pub fn client_key(id: &Uuid) -> String {
+    format!("{CLIENT_KEY_PREFIX}{id}")
+}
+
+/// A client's periodic report of its clock, published to [`REPORTS_QUEUE`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeReport {
+    /// Always [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The client's id.
+    pub id: Uuid,
+    /// The address the client advertises; master election compares these numerically.
+    pub ip: IpAddr,
+    /// The client's clock at the moment of sending (µs since epoch). This is also the report's
+    /// send timestamp, in the client's own time frame.
+    pub time_us: i64,
+    /// Per-client counter, +1 per report, starting at 1 when the process starts.
+    pub seq: u64,
+    /// Master named by the latest update the client applied (its own id if it is the master).
+    pub master_id: Option<Uuid>,
+    /// Master time carried by that update (µs since epoch).
+    pub master_time_us: Option<i64>,
+    /// Diagnostic: client clock minus the host's realtime clock (µs). Meaningful only to compare
+    /// clients that share one host clock (containers or processes on one machine).
+    #[serde(default)]
+    pub true_offset_us: Option<i64>,
+}
+
+/// What the server stores in Redis for each client: the report plus when the server got it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredReport {
+    /// The report as received.
+    pub report: TimeReport,
+    /// Server clock when the worker received the report (µs since epoch).
+    pub received_at_us: i64,
+}
+
+impl StoredReport {
+    /// The client's clock minus the server's, as seen at receipt: the report's transit time is
+    /// folded in (a few hundred µs on one host). Used to extrapolate the master's clock to "now".
+    pub fn offset_to_server_us(&self) -> i64 {
+        self.report.time_us - self.received_at_us
+    }
+}
+
+/// The current master client, stored under [`MASTER_KEY`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MasterRecord {
+    pub id: Uuid,
+    pub ip: IpAddr,
+    /// Server clock when this client was elected (µs since epoch).
+    pub elected_at_us: i64,
+}
+
+/// The master's time, broadcast through [`UPDATES_EXCHANGE`] once per scheduler tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterUpdate {
+    /// Always [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// Id of the server process that sent it (new on every server start).
+    pub server_id: Uuid,
+    /// Per-server counter, +1 per update.
+    pub seq: u64,
+    pub master_id: Uuid,
+    pub master_ip: IpAddr,
+    /// The master's clock extrapolated to `server_time_us` (µs since epoch).
+    pub master_time_us: i64,
+    /// Server clock when the update was sent (µs since epoch).
+    pub server_time_us: i64,
+}
+
+/// Why a message was rejected. Each variant is a counter in the server's stats.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("message of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("unsupported protocol version {0} (expected {PROTOCOL_VERSION})")]
+    Version(u64),
+    #[error("malformed: {0}")]
+    Malformed(String),
+}
+
+impl DecodeError {
+    /// Short stable name, used as a counter label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge(_) => "too_large",
+            DecodeError::Version(_) => "bad_version",
+            DecodeError::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// Serializes a message. Infallible for the types in this module.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    serde_json::to_vec(msg).expect("protocol messages always serialize")
+}
+
+/// Parses a message, enforcing the size limit and the version before the schema, so that a
+/// newer peer's message is reported as a version mismatch rather than as garbage.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    #[derive(Deserialize)]
+    struct Versioned {
+        v: Option<serde_json::Value>,
+    }
+    let versioned: Versioned =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    match versioned.v.as_ref().and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => return Err(DecodeError::Version(v)),
+        None => return Err(DecodeError::Malformed("missing or non-integer field `v`".into())),
+    }
+    serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> TimeReport {
+        TimeReport {
+            v: PROTOCOL_VERSION,
+            id: Uuid::from_u128(7),
+            ip: "10.0.0.7".parse().unwrap(),
+            time_us: 1_700_000_000_000_000,
+            seq: 3,
+            master_id: None,
+            master_time_us: None,
+            true_offset_us: Some(-12),
+        }
+    }
+
+    #[test]
+    fn report_round_trips() {
+        let r = report();
+        assert_eq!(decode::<TimeReport>(&encode(&r)).unwrap(), r);
+    }
+
+    #[test]
+    fn rejects_garbage_with_reasons() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "malformed"),
+            (b"\x80\x03}q", "malformed"),
+            (b"[1,2]", "malformed"),
+            (b"{\"v\":2,\"id\":1}", "bad_version"),
+            (b"{\"v\":\"1\"}", "malformed"),
+            (b"{\"v\":1,\"id\":\"nope\"}", "malformed"),
+        ];
+        for (bytes, kind) in cases {
+            let err = decode::<TimeReport>(bytes).unwrap_err();
+            assert_eq!(err.kind(), *kind, "{bytes:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_ip() {
+        let mut v = serde_json::to_value(report()).unwrap();
+        v["ip"] = "10.0.0.300".into();
+        let err = decode::<TimeReport>(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert_eq!(err.kind(), "malformed");
+        let mut v = serde_json::to_value(report()).unwrap();
+        v["extra"] = 1.into();
+        assert!(decode::<TimeReport>(&serde_json::to_vec(&v).unwrap()).is_err());
+    }
+
+    #[test]
+    fn rejects_oversized() {
+        let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(decode::<TimeReport>(&big).unwrap_err().kind(), "too_large");
+    }
+
+    #[test]
+    fn optional_diagnostic_may_be_absent() {
+        let mut v = serde_json::to_value(report()).unwrap();
+        v.as_object_mut().unwrap().remove("true_offset_us");
+        let r: TimeReport = decode(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(r.true_offset_us, None);
+    }
+}

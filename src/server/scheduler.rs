@@ -1,0 +1,196 @@
+//! The scheduler: once per tick, make sure there is a live master and broadcast its time.
+//!
+//! The broadcast time is extrapolated, not echoed: the server knows the master's clock minus its
+//! own from the master's last report (measured at receipt), so `master_time = server_now +
+//! that offset` is the master's clock *now*, not up to a tick ago as in the seed. What remains is
+//! transit time (report and update hops, a few hundred µs on one host), which the delay
+//! compensation of a later algorithm removes.
+
+use super::Metrics;
+use crate::cache::ReportStore;
+use crate::clock::Clock;
+use crate::election::{decide, Decision};
+use crate::error::Result;
+use crate::protocol::{MasterRecord, MasterUpdate, PROTOCOL_VERSION};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::info;
+use uuid::Uuid;
+
+/// Election and broadcast state that outlives broker sessions.
+pub struct Scheduler<S, C> {
+    store: S,
+    clock: C,
+    server_id: Uuid,
+    seq: u64,
+    metrics: Arc<Metrics>,
+    stats_ttl: Duration,
+    idle: bool,
+}
+
+impl<S: ReportStore, C: Clock> Scheduler<S, C> {
+    pub fn new(store: S, clock: C, server_id: Uuid, metrics: Arc<Metrics>, ttl: Duration) -> Self {
+        Scheduler {
+            store,
+            clock,
+            server_id,
+            seq: 0,
+            metrics,
+            stats_ttl: ttl,
+            idle: false,
+        }
+    }
+
+    /// One tick: elect if needed, and return the update to broadcast (`None`: no live clients).
+    pub async fn tick(&mut self) -> Result<Option<MasterUpdate>> {
+        let current = self.store.master().await?;
+        let live = self.store.live_reports().await?;
+        let master = match decide(current.as_ref(), &live) {
+            Decision::NoClients => {
+                if !self.idle {
+                    info!("no live clients; nothing to broadcast");
+                    self.idle = true;
+                }
+                return Ok(None);
+            }
+            Decision::Keep(r) => r,
+            Decision::Elect { master, previous } => {
+                let record = MasterRecord {
+                    id: master.report.id,
+                    ip: master.report.ip,
+                    elected_at_us: self.clock.now_us(),
+                };
+                self.store.set_master(&record).await?;
+                self.metrics.master_changes.fetch_add(1, Relaxed);
+                info!(
+                    master_id = %record.id,
+                    master_ip = %record.ip,
+                    previous = ?previous,
+                    live_clients = live.len(),
+                    "elected new master"
+                );
+                master
+            }
+        };
+        self.idle = false;
+        self.seq += 1;
+        let now = self.clock.now_us();
+        Ok(Some(MasterUpdate {
+            v: PROTOCOL_VERSION,
+            server_id: self.server_id,
+            seq: self.seq,
+            master_id: master.report.id,
+            master_ip: master.report.ip,
+            master_time_us: now + master.offset_to_server_us(),
+            server_time_us: now,
+        }))
+    }
+
+    /// Publishes the counters to the store.
+    pub async fn write_stats(&self) -> Result<()> {
+        self.store
+            .write_stats(&self.server_id, &self.metrics.snapshot(), self.stats_ttl)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::MemoryStore;
+    use crate::clock::ManualClock;
+    use crate::protocol::{StoredReport, TimeReport};
+
+    const S: i64 = 1_000_000;
+    const TTL: Duration = Duration::from_secs(3);
+
+    fn report(n: u128, ip: &str, time_us: i64, received_at_us: i64) -> StoredReport {
+        StoredReport {
+            report: TimeReport {
+                v: PROTOCOL_VERSION,
+                id: Uuid::from_u128(n),
+                ip: ip.parse().unwrap(),
+                time_us,
+                seq: 1,
+                master_id: None,
+                master_time_us: None,
+                true_offset_us: None,
+            },
+            received_at_us,
+        }
+    }
+
+    fn setup() -> (ManualClock, MemoryStore<ManualClock>, Scheduler<MemoryStore<ManualClock>, ManualClock>) {
+        let clock = ManualClock::new(1000 * S);
+        let store = MemoryStore::new(clock.clone());
+        let sched = Scheduler::new(
+            store.clone(),
+            clock.clone(),
+            Uuid::from_u128(99),
+            Arc::default(),
+            TTL,
+        );
+        (clock, store, sched)
+    }
+
+    #[tokio::test]
+    async fn idle_without_clients() {
+        let (_, _, mut s) = setup();
+        assert_eq!(s.tick().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn elects_lowest_ip_and_extrapolates_its_clock() {
+        let (clock, store, mut s) = setup();
+        let now = clock.now_us();
+        // Client 1 (lower IP) was 5 s ahead of the server when its report arrived 0.7 s ago.
+        store
+            .store_reports(
+                &[
+                    report(1, "10.0.0.2", now - 700_000 + 5 * S, now - 700_000),
+                    report(2, "10.0.0.10", now, now),
+                ],
+                TTL,
+            )
+            .await
+            .unwrap();
+        let u = s.tick().await.unwrap().unwrap();
+        assert_eq!(u.master_id, Uuid::from_u128(1));
+        assert_eq!(u.server_time_us, now);
+        assert_eq!(u.master_time_us, now + 5 * S);
+        assert_eq!(u.seq, 1);
+        assert_eq!(store.master().await.unwrap().unwrap().id, Uuid::from_u128(1));
+    }
+
+    #[tokio::test]
+    async fn silent_master_replaced_after_ttl_only() {
+        let (clock, store, mut s) = setup();
+        let now = clock.now_us();
+        store
+            .store_reports(&[report(1, "10.0.0.2", now, now)], TTL)
+            .await
+            .unwrap();
+        assert_eq!(s.tick().await.unwrap().unwrap().master_id, Uuid::from_u128(1));
+        // Client 2 keeps reporting; client 1 goes silent.
+        for _ in 0..2 {
+            clock.advance_us(S);
+            let t = clock.now_us();
+            store
+                .store_reports(&[report(2, "10.0.0.3", t, t)], TTL)
+                .await
+                .unwrap();
+            assert_eq!(s.tick().await.unwrap().unwrap().master_id, Uuid::from_u128(1));
+        }
+        clock.advance_us(S + 1);
+        let t = clock.now_us();
+        store
+            .store_reports(&[report(2, "10.0.0.3", t, t)], TTL)
+            .await
+            .unwrap();
+        let u = s.tick().await.unwrap().unwrap();
+        assert_eq!(u.master_id, Uuid::from_u128(2));
+        assert_eq!(u.seq, 4);
+        assert_eq!(s.metrics.master_changes.load(Relaxed), 2);
+    }
+}

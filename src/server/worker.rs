@@ -1,0 +1,194 @@
+//! A report worker: consume from the reports queue, validate, store in batches, acknowledge.
+//!
+//! Throughput comes from batching, not from more tasks: a worker takes the first delivery, then
+//! everything already buffered (up to the prefetch), writes the valid reports to Redis in one
+//! pipelined round trip and acknowledges them with one `multiple` ack. Invalid messages are
+//! rejected without requeue (requeueing garbage would loop forever), counted, and logged with a
+//! rate limit so a flood cannot fill the disk. If Redis fails, the batch is requeued and the
+//! worker pauses briefly: nothing valid is lost.
+
+use super::{Metrics, ServerContext};
+use crate::broker;
+use crate::cache::ReportStore;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::protocol::{self, StoredReport, TimeReport, REPORTS_QUEUE};
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Pause after a failed Redis write before consuming again.
+pub const STORE_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// At most this many rejected messages are logged in detail per [`REJECT_LOG_WINDOW`].
+pub const REJECT_LOG_BURST: u32 = 10;
+/// Window of the reject log limit.
+pub const REJECT_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Logs the first few rejections of each window and a count of the rest.
+struct RejectLog {
+    window_start: tokio::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RejectLog {
+    fn new() -> Self {
+        RejectLog {
+            window_start: tokio::time::Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn record(&mut self, worker: usize, e: &protocol::DecodeError, len: usize) {
+        if self.window_start.elapsed() >= REJECT_LOG_WINDOW {
+            if self.suppressed > 0 {
+                warn!(
+                    worker,
+                    suppressed = self.suppressed,
+                    "more messages were rejected than logged in the last {}s",
+                    REJECT_LOG_WINDOW.as_secs()
+                );
+            }
+            *self = RejectLog::new();
+        }
+        if self.logged < REJECT_LOG_BURST {
+            self.logged += 1;
+            warn!(worker, reason = e.kind(), bytes = len, "rejected report: {e}");
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+/// Runs one worker session on `conn` until shutdown (`Ok`) or a broker failure (`Err`).
+pub(super) async fn session<S: ReportStore, C: Clock>(
+    idx: usize,
+    conn: &Connection,
+    ctx: &ServerContext<S, C>,
+) -> Result<()> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(ctx.cfg.prefetch, BasicQosOptions::default())
+        .await?;
+    broker::declare_reports_queue(&ch).await?;
+    let tag = format!("ts-server-{}-w{idx}", ctx.server_id.simple());
+    let mut consumer = ch
+        .basic_consume(
+            REPORTS_QUEUE.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(worker = idx, "consuming {REPORTS_QUEUE}");
+    let mut rejects = RejectLog::new();
+    let max_batch = usize::from(ctx.cfg.prefetch);
+    let mut batch: Vec<(Delivery, i64)> = Vec::with_capacity(max_batch);
+    let mut failure = None;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => break,
+            d = consumer.next() => d,
+        };
+        match next {
+            Some(Ok(d)) => batch.push((d, ctx.clock.now_us())),
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(Error::Runtime("the broker cancelled the consumer".into())),
+        }
+        // Drain what is already buffered without waiting: one Redis round trip for all of it.
+        while batch.len() < max_batch {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(d))) => batch.push((d, ctx.clock.now_us())),
+                Some(Some(Err(e))) => {
+                    failure = Some(e);
+                    break;
+                }
+                Some(None) | None => break,
+            }
+        }
+        process(idx, &mut batch, ctx, &mut rejects).await?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+    }
+    // Shutdown: stop deliveries, then close; anything prefetched but unacked is requeued by the
+    // broker for another worker or the next server.
+    let _ = ch
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    let _ = ch.close(200, "shutdown".into()).await;
+    Ok(())
+}
+
+/// Validates, stores and acknowledges one batch (emptying it).
+async fn process<S: ReportStore, C: Clock>(
+    idx: usize,
+    batch: &mut Vec<(Delivery, i64)>,
+    ctx: &ServerContext<S, C>,
+    rejects: &mut RejectLog,
+) -> Result<()> {
+    let mut good = Vec::with_capacity(batch.len());
+    let mut last_good = None;
+    for (d, received_at_us) in batch.drain(..) {
+        match protocol::decode::<TimeReport>(&d.data) {
+            Ok(report) => {
+                good.push(StoredReport {
+                    report,
+                    received_at_us,
+                });
+                last_good = Some(d.acker);
+            }
+            Err(e) => {
+                ctx.metrics.rejected(&e);
+                rejects.record(idx, &e, d.data.len());
+                d.acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+            }
+        }
+    }
+    let Some(acker) = last_good else {
+        return Ok(());
+    };
+    match ctx.store.store_reports(&good, ctx.cfg.ttl()).await {
+        Ok(()) => {
+            acker
+                .ack(BasicAckOptions { multiple: true })
+                .await?;
+            ctx.metrics
+                .reports_stored
+                .fetch_add(good.len() as u64, Relaxed);
+        }
+        Err(e) => {
+            ctx.metrics.store_errors.fetch_add(1, Relaxed);
+            warn!(worker = idx, error = %e, reports = good.len(), "could not store reports; requeued them");
+            acker
+                .nack(BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                })
+                .await?;
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(STORE_RETRY_DELAY) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Metrics {
+    /// Convenience for tests and status output.
+    pub fn stored(&self) -> u64 {
+        self.reports_stored.load(Relaxed)
+    }
+}
