@@ -104,7 +104,7 @@ T_ALL=$(now)
 log "debootstrap $SUITE from $MIRROR into $ROOTFS (include: $INCLUDE)"
 t0=$(now)
 DEB_LOG="$ROOTFS.debootstrap.log"
-setsid debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$ROOTFS" "$MIRROR" >"$DEB_LOG" 2>&1 </dev/null &
+setsid -w debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$ROOTFS" "$MIRROR" >"$DEB_LOG" 2>&1 </dev/null &
 CHILD=$!
 DEB_RC=0
 wait "$CHILD" || DEB_RC=$?

@@ -61,9 +61,12 @@ pub struct ServerConfig {
     /// Scheduler period in milliseconds.
     #[arg(long, env = "TS_TICK_MS", default_value_t = DEFAULT_TICK_MS)]
     pub tick_ms: u64,
-    /// Directory of the server log (`server.json`); empty for stderr only.
+    /// Directory of the server log (`server.json`).
     #[arg(long, env = "TS_LOG_DIR", default_value = DEFAULT_SERVER_LOG_DIR)]
     pub log_dir: PathBuf,
+    /// Log to stderr only.
+    #[arg(long, env = "TS_NO_LOG_FILE")]
+    pub no_log_file: bool,
 }
 
 impl ServerConfig {
@@ -92,6 +95,11 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// Directory for the log file, `None` for stderr only.
+    pub fn log_file_dir(&self) -> Option<&std::path::Path> {
+        (!self.no_log_file).then_some(self.log_dir.as_path())
+    }
+
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl)
     }
@@ -113,7 +121,7 @@ pub struct ClientConfig {
     #[arg(long, env = "TS_CLIENT_IP")]
     pub ip: Option<IpAddr>,
     /// Initial clock offset is random within ± this many seconds.
-    #[arg(long, env = "TS_SKEW", default_value_t = DEFAULT_SKEW_SECS)]
+    #[arg(long, env = "TS_SKEW", default_value_t = DEFAULT_SKEW_SECS, allow_negative_numbers = true)]
     pub skew: f64,
     /// Fixed initial offset in milliseconds (overrides --skew).
     #[arg(long, env = "TS_INITIAL_OFFSET_MS", allow_hyphen_values = true)]
@@ -133,9 +141,12 @@ pub struct ClientConfig {
     /// Fastest slew, in ppm (µs per second).
     #[arg(long, env = "TS_MAX_SLEW_PPM", default_value_t = crate::clock::DEFAULT_MAX_SLEW_PPM)]
     pub max_slew_ppm: f64,
-    /// Directory of the client log (`<dir>/<id>`); empty for stderr only.
+    /// Directory of the client log (`<dir>/<id>`).
     #[arg(long, env = "TS_LOG_DIR", default_value = DEFAULT_CLIENT_LOG_DIR)]
     pub log_dir: PathBuf,
+    /// Log to stderr only.
+    #[arg(long, env = "TS_NO_LOG_FILE")]
+    pub no_log_file: bool,
 }
 
 impl ClientConfig {
@@ -164,6 +175,11 @@ impl ClientConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Directory for the log file, `None` for stderr only.
+    pub fn log_file_dir(&self) -> Option<&std::path::Path> {
+        (!self.no_log_file).then_some(self.log_dir.as_path())
     }
 
     pub fn discipline(&self) -> DisciplineConfig {

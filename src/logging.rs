@@ -14,18 +14,18 @@ use tracing_subscriber::{fmt, EnvFilter, Layer};
 pub const LOG_BUFFER_LINES: usize = 4096;
 
 /// Installs the global subscriber. Logs go to stderr and, unless `dir` is empty, to
-/// `dir/file_name` (the directory is created). Keep the returned guard alive until exit: it
+/// `dir/file_name` when `dir` is given (the directory is created). Keep the returned guard alive until exit: it
 /// flushes the file. The level comes from `RUST_LOG` (default `info`).
-pub fn init(dir: &Path, file_name: &str) -> Result<Option<WorkerGuard>> {
+pub fn init(dir: Option<&Path>, file_name: &str) -> Result<Option<WorkerGuard>> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let stderr = fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_filter(filter());
-    if dir.as_os_str().is_empty() {
+    let Some(dir) = dir else {
         tracing_subscriber::registry().with(stderr).init();
         return Ok(None);
-    }
+    };
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join(file_name);
     // Open once here so an unwritable path is reported now, with its name, not swallowed later.

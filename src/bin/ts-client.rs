@@ -28,7 +28,7 @@ fn run(mut config: ClientConfig) -> anyhow::Result<()> {
     config.validate()?;
     // The id names the log file, so it is fixed before logging starts.
     let id = *config.id.get_or_insert_with(uuid::Uuid::new_v4);
-    let _guard = time_sync::logging::init(&config.log_dir, &id.to_string())
+    let _guard = time_sync::logging::init(config.log_file_dir(), &id.to_string())
         .context("cannot open the client log")?;
     // One thread: a client does little work, and a small footprint matters with many per host.
     let rt = tokio::runtime::Builder::new_current_thread()

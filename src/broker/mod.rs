@@ -145,12 +145,21 @@ pub async fn publish<T: Serialize>(
     routing_key: &str,
     msg: &T,
 ) -> Result<()> {
-    let body = protocol::encode(msg);
+    publish_raw(ch, exchange, routing_key, &protocol::encode(msg)).await
+}
+
+/// Publishes bytes as they are (benchmarks and tests use it to send what a buggy peer would).
+pub async fn publish_raw(
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+) -> Result<()> {
     ch.basic_publish(
         exchange.into(),
         routing_key.into(),
         BasicPublishOptions::default(),
-        &body,
+        body,
         BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(1),

@@ -26,6 +26,9 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// One client's latest report, if it is live.
+    fn report(&self, id: &uuid::Uuid) -> impl Future<Output = Result<Option<StoredReport>>> + Send;
+
     /// All reports whose keys have not expired, in no particular order.
     fn live_reports(&self) -> impl Future<Output = Result<Vec<StoredReport>>> + Send;
 

@@ -67,14 +67,14 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    /// One client's latest report, if it is live.
-    pub async fn report(&self, id: &uuid::Uuid) -> Result<Option<StoredReport>> {
-        let raw: Option<String> = self.conn.clone().get(client_key(id)).await?;
-        Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
-    }
 }
 
 impl ReportStore for RedisStore {
+    async fn report(&self, id: &uuid::Uuid) -> Result<Option<StoredReport>> {
+        let raw: Option<String> = self.conn.clone().get(client_key(id)).await?;
+        Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
     async fn store_reports(&self, reports: &[StoredReport], ttl: Duration) -> Result<()> {
         if reports.is_empty() {
             return Ok(());

@@ -3,7 +3,7 @@
 //! Driven with host-clock readings passed in by the caller, so tests can replay any sequence of
 //! updates at any times.
 
-use crate::clock::{Action, Discipline, VirtualClock};
+use crate::clock::{Action, Discipline, MinDelayFilter, VirtualClock};
 use crate::protocol::{MasterUpdate, TimeReport, PROTOCOL_VERSION};
 use std::net::IpAddr;
 use uuid::Uuid;
@@ -39,6 +39,9 @@ pub struct ClientCore {
     seq: u64,
     master: Option<(Uuid, i64)>,
     last_update: Option<(Uuid, u64)>,
+    /// Samples of (master clock − host clock), for the current (server, master) pair.
+    filter: MinDelayFilter,
+    filter_for: Option<(Uuid, Uuid)>,
     pub stats: ClientStats,
 }
 
@@ -52,6 +55,8 @@ impl ClientCore {
             seq: 0,
             master: None,
             last_update: None,
+            filter: MinDelayFilter::default(),
+            filter_for: None,
             stats: ClientStats::default(),
         }
     }
@@ -91,7 +96,14 @@ impl ClientCore {
         if u.master_id == self.id {
             return UpdateOutcome::IAmMaster;
         }
-        let offset_us = u.master_time_us - self.clock.now_at(host_us);
+        // Samples are kept against the host clock, which our own corrections do not move, so
+        // earlier samples stay valid after a step or slew.
+        if self.filter_for != Some((u.server_id, u.master_id)) {
+            self.filter.clear();
+            self.filter_for = Some((u.server_id, u.master_id));
+        }
+        let master_minus_host = self.filter.push(u.master_time_us - host_us);
+        let offset_us = host_us + master_minus_host - self.clock.now_at(host_us);
         let action = self.discipline.decide(offset_us);
         match action {
             Action::Step(delta) => {
@@ -163,6 +175,26 @@ mod tests {
         assert_eq!(c.now_at(8 * S), 8 * S + 2300);
         assert_eq!(c.stats.steps, 1);
         assert_eq!(c.stats.updates_applied, 2);
+    }
+
+    #[test]
+    fn late_updates_do_not_drag_the_clock_back() {
+        let mut c = core(1, 0);
+        // Master = host + 1 ms. First update arrives after 100 µs, later ones after 3 ms.
+        c.on_update(&update(1, 7, S + 1000), S + 100);
+        assert_eq!(c.now_at(S + 100), S + 100); // slewing starts from here
+        for i in 2..6 {
+            let h = i * S;
+            let before = c.now_at(h);
+            let out = c.on_update(&update(i as u64, 7, h - 3000 + 1000), h);
+            // The estimate still comes from the least-delayed sample: master is 900 µs ahead of
+            // the host, not 2 ms behind as the late samples alone would say.
+            let UpdateOutcome::Applied { offset_us, .. } = out else {
+                panic!("{out:?}")
+            };
+            assert_eq!(offset_us, h + 900 - before);
+        }
+        assert_eq!(c.now_at(10 * S), 10 * S + 900);
     }
 
     #[test]

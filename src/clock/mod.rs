@@ -10,11 +10,13 @@
 //! [`ManualClock`] in tests.
 
 mod discipline;
+mod filter;
 mod virtual_clock;
 
 pub use discipline::{
     Action, Discipline, DisciplineConfig, DEFAULT_MAX_SLEW_PPM, DEFAULT_STEP_THRESHOLD_US,
 };
+pub use filter::{MinDelayFilter, FILTER_WINDOW};
 pub use virtual_clock::VirtualClock;
 
 use std::sync::atomic::{AtomicI64, Ordering};

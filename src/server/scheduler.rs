@@ -11,7 +11,8 @@ use crate::cache::ReportStore;
 use crate::clock::Clock;
 use crate::election::{decide, Decision};
 use crate::error::Result;
-use crate::protocol::{MasterRecord, MasterUpdate, PROTOCOL_VERSION};
+use crate::clock::MinDelayFilter;
+use crate::protocol::{MasterRecord, MasterUpdate, StoredReport, PROTOCOL_VERSION};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,9 @@ pub struct Scheduler<S, C> {
     metrics: Arc<Metrics>,
     stats_ttl: Duration,
     idle: bool,
+    /// Samples of (master clock − server clock) from the current master's reports.
+    filter: MinDelayFilter,
+    filtered: Option<(Uuid, u64)>,
 }
 
 impl<S: ReportStore, C: Clock> Scheduler<S, C> {
@@ -39,13 +43,22 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             metrics,
             stats_ttl: ttl,
             idle: false,
+            filter: MinDelayFilter::default(),
+            filtered: None,
         }
     }
 
     /// One tick: elect if needed, and return the update to broadcast (`None`: no live clients).
     pub async fn tick(&mut self) -> Result<Option<MasterUpdate>> {
         let current = self.store.master().await?;
-        let live = self.store.live_reports().await?;
+        // The common case costs one GET: the master is alive. Only an election lists everyone.
+        let mut live = Vec::new();
+        if let Some(cur) = &current {
+            live.extend(self.store.report(&cur.id).await?);
+        }
+        if live.is_empty() {
+            live = self.store.live_reports().await?;
+        }
         let master = match decide(current.as_ref(), &live) {
             Decision::NoClients => {
                 if !self.idle {
@@ -75,6 +88,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
         };
         self.idle = false;
         self.seq += 1;
+        let master_minus_server = self.master_offset(master);
         let now = self.clock.now_us();
         Ok(Some(MasterUpdate {
             v: PROTOCOL_VERSION,
@@ -82,9 +96,24 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             seq: self.seq,
             master_id: master.report.id,
             master_ip: master.report.ip,
-            master_time_us: now + master.offset_to_server_us(),
+            master_time_us: now + master_minus_server,
             server_time_us: now,
         }))
+    }
+
+    /// The filtered offset of the master's clock to the server's: each new report of the same
+    /// master adds a sample, a new master starts a new window.
+    fn master_offset(&mut self, master: &StoredReport) -> i64 {
+        let (id, seq) = (master.report.id, master.report.seq);
+        match self.filtered {
+            Some((fid, fseq)) if fid == id && fseq == seq => {
+                return self.filter.best().expect("a sample of this master");
+            }
+            Some((fid, fseq)) if fid == id && seq > fseq => {}
+            _ => self.filter.clear(),
+        }
+        self.filtered = Some((id, seq));
+        self.filter.push(master.offset_to_server_us())
     }
 
     /// Publishes the counters to the store.
@@ -100,7 +129,7 @@ mod tests {
     use super::*;
     use crate::cache::MemoryStore;
     use crate::clock::ManualClock;
-    use crate::protocol::{StoredReport, TimeReport};
+    use crate::protocol::TimeReport;
 
     const S: i64 = 1_000_000;
     const TTL: Duration = Duration::from_secs(3);
