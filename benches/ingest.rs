@@ -50,13 +50,21 @@ fn sh(cmd: &str, args: &[&str]) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn flood(url: String, first: usize, count: usize, clients: usize) {
-    let conn = lapin::Connection::connect(&url, Default::default()).await.unwrap();
+    let conn = lapin::Connection::connect(&url, Default::default())
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let ids: Vec<uuid::Uuid> = (0..clients).map(|i| uuid::Uuid::from_u128(i as u128 + 1)).collect();
+    let ids: Vec<uuid::Uuid> = (0..clients)
+        .map(|i| uuid::Uuid::from_u128(i as u128 + 1))
+        .collect();
     for n in first..first + count {
         let c = n % clients;
         let r = TimeReport {
@@ -69,7 +77,7 @@ async fn flood(url: String, first: usize, count: usize, clients: usize) {
             master_time_us: None,
             true_offset_us: Some(0),
         };
-        time_sync::broker::publish_raw(&ch, "", REPORTS_QUEUE, &protocol::encode(&r))
+        time_sync::broker::publish_raw(&ch, "", REPORTS_QUEUE, &protocol::encode(&r), None)
             .await
             .unwrap();
     }
@@ -101,7 +109,11 @@ async fn stored(store: &RedisStore) -> u64 {
 async fn wait_stored(store: &RedisStore, target: u64, timeout: Duration) -> Duration {
     let t0 = Instant::now();
     while stored(store).await < target {
-        assert!(t0.elapsed() < timeout, "server stored only {} of {target}", stored(store).await);
+        assert!(
+            t0.elapsed() < timeout,
+            "server stored only {} of {target}",
+            stored(store).await
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     t0.elapsed()
@@ -115,13 +127,23 @@ impl Drop for Guard {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("rabbitmqctl").args(["-q", "delete_vhost", &self.1]).output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.1])
+            .output();
     }
 }
 
 fn spawn_server(amqp: &str, redis: &str, workers: usize) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_ts-server"))
-        .args(["--amqp-url", amqp, "--redis-url", redis, "--no-log-file", "--tick-ms", "20"])
+        .args([
+            "--amqp-url",
+            amqp,
+            "--redis-url",
+            redis,
+            "--no-log-file",
+            "--tick-ms",
+            "20",
+        ])
         .args(["--workers", &workers.to_string()])
         .env("RUST_LOG", "warn")
         .spawn()
@@ -133,11 +155,32 @@ async fn main() {
     let o = opts();
     let vhost = format!("ts-bench-{}", uuid::Uuid::new_v4().simple());
     sh("rabbitmqctl", &["-q", "add_vhost", &vhost]);
-    sh("rabbitmqctl", &["-q", "set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+    sh(
+        "rabbitmqctl",
+        &[
+            "-q",
+            "set_permissions",
+            "-p",
+            &vhost,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ],
+    );
     let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
     let port = free_port();
     let redis_proc = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server");
@@ -150,13 +193,18 @@ async fn main() {
     };
     // The queue must exist before the flood: the server declares it.
     {
-        let conn = lapin::Connection::connect(&amqp, Default::default()).await.unwrap();
+        let conn = lapin::Connection::connect(&amqp, Default::default())
+            .await
+            .unwrap();
         let ch = conn.create_channel().await.unwrap();
         time_sync::broker::declare_reports_queue(&ch).await.unwrap();
         conn.close(200, "".into()).await.unwrap();
     }
 
-    println!("ingest: {} reports from {} simulated clients, ts-server --workers {}", o.reports, o.clients, o.workers);
+    println!(
+        "ingest: {} reports from {} simulated clients, ts-server --workers {}",
+        o.reports, o.clients, o.workers
+    );
     // Drain: fill first, then start the server.
     let t = Instant::now();
     let half = o.reports / 2;
@@ -165,7 +213,10 @@ async fn main() {
         flood(amqp.clone(), half, o.reports - half, o.clients)
     );
     let fill = t.elapsed();
-    println!("  filled queue: {:.0} reports/s published", o.reports as f64 / fill.as_secs_f64());
+    println!(
+        "  filled queue: {:.0} reports/s published",
+        o.reports as f64 / fill.as_secs_f64()
+    );
     guard.0.push(spawn_server(&amqp, &redis, o.workers));
     // Server start-up (connects) is excluded: time from the first stored report.
     let t_first = wait_stored(&store, 1, Duration::from_secs(30)).await;
@@ -185,7 +236,9 @@ async fn main() {
     );
     wait_stored(&store, before + o.reports as u64, Duration::from_secs(300)).await;
     let live_rate = o.reports as f64 / t.elapsed().as_secs_f64();
-    println!("  live:  {live_rate:.0} reports/s published and stored (publishers on the same 2 cores)");
+    println!(
+        "  live:  {live_rate:.0} reports/s published and stored (publishers on the same 2 cores)"
+    );
     let mut conn = store.connection();
     let keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
     println!("  redis keys: {keys} (one per simulated client, plus master and stats)");

@@ -130,7 +130,12 @@ pub struct ClientConfig {
     #[arg(long, env = "TS_SEED")]
     pub seed: Option<u64>,
     /// Simulated frequency error of this clock, in ppm.
-    #[arg(long, env = "TS_DRIFT_PPM", default_value_t = 0.0, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "TS_DRIFT_PPM",
+        default_value_t = 0.0,
+        allow_hyphen_values = true
+    )]
     pub drift_ppm: f64,
     /// Milliseconds between reports.
     #[arg(long, env = "TS_REPORT_INTERVAL_MS", default_value_t = DEFAULT_REPORT_INTERVAL_MS)]
@@ -168,7 +173,9 @@ impl ClientConfig {
         if self.step_threshold_us < 0 {
             return Err(Error::Config("--step-threshold-us must be ≥ 0".into()));
         }
-        if !(self.max_slew_ppm.is_finite() && self.max_slew_ppm > 0.0 && self.max_slew_ppm <= 100_000.0)
+        if !(self.max_slew_ppm.is_finite()
+            && self.max_slew_ppm > 0.0
+            && self.max_slew_ppm <= 100_000.0)
         {
             return Err(Error::Config(
                 "--max-slew-ppm must be in (0, 100000]".into(),
@@ -221,7 +228,10 @@ mod tests {
             endpoint_of("amqp://guest:guest@127.0.0.1:5672/%2f"),
             "127.0.0.1:5672"
         );
-        assert_eq!(endpoint_of("redis://:p%40ss@10.0.0.2:6379/0"), "10.0.0.2:6379");
+        assert_eq!(
+            endpoint_of("redis://:p%40ss@10.0.0.2:6379/0"),
+            "10.0.0.2:6379"
+        );
         assert_eq!(endpoint_of("redis://localhost:6379"), "localhost:6379");
     }
 }

@@ -143,7 +143,10 @@ mod tests {
         let live = vec![stored(1, "10.0.0.5"), stored(2, "10.0.0.3")];
         // No clients at all.
         assert_eq!(decide(None, &[]), Decision::NoClients);
-        assert_eq!(decide(Some(&record(1, "10.0.0.5")), &[]), Decision::NoClients);
+        assert_eq!(
+            decide(Some(&record(1, "10.0.0.5")), &[]),
+            Decision::NoClients
+        );
         // No master yet: lowest IP.
         assert_eq!(
             decide(None, &live),

@@ -14,11 +14,14 @@
 //! - [`cache`]: the report store: Redis, and an in-memory twin for unit tests.
 //! - [`server`]: report workers, the scheduler, counters.
 //! - [`client`]: the client's decisions ([`client::ClientCore`]) and its broker session.
+//! - [`cli`]: `tsc` commands, cluster config and state, views, log tailing.
+//! - [`runtime`]: where nodes run: Docker containers via bollard, or local processes; images.
 //! - [`config`], [`backoff`], [`logging`], [`shutdown`], [`error`]: plumbing.
 
 pub mod backoff;
 pub mod broker;
 pub mod cache;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -26,6 +29,7 @@ pub mod election;
 pub mod error;
 pub mod logging;
 pub mod protocol;
+pub mod runtime;
 pub mod server;
 pub mod shutdown;
 

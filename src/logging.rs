@@ -45,6 +45,9 @@ pub fn init(dir: Option<&Path>, file_name: &str) -> Result<Option<WorkerGuard>> 
         .with_target(false)
         .with_current_span(false)
         .with_filter(filter());
-    tracing_subscriber::registry().with(stderr).with(file).init();
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .init();
     Ok(Some(guard))
 }

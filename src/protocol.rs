@@ -157,7 +157,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     match versioned.v.as_ref().and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
         Some(v) => return Err(DecodeError::Version(v)),
-        None => return Err(DecodeError::Malformed("missing or non-integer field `v`".into())),
+        None => {
+            return Err(DecodeError::Malformed(
+                "missing or non-integer field `v`".into(),
+            ))
+        }
     }
     serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
 }

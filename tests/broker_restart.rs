@@ -14,10 +14,14 @@ async fn survives_broker_restart() {
     env.server(60, &[]);
     let (_, a) = env.client("127.0.0.5", &[]);
     let (_, b) = env.client("127.0.0.6", &[]);
-    wait_for(Duration::from_secs(20), "a master followed by both", || async {
-        let r = live(&store).await;
-        (r.len() == 2 && r.iter().all(|r| r.report.master_id == Some(a))).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "a master followed by both",
+        || async {
+            let r = live(&store).await;
+            (r.len() == 2 && r.iter().all(|r| r.report.master_id == Some(a))).then_some(())
+        },
+    )
     .await;
     let published_before = stat(&store, "updates_published").await;
     sh("rabbitmqctl", &["-q", "stop_app"]);
@@ -28,16 +32,22 @@ async fn survives_broker_restart() {
     let back = time_sync::clock::SystemClock;
     let t_back = time_sync::clock::Clock::now_us(&back);
     // Reports stored after the broker came back, from both clients.
-    wait_for(Duration::from_secs(30), "fresh reports from both clients", || async {
-        let r = live(&store).await;
-        let fresh = r.iter().filter(|r| r.received_at_us > t_back).count();
-        (fresh == 2).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "fresh reports from both clients",
+        || async {
+            let r = live(&store).await;
+            let fresh = r.iter().filter(|r| r.received_at_us > t_back).count();
+            (fresh == 2).then_some(())
+        },
+    )
     .await;
     // Updates flow again, and reach the clients' new queues.
-    wait_for(Duration::from_secs(20), "updates after the restart", || async {
-        (stat(&store, "updates_published").await > published_before + 2).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "updates after the restart",
+        || async { (stat(&store, "updates_published").await > published_before + 2).then_some(()) },
+    )
     .await;
     let log = env.path().join("clients").join(b.to_string());
     let applied_after = |text: &str| {
@@ -48,13 +58,21 @@ async fn survives_broker_restart() {
             .count()
     };
     let before = applied_after(&std::fs::read_to_string(&log).unwrap());
-    wait_for(Duration::from_secs(20), "client applying updates again", || async {
-        (applied_after(&std::fs::read_to_string(&log).unwrap()) >= before + 2).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "client applying updates again",
+        || async {
+            (applied_after(&std::fs::read_to_string(&log).unwrap()) >= before + 2).then_some(())
+        },
+    )
     .await;
     for p in env.procs.iter_mut() {
         assert!(p.is_running(), "{} survived", p.name);
     }
     let queues = env.vhost.queues();
-    assert_eq!(queues.len(), 3, "reports queue + one update queue per client, no orphans: {queues:?}");
+    assert_eq!(
+        queues.len(),
+        3,
+        "reports queue + one update queue per client, no orphans: {queues:?}"
+    );
 }

@@ -21,15 +21,28 @@ async fn lowest_ip_becomes_master_and_clocks_converge() {
         ids.push(env.client(ip, &[]).1);
     }
     let expected = ids[1];
-    let m = wait_for(Duration::from_secs(20), "a master", || async { master(&store).await }).await;
-    assert_eq!(m.id, expected, "127.0.0.3 is the lowest IP (numerically, not as text)");
-    let started = Instant::now();
-    let spread = wait_for(Duration::from_secs(40), "clocks within the bound", || async {
-        let r = live(&store).await;
-        spread_us(&r, &m, ips.len()).filter(|s| *s < SYNC_BOUND_US)
+    let m = wait_for(Duration::from_secs(20), "a master", || async {
+        master(&store).await
     })
     .await;
-    println!("converged: spread {spread} µs after {:?}", started.elapsed());
+    assert_eq!(
+        m.id, expected,
+        "127.0.0.3 is the lowest IP (numerically, not as text)"
+    );
+    let started = Instant::now();
+    let spread = wait_for(
+        Duration::from_secs(40),
+        "clocks within the bound",
+        || async {
+            let r = live(&store).await;
+            spread_us(&r, &m, ips.len()).filter(|s| *s < SYNC_BOUND_US)
+        },
+    )
+    .await;
+    println!(
+        "converged: spread {spread} µs after {:?}",
+        started.elapsed()
+    );
     // Stays converged: sample for a few seconds.
     let mut worst = 0;
     for _ in 0..5 {
@@ -59,10 +72,14 @@ async fn silent_master_replaced_after_ttl() {
         master(&store).await.filter(|m| m.id == first_id)
     })
     .await;
-    wait_for(Duration::from_secs(20), "every client following", || async {
-        let r = live(&store).await;
-        (r.len() == 3 && r.iter().all(|r| r.report.master_id == Some(first_id))).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "every client following",
+        || async {
+            let r = live(&store).await;
+            (r.len() == 3 && r.iter().all(|r| r.report.master_id == Some(first_id))).then_some(())
+        },
+    )
     .await;
     env.procs[first].kill();
     let killed = Instant::now();
@@ -72,11 +89,18 @@ async fn silent_master_replaced_after_ttl() {
     .await;
     let failover = killed.elapsed();
     println!("failover: new master elected {failover:?} after the old one died (TTL {ttl} s)");
-    assert!(failover >= Duration::from_secs(ttl - 1), "not replaced before its TTL ran out");
-    wait_for(Duration::from_secs(10), "survivors following the new master", || async {
-        let r = live(&store).await;
-        (r.len() == 2 && r.iter().all(|r| r.report.master_id == Some(second_id))).then_some(())
-    })
+    assert!(
+        failover >= Duration::from_secs(ttl - 1),
+        "not replaced before its TTL ran out"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "survivors following the new master",
+        || async {
+            let r = live(&store).await;
+            (r.len() == 2 && r.iter().all(|r| r.report.master_id == Some(second_id))).then_some(())
+        },
+    )
     .await;
 }
 
@@ -87,7 +111,10 @@ async fn garbage_flood_rejected_counted_and_sync_continues() {
     env.server(60, &[]);
     let (_, a) = env.client("127.0.0.5", &[]);
     env.client("127.0.0.6", &[]);
-    wait_for(Duration::from_secs(20), "a master", || async { master(&store).await }).await;
+    wait_for(Duration::from_secs(20), "a master", || async {
+        master(&store).await
+    })
+    .await;
 
     let conn = lapin::Connection::connect(&env.vhost.url(), Default::default())
         .await
@@ -115,39 +142,67 @@ async fn garbage_flood_rejected_counted_and_sync_continues() {
     let per_kind = 400;
     for _ in 0..per_kind {
         for k in &kinds {
-            time_sync::broker::publish_raw(&ch, "", REPORTS_QUEUE, k).await.unwrap();
+            time_sync::broker::publish_raw(&ch, "", REPORTS_QUEUE, k)
+                .await
+                .unwrap();
         }
     }
     let total = (per_kind * kinds.len()) as u64;
-    let counted = wait_for(Duration::from_secs(30), "every bad message counted", || async {
-        let n = stat(&store, "rejected_total").await;
-        (n >= total).then_some(n)
-    })
+    let counted = wait_for(
+        Duration::from_secs(30),
+        "every bad message counted",
+        || async {
+            let n = stat(&store, "rejected_total").await;
+            (n >= total).then_some(n)
+        },
+    )
     .await;
     assert_eq!(counted, total, "each bad message counted exactly once");
     assert_eq!(stat(&store, "rejected_too_large").await, per_kind as u64);
     assert_eq!(stat(&store, "rejected_bad_version").await, per_kind as u64);
     // Nothing was requeued: the reports queue drains.
-    wait_for(Duration::from_secs(10), "an empty reports queue", || async {
-        env.vhost
-            .queues()
-            .iter()
-            .any(|(q, n, _)| q == REPORTS_QUEUE && *n == 0)
-            .then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "an empty reports queue",
+        || async {
+            env.vhost
+                .queues()
+                .iter()
+                .any(|(q, n, _)| q == REPORTS_QUEUE && *n == 0)
+                .then_some(())
+        },
+    )
     .await;
     // Sync continued: the server is alive and fresh reports keep arriving.
     assert!(env.procs[0].is_running(), "server survived the flood");
-    let seq_now = live(&store).await.iter().find(|r| r.report.id == a).map(|r| r.report.seq).unwrap();
-    wait_for(Duration::from_secs(10), "fresh reports after the flood", || async {
-        let r = live(&store).await;
-        r.iter().find(|r| r.report.id == a).filter(|r| r.report.seq >= seq_now + 2).map(|_| ())
-    })
+    let seq_now = live(&store)
+        .await
+        .iter()
+        .find(|r| r.report.id == a)
+        .map(|r| r.report.seq)
+        .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "fresh reports after the flood",
+        || async {
+            let r = live(&store).await;
+            r.iter()
+                .find(|r| r.report.id == a)
+                .filter(|r| r.report.seq >= seq_now + 2)
+                .map(|_| ())
+        },
+    )
     .await;
     let log = std::fs::read_to_string(env.path().join("server").join("server.json")).unwrap();
-    assert!(log.contains("rejected report"), "rejections are logged with a reason");
     assert!(
-        log.lines().filter(|l| l.contains("rejected report")).count() < 200,
+        log.contains("rejected report"),
+        "rejections are logged with a reason"
+    );
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("rejected report"))
+            .count()
+            < 200,
         "rejection logging is rate-limited"
     );
     conn.close(200, "bye".into()).await.unwrap();
@@ -161,21 +216,28 @@ async fn survives_redis_restart() {
     env.client("127.0.0.6", &[]);
     {
         let store = env.store().await;
-        wait_for(Duration::from_secs(20), "a master", || async { master(&store).await }).await;
+        wait_for(Duration::from_secs(20), "a master", || async {
+            master(&store).await
+        })
+        .await;
     }
     env.redis.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     env.redis.restart();
     let store = env.store().await;
     // Redis came back empty: the server must store reports and elect again by itself.
-    let m = wait_for(Duration::from_secs(20), "a master after the restart", || async {
-        master(&store).await
-    })
+    let m = wait_for(
+        Duration::from_secs(20),
+        "a master after the restart",
+        || async { master(&store).await },
+    )
     .await;
     assert_eq!(m.id, a);
-    wait_for(Duration::from_secs(20), "both clients live again", || async {
-        (live(&store).await.len() == 2).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "both clients live again",
+        || async { (live(&store).await.len() == 2).then_some(()) },
+    )
     .await;
     for p in env.procs.iter_mut() {
         assert!(p.is_running(), "{} survived", p.name);
@@ -188,14 +250,25 @@ async fn sigterm_exits_zero_and_leaves_no_client_queue() {
     let store = env.store().await;
     let server = env.server(60, &[]);
     let (client, _) = env.client("127.0.0.5", &[]);
-    wait_for(Duration::from_secs(20), "a master", || async { master(&store).await }).await;
-    assert_eq!(env.vhost.queues().len(), 2, "reports queue + the client's update queue");
+    wait_for(Duration::from_secs(20), "a master", || async {
+        master(&store).await
+    })
+    .await;
+    assert_eq!(
+        env.vhost.queues().len(),
+        2,
+        "reports queue + the client's update queue"
+    );
     let st = env.procs[client].terminate(Duration::from_secs(10));
     assert!(st.success(), "client exit status {st}");
     let st = env.procs[server].terminate(Duration::from_secs(10));
     assert!(st.success(), "server exit status {st}");
     let queues = env.vhost.queues();
-    assert_eq!(queues.len(), 1, "only the durable reports queue remains: {queues:?}");
+    assert_eq!(
+        queues.len(),
+        1,
+        "only the durable reports queue remains: {queues:?}"
+    );
     assert_eq!(queues[0].0, REPORTS_QUEUE);
 }
 
@@ -229,16 +302,23 @@ async fn waits_for_services_with_growing_backoff() {
     );
     let client_out = env.path().join("client.out");
     let server_out = env.path().join("server.out");
-    wait_for(Duration::from_secs(15), "two growing retries from each", || async {
-        let c = std::fs::read_to_string(&client_out).unwrap_or_default();
-        let s = std::fs::read_to_string(&server_out).unwrap_or_default();
-        let want1 = format!("Failed connecting to 127.0.0.1:{dead}, retrying in 1s");
-        let want2 = format!("Failed connecting to 127.0.0.1:{dead}, retrying in 2s");
-        (c.contains(&want1) && c.contains(&want2) && s.contains(&want1) && s.contains(&want2))
-            .then_some(())
-    })
+    wait_for(
+        Duration::from_secs(15),
+        "two growing retries from each",
+        || async {
+            let c = std::fs::read_to_string(&client_out).unwrap_or_default();
+            let s = std::fs::read_to_string(&server_out).unwrap_or_default();
+            let want1 = format!("Failed connecting to 127.0.0.1:{dead}, retrying in 1s");
+            let want2 = format!("Failed connecting to 127.0.0.1:{dead}, retrying in 2s");
+            (c.contains(&want1) && c.contains(&want2) && s.contains(&want1) && s.contains(&want2))
+                .then_some(())
+        },
+    )
     .await;
-    assert!(client.is_running() && server.is_running(), "they keep trying");
+    assert!(
+        client.is_running() && server.is_running(),
+        "they keep trying"
+    );
     assert!(client.terminate(Duration::from_secs(5)).success());
     assert!(server.terminate(Duration::from_secs(5)).success());
 }
@@ -254,7 +334,10 @@ fn bad_flags_get_one_line_and_nonzero_exit() {
         (SERVER_BIN, &["--redis-url", "localhost"], "redis://"),
     ];
     for (bin, args, needle) in cases {
-        let out = std::process::Command::new(bin).args(*args).output().unwrap();
+        let out = std::process::Command::new(bin)
+            .args(*args)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(err.contains(needle), "{args:?}: {err}");

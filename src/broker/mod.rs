@@ -37,11 +37,7 @@ pub fn parse_url(url: &str) -> Result<lapin::uri::AMQPUri> {
 
 /// Connects to `url`, retrying with growing delays until it works or `shutdown` fires (then
 /// `None`). Every failure is logged as `Failed connecting to HOST:PORT, retrying in Ns`.
-pub async fn connect(
-    url: &str,
-    name: &str,
-    shutdown: &CancellationToken,
-) -> Option<Connection> {
+pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Option<Connection> {
     let endpoint = endpoint_of(url);
     let uri = match parse_url(url) {
         Ok(uri) => uri,
@@ -139,13 +135,25 @@ pub async fn declare_update_listener(ch: &Channel) -> Result<String> {
 /// Publishes a protocol message as transient JSON. Without publisher confirms the returned future
 /// resolves once the frame is handed to the connection; losing a report or an update in a broker
 /// outage is acceptable because the next one follows within a tick.
+///
+/// `expire_after` becomes the message's AMQP `expiration`: the broker drops it if nobody consumed
+/// it by then. Reports and updates describe a clock *now*; one that sat in a queue (say, while
+/// no server ran) would be read as fresh and shift every clock by the time it waited.
 pub async fn publish<T: Serialize>(
     ch: &Channel,
     exchange: &str,
     routing_key: &str,
     msg: &T,
+    expire_after: Option<std::time::Duration>,
 ) -> Result<()> {
-    publish_raw(ch, exchange, routing_key, &protocol::encode(msg)).await
+    publish_raw(
+        ch,
+        exchange,
+        routing_key,
+        &protocol::encode(msg),
+        expire_after,
+    )
+    .await
 }
 
 /// Publishes bytes as they are (benchmarks and tests use it to send what a buggy peer would).
@@ -154,18 +162,29 @@ pub async fn publish_raw(
     exchange: &str,
     routing_key: &str,
     body: &[u8],
+    expire_after: Option<std::time::Duration>,
 ) -> Result<()> {
+    let mut props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(1);
+    if let Some(d) = expire_after {
+        props = props.with_expiration(d.as_millis().max(1).to_string().into());
+    }
     ch.basic_publish(
         exchange.into(),
         routing_key.into(),
         BasicPublishOptions::default(),
         body,
-        BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(1),
+        props,
     )
     .await?;
     Ok(())
+}
+
+/// How long a report or update may wait in a queue: two periods, so a consumer that is briefly
+/// slow loses nothing, while nothing older than the next message survives for long.
+pub fn expiry_for(period: std::time::Duration) -> std::time::Duration {
+    (period * 2).max(std::time::Duration::from_secs(1))
 }
 
 /// Closes a channel and its connection politely, ignoring errors: used on the way out, when the

@@ -45,7 +45,11 @@ impl<C: Clock + Clone> ReportStore for MemoryStore<C> {
     async fn report(&self, id: &Uuid) -> Result<Option<StoredReport>> {
         let now = self.clock.now_us();
         let inner = self.inner.lock().expect("not poisoned");
-        Ok(inner.reports.get(id).filter(|(_, exp)| *exp > now).map(|(r, _)| r.clone()))
+        Ok(inner
+            .reports
+            .get(id)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(r, _)| r.clone()))
     }
 
     async fn live_reports(&self) -> Result<Vec<StoredReport>> {

@@ -8,7 +8,9 @@ use super::ReportStore;
 use crate::backoff::Backoff;
 use crate::config::endpoint_of;
 use crate::error::Result;
-use crate::protocol::{client_key, MasterRecord, StoredReport, CLIENT_KEY_PREFIX, MASTER_KEY, STATS_KEY_PREFIX};
+use crate::protocol::{
+    client_key, MasterRecord, StoredReport, CLIENT_KEY_PREFIX, MASTER_KEY, STATS_KEY_PREFIX,
+};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use std::time::Duration;
@@ -66,7 +68,6 @@ impl RedisStore {
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
-
 }
 
 impl ReportStore for RedisStore {

@@ -148,7 +148,10 @@ mod tests {
     fn reports_carry_clock_and_master() {
         let mut c = core(1, 250);
         let r = c.report(10 * S);
-        assert_eq!((r.seq, r.time_us, r.true_offset_us), (1, 10 * S + 250, Some(250)));
+        assert_eq!(
+            (r.seq, r.time_us, r.true_offset_us),
+            (1, 10 * S + 250, Some(250))
+        );
         assert_eq!(r.master_id, None);
         c.on_update(&update(1, 7, 10 * S), 10 * S);
         let r = c.report(11 * S);
@@ -171,7 +174,13 @@ mod tests {
         );
         assert_eq!(c.now_at(5 * S), 5 * S + 2000);
         let out = c.on_update(&update(2, 7, 6 * S + 2300), 6 * S);
-        assert!(matches!(out, UpdateOutcome::Applied { offset_us: 300, action: Action::Slew { .. } }));
+        assert!(matches!(
+            out,
+            UpdateOutcome::Applied {
+                offset_us: 300,
+                action: Action::Slew { .. }
+            }
+        ));
         assert_eq!(c.now_at(8 * S), 8 * S + 2300);
         assert_eq!(c.stats.steps, 1);
         assert_eq!(c.stats.updates_applied, 2);
@@ -200,7 +209,10 @@ mod tests {
     #[test]
     fn master_does_not_correct_itself_but_knows_it_is_master() {
         let mut c = core(7, 123);
-        assert_eq!(c.on_update(&update(1, 7, 999 * S), S), UpdateOutcome::IAmMaster);
+        assert_eq!(
+            c.on_update(&update(1, 7, 999 * S), S),
+            UpdateOutcome::IAmMaster
+        );
         assert_eq!(c.now_at(S), S + 123);
         assert_eq!(c.report(S).master_id, Some(Uuid::from_u128(7)));
     }

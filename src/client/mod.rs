@@ -17,7 +17,9 @@ use crate::config::{endpoint_of, ClientConfig};
 use crate::error::{Error, Result};
 use crate::protocol::{self, MasterUpdate, REPORTS_QUEUE};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicRejectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicRejectOptions,
+};
 use lapin::types::FieldTable;
 use lapin::Connection;
 use rand::{Rng, SeedableRng};
@@ -49,7 +51,10 @@ pub fn initial_offset_us(cfg: &ClientConfig) -> i64 {
 /// The local address this host uses to reach `endpoint` (`host:port`). A UDP `connect` only
 /// consults the routing table; nothing is sent.
 pub async fn local_ip_toward(endpoint: &str) -> std::io::Result<IpAddr> {
-    let target = if endpoint.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let target = if endpoint
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         endpoint.to_string()
     } else {
         format!("{endpoint}:{AMQP_DEFAULT_PORT}")
@@ -58,7 +63,11 @@ pub async fn local_ip_toward(endpoint: &str) -> std::io::Result<IpAddr> {
         .await?
         .next()
         .ok_or_else(|| std::io::Error::other(format!("{target} resolves to nothing")))?;
-    let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let bind = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
     let sock = tokio::net::UdpSocket::bind(bind).await?;
     sock.connect(addr).await?;
     Ok(sock.local_addr()?.ip())
@@ -149,7 +158,7 @@ async fn session<C: Clock>(
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {
                 let report = core.lock().expect("not poisoned").report(clock.now_us());
-                broker::publish(&ch, "", REPORTS_QUEUE, &report).await?;
+                broker::publish(&ch, "", REPORTS_QUEUE, &report, Some(broker::expiry_for(cfg.interval()))).await?;
             }
             next = consumer.next() => {
                 let d = match next {

@@ -44,7 +44,10 @@ impl Metrics {
             ("rejected_total", self.rejected_total()),
             ("rejected_malformed", self.rejected_malformed.load(Relaxed)),
             ("rejected_too_large", self.rejected_too_large.load(Relaxed)),
-            ("rejected_bad_version", self.rejected_bad_version.load(Relaxed)),
+            (
+                "rejected_bad_version",
+                self.rejected_bad_version.load(Relaxed),
+            ),
             ("store_errors", self.store_errors.load(Relaxed)),
             ("updates_published", self.updates_published.load(Relaxed)),
             ("master_changes", self.master_changes.load(Relaxed)),

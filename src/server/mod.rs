@@ -118,7 +118,8 @@ async fn run_scheduler<S: ReportStore, C: Clock + Clone>(ctx: Arc<ServerContext<
                     let mut s = scheduler.lock().await;
                     match s.tick().await {
                         Ok(Some(update)) => {
-                            broker::publish(&ch, UPDATES_EXCHANGE, "", &update).await?;
+                            let expiry = broker::expiry_for(ctx.cfg.tick());
+                            broker::publish(&ch, UPDATES_EXCHANGE, "", &update, Some(expiry)).await?;
                             ctx.metrics
                                 .updates_published
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

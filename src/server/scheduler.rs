@@ -9,9 +9,9 @@
 use super::Metrics;
 use crate::cache::ReportStore;
 use crate::clock::Clock;
+use crate::clock::MinDelayFilter;
 use crate::election::{decide, Decision};
 use crate::error::Result;
-use crate::clock::MinDelayFilter;
 use crate::protocol::{MasterRecord, MasterUpdate, StoredReport, PROTOCOL_VERSION};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -150,7 +150,11 @@ mod tests {
         }
     }
 
-    fn setup() -> (ManualClock, MemoryStore<ManualClock>, Scheduler<MemoryStore<ManualClock>, ManualClock>) {
+    fn setup() -> (
+        ManualClock,
+        MemoryStore<ManualClock>,
+        Scheduler<MemoryStore<ManualClock>, ManualClock>,
+    ) {
         let clock = ManualClock::new(1000 * S);
         let store = MemoryStore::new(clock.clone());
         let sched = Scheduler::new(
@@ -189,7 +193,10 @@ mod tests {
         assert_eq!(u.server_time_us, now);
         assert_eq!(u.master_time_us, now + 5 * S);
         assert_eq!(u.seq, 1);
-        assert_eq!(store.master().await.unwrap().unwrap().id, Uuid::from_u128(1));
+        assert_eq!(
+            store.master().await.unwrap().unwrap().id,
+            Uuid::from_u128(1)
+        );
     }
 
     #[tokio::test]
@@ -200,7 +207,10 @@ mod tests {
             .store_reports(&[report(1, "10.0.0.2", now, now)], TTL)
             .await
             .unwrap();
-        assert_eq!(s.tick().await.unwrap().unwrap().master_id, Uuid::from_u128(1));
+        assert_eq!(
+            s.tick().await.unwrap().unwrap().master_id,
+            Uuid::from_u128(1)
+        );
         // Client 2 keeps reporting; client 1 goes silent.
         for _ in 0..2 {
             clock.advance_us(S);
@@ -209,7 +219,10 @@ mod tests {
                 .store_reports(&[report(2, "10.0.0.3", t, t)], TTL)
                 .await
                 .unwrap();
-            assert_eq!(s.tick().await.unwrap().unwrap().master_id, Uuid::from_u128(1));
+            assert_eq!(
+                s.tick().await.unwrap().unwrap().master_id,
+                Uuid::from_u128(1)
+            );
         }
         clock.advance_us(S + 1);
         let t = clock.now_us();

@@ -62,7 +62,12 @@ impl RejectLog {
         }
         if self.logged < REJECT_LOG_BURST {
             self.logged += 1;
-            warn!(worker, reason = e.kind(), bytes = len, "rejected report: {e}");
+            warn!(
+                worker,
+                reason = e.kind(),
+                bytes = len,
+                "rejected report: {e}"
+            );
         } else {
             self.suppressed += 1;
         }
@@ -161,9 +166,7 @@ async fn process<S: ReportStore, C: Clock>(
     };
     match ctx.store.store_reports(&good, ctx.cfg.ttl()).await {
         Ok(()) => {
-            acker
-                .ack(BasicAckOptions { multiple: true })
-                .await?;
+            acker.ack(BasicAckOptions { multiple: true }).await?;
             ctx.metrics
                 .reports_stored
                 .fetch_add(good.len() as u64, Relaxed);

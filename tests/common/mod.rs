@@ -56,7 +56,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -100,7 +103,11 @@ impl Proc {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "{} ignored SIGTERM for {timeout:?}", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} ignored SIGTERM for {timeout:?}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -191,7 +198,16 @@ impl Vhost {
         sh("rabbitmqctl", &["-q", "add_vhost", &name]);
         sh(
             "rabbitmqctl",
-            &["-q", "set_permissions", "-p", &name, "guest", ".*", ".*", ".*"],
+            &[
+                "-q",
+                "set_permissions",
+                "-p",
+                &name,
+                "guest",
+                ".*",
+                ".*",
+                ".*",
+            ],
         );
         Vhost { name }
     }
@@ -204,7 +220,16 @@ impl Vhost {
     pub fn queues(&self) -> Vec<(String, u64, u64)> {
         sh(
             "rabbitmqctl",
-            &["-q", "list_queues", "-p", &self.name, "--no-table-headers", "name", "messages", "consumers"],
+            &[
+                "-q",
+                "list_queues",
+                "-p",
+                &self.name,
+                "--no-table-headers",
+                "name",
+                "messages",
+                "consumers",
+            ],
         )
         .lines()
         .filter_map(|l| {
@@ -251,7 +276,8 @@ pub mod tempdir {
 
     impl Dir {
         pub fn new(prefix: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+            let p =
+                std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
             std::fs::create_dir_all(&p).unwrap();
             Dir(p)
         }
@@ -301,7 +327,8 @@ impl TestEnv {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.path().join(format!("server-{}.out", self.procs.len()));
-        self.procs.push(Proc::spawn("ts-server", SERVER_BIN, &args, &log));
+        self.procs
+            .push(Proc::spawn("ts-server", SERVER_BIN, &args, &log));
         self.procs.len() - 1
     }
 
@@ -320,7 +347,8 @@ impl TestEnv {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.path().join(format!("client-{ip}.out"));
-        self.procs.push(Proc::spawn("ts-client", CLIENT_BIN, &args, &log));
+        self.procs
+            .push(Proc::spawn("ts-client", CLIENT_BIN, &args, &log));
         (self.procs.len() - 1, id)
     }
 
@@ -346,7 +374,11 @@ pub async fn master(store: &RedisStore) -> Option<MasterRecord> {
 /// (their true offsets from the shared host clock), in µs. `None` until every one of `n`
 /// clients reports the master as its master.
 pub fn spread_us(reports: &[StoredReport], master: &MasterRecord, n: usize) -> Option<i64> {
-    if reports.len() != n || !reports.iter().all(|r| r.report.master_id == Some(master.id)) {
+    if reports.len() != n
+        || !reports
+            .iter()
+            .all(|r| r.report.master_id == Some(master.id))
+    {
         return None;
     }
     let m = reports.iter().find(|r| r.report.id == master.id)?;
@@ -368,7 +400,12 @@ pub async fn stat(store: &RedisStore, name: &str) -> u64 {
         .unwrap_or_default();
     let mut total = 0;
     for k in keys {
-        let v: Option<u64> = redis::cmd("HGET").arg(&k).arg(name).query_async(&mut conn).await.unwrap_or(None);
+        let v: Option<u64> = redis::cmd("HGET")
+            .arg(&k)
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
         total += v.unwrap_or(0);
     }
     total

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs and starts what time-sync needs on a fresh Debian 12 machine, idempotently:
+# Redis and RabbitMQ (Debian packages; RabbitMQ started on 127.0.0.1:5672), debootstrap (to build
+# images without a registry), a Docker engine (started if none answers), and the Rust toolchain
+# check. Safe to run again: it only does what is missing.
+set -euo pipefail
+
+log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (it installs Debian packages and starts services)"
+command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup) first"
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v docker >/dev/null || need+=(docker.io)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+port_open() { (echo >"/dev/tcp/$1/$2") 2>/dev/null; }
+
+if ! port_open 127.0.0.1 5672; then
+  log "starting RabbitMQ"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  for i in $(seq 1 90); do
+    port_open 127.0.0.1 5672 && break
+    [ "$i" -eq 90 ] && die "RabbitMQ did not open 127.0.0.1:5672 within 90 s (see /var/log/rabbitmq/)"
+    sleep 1
+  done
+  # The port opens a moment before the node accepts commands.
+  rabbitmqctl -q await_startup >/dev/null 2>&1 || true
+  log "RabbitMQ is up"
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  log "no Docker engine answers; starting dockerd"
+  command -v dockerd >/dev/null || die "dockerd not found (apt-get install docker.io)"
+  nohup dockerd --iptables=false --ip6tables=false --bridge=none >/var/log/ts-dockerd.log 2>&1 &
+  for i in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    [ "$i" -eq 60 ] && die "dockerd did not answer within 60 s (see /var/log/ts-dockerd.log)"
+    sleep 1
+  done
+  log "Docker engine is up"
+fi
+log "ready: redis-server $(redis-server --version | awk '{print $3}'), RabbitMQ on 127.0.0.1:5672, $(docker version --format 'Docker {{.Server.Version}}' 2>/dev/null)"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: prerequisites, formatting, lints, then every unit and
+# integration test (real RabbitMQ, Redis and Docker) on release builds, so the timing-sensitive
+# sync tests see the speed users get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+echo "[test] cargo fmt --check"
+cargo fmt --all -- --check
+echo "[test] cargo clippy --all-targets -- -D warnings"
+cargo clippy --release --all-targets -- -D warnings
+echo "[test] cargo test --release"
+cargo test --release -- --nocapture

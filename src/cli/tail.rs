@@ -1,0 +1,147 @@
+//! `tsc ... tail`: the last lines of a node's JSON log, formatted for people, optionally
+//! following the file as it grows (like `tail -f`, surviving truncation).
+
+use crate::error::{Error, Result};
+use std::io::{BufRead, Seek, SeekFrom};
+use std::path::Path;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often a followed file is checked for new lines.
+pub const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// Formats one JSON log line: `timestamp LEVEL message key=value ...`; non-JSON lines as they are.
+pub fn format_line(line: &str, verbose: bool) -> String {
+    if verbose {
+        return line.to_string();
+    }
+    let Ok(serde_json::Value::Object(v)) = serde_json::from_str::<serde_json::Value>(line) else {
+        return line.to_string();
+    };
+    let ts = v.get("timestamp").and_then(|t| t.as_str()).unwrap_or("");
+    let level = v.get("level").and_then(|t| t.as_str()).unwrap_or("");
+    let mut out = format!("{ts} {level:>5}");
+    if let Some(serde_json::Value::Object(fields)) = v.get("fields") {
+        if let Some(m) = fields.get("message").and_then(|m| m.as_str()) {
+            out.push(' ');
+            out.push_str(m);
+        }
+        for (k, val) in fields.iter().filter(|(k, _)| k.as_str() != "message") {
+            let val = val.as_str().map_or_else(|| val.to_string(), str::to_string);
+            out.push_str(&format!(" {k}={val}"));
+        }
+    }
+    out
+}
+
+/// Prints the last `lines` lines of `path`, then (if `follow`) new lines until `stop`.
+pub async fn tail(
+    path: &Path,
+    lines: usize,
+    follow: bool,
+    verbose: bool,
+    stop: CancellationToken,
+    out: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound(format!(
+                "no log at {} (has the node started?)",
+                path.display()
+            ))
+        } else {
+            Error::io(path, e)
+        }
+    })?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut all = Vec::new();
+    let mut buf = String::new();
+    while reader.read_line(&mut buf).map_err(|e| Error::io(path, e))? > 0 {
+        if buf.ends_with('\n') {
+            all.push(std::mem::take(&mut buf));
+        }
+    }
+    for l in all.iter().skip(all.len().saturating_sub(lines)) {
+        out(&format_line(l.trim_end(), verbose));
+    }
+    if !follow {
+        return Ok(());
+    }
+    let mut pos = reader.stream_position().map_err(|e| Error::io(path, e))? - buf.len() as u64;
+    buf.clear();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(FOLLOW_POLL) => {}
+        }
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if len < pos {
+            pos = 0; // truncated or replaced: start over
+        }
+        if len == pos {
+            continue;
+        }
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        f.seek(SeekFrom::Start(pos))
+            .map_err(|e| Error::io(path, e))?;
+        let mut r = std::io::BufReader::new(f);
+        loop {
+            let n = r.read_line(&mut buf).map_err(|e| Error::io(path, e))?;
+            if n == 0 || !buf.ends_with('\n') {
+                break; // keep a partial line for next time
+            }
+            pos += n as u64;
+            out(&format_line(buf.trim_end(), verbose));
+            buf.clear();
+        }
+        buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_json_lines_for_people() {
+        let l = r#"{"timestamp":"2026-11-22T02:15:23.990716Z","level":"INFO","fields":{"message":"slewing toward master","master_id":"abc","offset_us":5467}}"#;
+        assert_eq!(
+            format_line(l, false),
+            "2026-11-22T02:15:23.990716Z  INFO slewing toward master master_id=abc offset_us=5467"
+        );
+        assert_eq!(format_line(l, true), l);
+        assert_eq!(format_line("plain text", false), "plain text");
+    }
+
+    #[tokio::test]
+    async fn follows_appended_lines() {
+        let p = std::env::temp_dir().join(format!("tsc-tail-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&p, "a\nb\nc\n").unwrap();
+        let stop = CancellationToken::new();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let (p2, s2, stop2) = (p.clone(), seen.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut out = |l: &str| s2.lock().unwrap().push(l.to_string());
+            tail(&p2, 2, true, true, stop2, &mut out).await.unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"d\ne").unwrap();
+        f.flush().unwrap();
+        for _ in 0..50 {
+            if seen.lock().unwrap().len() >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["b", "c", "d"],
+            "partial line `e` is held back"
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
+}

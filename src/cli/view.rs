@@ -1,0 +1,224 @@
+//! What `tsc` shows about clients: rows joined from the runtime's nodes and Redis, built by a
+//! pure function so the arithmetic is tested without a cluster.
+//!
+//! Two offsets per client, in µs. **Offset to master** is what the system itself can know: each
+//! clock minus the server's clock at receipt of its last report, compared with the master's.
+//! **True error** is the client's true offset from the host clock minus the master's; it is exact
+//! when all clients share one host clock (containers or processes on one machine) and
+//! meaningless across hosts.
+
+use crate::protocol::{MasterRecord, StoredReport};
+use crate::runtime::{Node, Role};
+use serde::Serialize;
+use std::net::IpAddr;
+use uuid::Uuid;
+
+/// A report older than this without a node behind it is from a client that went away.
+pub const SILENT_AFTER_US: i64 = 3_000_000;
+
+/// One client as `tsc clients list -v` and `--json` show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientRow {
+    pub id: String,
+    pub ip: IpAddr,
+    /// Runtime state (`running`, `exited`, ...); `external` for a reporting client this cluster
+    /// did not start; `silent` for a report whose client is gone (until the report expires).
+    pub state: String,
+    pub is_master: bool,
+    /// The client's clock now (extrapolated from its last report), µs since epoch.
+    pub time_us: Option<i64>,
+    pub master_id: Option<Uuid>,
+    pub offset_to_master_us: Option<i64>,
+    pub true_error_us: Option<i64>,
+    pub last_report_age_ms: Option<i64>,
+    pub reports_seq: Option<u64>,
+}
+
+/// Joins client nodes with their reports; reports without a node are listed as external.
+pub fn client_rows(
+    nodes: &[Node],
+    reports: &[StoredReport],
+    master: Option<&MasterRecord>,
+    now_us: i64,
+) -> Vec<ClientRow> {
+    let master_report = master.and_then(|m| reports.iter().find(|r| r.report.id == m.id));
+    let row = |id: String, ip: IpAddr, state: String, r: Option<&StoredReport>| {
+        let is_master = master.is_some_and(|m| m.id.to_string() == id);
+        ClientRow {
+            is_master,
+            time_us: r.map(|r| r.report.time_us + (now_us - r.received_at_us)),
+            master_id: r.and_then(|r| r.report.master_id),
+            offset_to_master_us: r
+                .zip(master_report)
+                .map(|(r, m)| r.offset_to_server_us() - m.offset_to_server_us()),
+            true_error_us: r
+                .zip(master_report)
+                .and_then(|(r, m)| Some(r.report.true_offset_us? - m.report.true_offset_us?)),
+            last_report_age_ms: r.map(|r| (now_us - r.received_at_us) / 1000),
+            reports_seq: r.map(|r| r.report.seq),
+            id,
+            ip,
+            state,
+        }
+    };
+    let mut rows: Vec<ClientRow> = nodes
+        .iter()
+        .filter(|n| n.role == Role::Client)
+        .map(|n| {
+            let r = reports.iter().find(|r| r.report.id.to_string() == n.id);
+            row(
+                n.id.clone(),
+                r.map_or(n.ip, |r| r.report.ip),
+                n.state.clone(),
+                r,
+            )
+        })
+        .collect();
+    // A report with no node: a client this cluster did not start (`external`), or one that was
+    // removed and whose report has not expired yet (`silent`, hidden from the plain list).
+    for r in reports {
+        if !rows.iter().any(|row| row.id == r.report.id.to_string()) {
+            let state = if now_us - r.received_at_us > SILENT_AFTER_US {
+                "silent"
+            } else {
+                "external"
+            };
+            rows.push(row(
+                r.report.id.to_string(),
+                r.report.ip,
+                state.into(),
+                Some(r),
+            ));
+        }
+    }
+    rows.sort_by_key(|r| crate::election::ip_rank(&r.ip));
+    rows
+}
+
+/// Finds a client by full id or unique prefix.
+pub fn find<'a>(rows: &'a [ClientRow], id: &str) -> Result<&'a ClientRow, String> {
+    if let Some(r) = rows.iter().find(|r| r.id == id) {
+        return Ok(r);
+    }
+    let matches: Vec<&ClientRow> = rows.iter().filter(|r| r.id.starts_with(id)).collect();
+    match matches.as_slice() {
+        [one] if !id.is_empty() => Ok(one),
+        [] | [_] => Err(format!(
+            "no client with id {id:?} in this cluster (see `tsc clients list`)"
+        )),
+        _ => Err(format!(
+            "{id:?} matches {} clients; give more of the id",
+            matches.len()
+        )),
+    }
+}
+
+/// µs as milliseconds with three decimals, or `-`.
+pub fn ms(us: Option<i64>) -> String {
+    us.map_or_else(|| "-".into(), |u| format!("{:+.3}", u as f64 / 1000.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{TimeReport, PROTOCOL_VERSION};
+
+    fn node(id: &Uuid, ip: &str) -> Node {
+        Node {
+            role: Role::Client,
+            id: id.to_string(),
+            ip: ip.parse().unwrap(),
+            state: "running".into(),
+            handle: "x".into(),
+        }
+    }
+
+    fn stored(id: Uuid, ip: &str, true_off: i64, transit: i64, at: i64) -> StoredReport {
+        StoredReport {
+            report: TimeReport {
+                v: PROTOCOL_VERSION,
+                id,
+                ip: ip.parse().unwrap(),
+                time_us: at + true_off,
+                seq: 9,
+                master_id: Some(Uuid::from_u128(1)),
+                master_time_us: None,
+                true_offset_us: Some(true_off),
+            },
+            received_at_us: at + transit,
+        }
+    }
+
+    #[test]
+    fn rows_join_nodes_reports_and_master() {
+        let (m, a, b, ext) = (
+            Uuid::from_u128(1),
+            Uuid::from_u128(2),
+            Uuid::from_u128(3),
+            Uuid::from_u128(4),
+        );
+        let nodes = [
+            node(&a, "10.0.0.21"),
+            node(&m, "10.0.0.20"),
+            node(&b, "10.0.0.22"),
+        ];
+        let now = 10_000_000;
+        let reports = [
+            stored(m, "10.0.0.20", 5000, 100, now - 500_000),
+            stored(a, "10.0.0.21", 5300, 250, now - 200_000),
+            stored(ext, "10.0.0.5", 0, 0, now),
+            stored(Uuid::from_u128(5), "10.0.0.99", 0, 0, now - 4_000_000),
+        ];
+        let master = MasterRecord {
+            id: m,
+            ip: "10.0.0.20".parse().unwrap(),
+            elected_at_us: 0,
+        };
+        let rows = client_rows(&nodes, &reports, Some(&master), now);
+        let ids: Vec<&str> = rows.iter().map(|r| r.state.as_str()).collect();
+        assert_eq!(ids, ["external", "running", "running", "running", "silent"]);
+        let rm = &rows[1];
+        assert!(rm.is_master);
+        assert_eq!(rm.true_error_us, Some(0));
+        let ra = &rows[2];
+        assert_eq!(ra.true_error_us, Some(300));
+        // Estimated: (5300 − 250) − (5000 − 100) = 150.
+        assert_eq!(ra.offset_to_master_us, Some(150));
+        assert_eq!(ra.last_report_age_ms, Some(199));
+        assert_eq!(ra.time_us, Some(now + 5300 - 250));
+        // b has not reported yet.
+        assert_eq!(rows[3].time_us, None);
+        assert_eq!(rows[3].offset_to_master_us, None);
+    }
+
+    #[test]
+    fn find_by_id_or_unique_prefix() {
+        let rows: Vec<ClientRow> = ["abc1", "abd2"]
+            .iter()
+            .map(|id| ClientRow {
+                id: id.to_string(),
+                ip: "10.0.0.1".parse().unwrap(),
+                state: "running".into(),
+                is_master: false,
+                time_us: None,
+                master_id: None,
+                offset_to_master_us: None,
+                true_error_us: None,
+                last_report_age_ms: None,
+                reports_seq: None,
+            })
+            .collect();
+        assert_eq!(find(&rows, "abc1").unwrap().id, "abc1");
+        assert_eq!(find(&rows, "abd").unwrap().id, "abd2");
+        assert!(find(&rows, "ab").unwrap_err().contains("matches 2"));
+        assert!(find(&rows, "zzz").unwrap_err().contains("no client"));
+        assert!(find(&rows, "").is_err());
+    }
+
+    #[test]
+    fn ms_formatting() {
+        assert_eq!(ms(Some(1234)), "+1.234");
+        assert_eq!(ms(Some(-5)), "-0.005");
+        assert_eq!(ms(None), "-");
+    }
+}

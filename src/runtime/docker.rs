@@ -1,0 +1,439 @@
+//! The Docker runtime: every node is a container on the cluster's own bridge network, with a
+//! static address, found again by its labels.
+//!
+//! Addresses in the cluster's /24: `.2` Redis, `.3` RabbitMQ, `.10`–`.19` servers, `.20`–`.254`
+//! clients (lowest free first, so a removed client's address is reused). Server and client
+//! containers bind-mount the host log directories at the same paths, so their logs land where
+//! `tsc ... tail` reads them.
+
+use super::{images, labels, next_free_ip, Endpoints, Node, Progress, Role};
+use crate::backoff::Backoff;
+use crate::cli::cluster::ClusterConfig;
+use crate::error::{Error, Result};
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
+    NetworkCreateRequest, NetworkingConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Host number of Redis in the subnet.
+pub const REDIS_HOST: u8 = 2;
+/// Host number of RabbitMQ in the subnet.
+pub const RABBITMQ_HOST: u8 = 3;
+/// Host numbers of servers.
+pub const SERVER_HOSTS: (u8, u8) = (10, 19);
+/// Host numbers of clients.
+pub const CLIENT_HOSTS: (u8, u8) = (20, 254);
+/// How long bootstrap waits for a service port. RabbitMQ takes 10–15 s in a container here.
+pub const SERVICE_PORT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Grace given to a container on stop before it is killed.
+pub const STOP_GRACE_SECS: i32 = 10;
+
+/// Docker Engine client plus the cluster's addressing.
+pub struct DockerRuntime {
+    docker: Docker,
+    cfg: ClusterConfig,
+    base: Ipv4Addr,
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine (unix socket) and checks it answers.
+    pub async fn connect(cfg: &ClusterConfig) -> Result<Self> {
+        let docker = Docker::connect_with_defaults()?.negotiate_version().await?;
+        docker.ping().await?;
+        Ok(DockerRuntime {
+            docker,
+            cfg: cfg.clone(),
+            base: cfg.subnet()?,
+        })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn ip(&self, host: u8) -> IpAddr {
+        IpAddr::V4((u32::from(self.base) + u32::from(host)).into())
+    }
+
+    fn network(&self) -> String {
+        format!("ts-{}", self.cfg.cluster_id)
+    }
+
+    pub fn endpoints(&self) -> Endpoints {
+        let c = &self.cfg.credentials;
+        let redis = format!(
+            "redis://:{}@{}:6379/0",
+            c.redis_password,
+            self.ip(REDIS_HOST)
+        );
+        Endpoints {
+            amqp_url: format!(
+                "amqp://{}:{}@{}:5672/%2f",
+                c.rabbitmq_user,
+                c.rabbitmq_password,
+                self.ip(RABBITMQ_HOST)
+            ),
+            redis_url: redis.clone(),
+            redis_url_from_host: redis,
+        }
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        let mut filters = HashMap::new();
+        filters.insert(
+            "label",
+            vec![format!("{}={}", labels::CLUSTER, self.cfg.cluster_id)],
+        );
+        let list = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?;
+        let mut nodes: Vec<Node> = list
+            .into_iter()
+            .filter_map(|c| {
+                let l = c.labels?;
+                Some(Node {
+                    role: Role::parse(l.get(labels::ROLE)?)?,
+                    id: l.get(labels::ID)?.clone(),
+                    ip: l.get(labels::IP)?.parse().ok()?,
+                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    handle: c.id?.chars().take(12).collect(),
+                })
+            })
+            .collect();
+        nodes.sort_by_key(|n| (n.role as u8, crate::election::ip_rank(&n.ip)));
+        Ok(nodes)
+    }
+
+    async fn ensure_network(&self, p: Progress<'_>) -> Result<()> {
+        let name = self.network();
+        let mut filters = HashMap::new();
+        filters.insert("name", vec![name.clone()]);
+        let existing = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?;
+        if existing
+            .iter()
+            .any(|n| n.name.as_deref() == Some(name.as_str()))
+        {
+            return Ok(());
+        }
+        p(&format!(
+            "Creating network {name} ({})",
+            self.cfg.docker.subnet
+        ));
+        self.docker
+            .create_network(NetworkCreateRequest {
+                name,
+                driver: Some("bridge".into()),
+                ipam: Some(Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(self.cfg.docker.subnet.clone()),
+                        gateway: Some(self.ip(1).to_string()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                labels: Some(HashMap::from([(
+                    labels::CLUSTER.to_string(),
+                    self.cfg.cluster_id.clone(),
+                )])),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Creates and starts one container.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        role: Role,
+        id: &str,
+        ip: IpAddr,
+        image: &str,
+        cmd: Vec<String>,
+        env: Vec<String>,
+        user: Option<&str>,
+        binds: Vec<String>,
+    ) -> Result<Node> {
+        let name = format!(
+            "ts-{}-{}-{}",
+            self.cfg.cluster_id,
+            role.as_str(),
+            &id[..id.len().min(8)]
+        );
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(cmd),
+            env: Some(env),
+            user: user.map(str::to_string),
+            hostname: Some(format!("ts-{}-{}", role.as_str(), &id[..id.len().min(8)])),
+            labels: Some(HashMap::from([
+                (labels::CLUSTER.to_string(), self.cfg.cluster_id.clone()),
+                (labels::ROLE.to_string(), role.as_str().to_string()),
+                (labels::ID.to_string(), id.to_string()),
+                (labels::IP.to_string(), ip.to_string()),
+            ])),
+            host_config: Some(HostConfig {
+                binds: Some(binds),
+                network_mode: Some(self.network()),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    self.network(),
+                    EndpointSettings {
+                        ipam_config: Some(EndpointIpamConfig {
+                            ipv4_address: Some(ip.to_string()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await?;
+        self.docker.start_container(&created.id, None).await?;
+        Ok(Node {
+            role,
+            id: id.to_string(),
+            ip,
+            state: "running".into(),
+            handle: created.id.chars().take(12).collect(),
+        })
+    }
+
+    pub async fn start_services(&self, p: Progress<'_>) -> Result<()> {
+        images::ensure_images(&self.docker, &self.cfg, p).await?;
+        self.ensure_network(p).await?;
+        let c = &self.cfg.credentials;
+        let base = self.cfg.docker.base_image.clone();
+        p("Starting Redis service container..");
+        let redis_ip = self.ip(REDIS_HOST);
+        self.run(
+            Role::Redis,
+            "redis",
+            redis_ip,
+            &base,
+            [
+                "redis-server",
+                "--bind",
+                "0.0.0.0",
+                "--requirepass",
+                &c.redis_password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec![],
+            Some("redis"),
+            vec![],
+        )
+        .await?;
+        wait_port("redis", redis_ip, 6379, p).await?;
+        p("Starting Rabbitmq service container..");
+        let rabbit_ip = self.ip(RABBITMQ_HOST);
+        self.run(
+            Role::Rabbitmq,
+            "rabbitmq",
+            rabbit_ip,
+            &base,
+            vec!["/usr/lib/rabbitmq/bin/rabbitmq-server".into()],
+            vec![
+                format!("RABBITMQ_DEFAULT_USER={}", c.rabbitmq_user),
+                format!("RABBITMQ_DEFAULT_PASS={}", c.rabbitmq_password),
+            ],
+            // As root, rabbitmq-server ignores SIGTERM and `docker stop` must kill it.
+            Some("rabbitmq"),
+            vec![],
+        )
+        .await?;
+        wait_port("rabbitmq", rabbit_ip, 5672, p).await
+    }
+
+    pub async fn start_server(&self, ep: &Endpoints, workers: usize) -> Result<Node> {
+        let taken: Vec<IpAddr> = self.nodes().await?.iter().map(|n| n.ip).collect();
+        let ip = next_free_ip(self.base, SERVER_HOSTS.0, SERVER_HOSTS.1, &taken)
+            .ok_or_else(|| Error::Runtime("no free server address in the subnet".into()))?;
+        let s = &self.cfg.server;
+        let dir = self.cfg.server_log_dir.display().to_string();
+        let id = format!("server-{}", Uuid::new_v4().simple());
+        let cmd = vec![
+            "ts-server".into(),
+            "--amqp-url".into(),
+            ep.amqp_url.clone(),
+            "--redis-url".into(),
+            ep.redis_url.clone(),
+            "--workers".into(),
+            workers.to_string(),
+            "--ttl".into(),
+            s.ttl.to_string(),
+            "--tick-ms".into(),
+            s.tick_ms.to_string(),
+            "--log-dir".into(),
+            dir.clone(),
+        ];
+        let image = self.cfg.docker.image.clone();
+        self.run(
+            Role::Server,
+            &id,
+            ip,
+            &image,
+            cmd,
+            vec![],
+            None,
+            vec![format!("{dir}:{dir}")],
+        )
+        .await
+    }
+
+    pub async fn start_client(&self, ep: &Endpoints, id: Uuid) -> Result<Node> {
+        let taken: Vec<IpAddr> = self.nodes().await?.iter().map(|n| n.ip).collect();
+        let ip =
+            next_free_ip(self.base, CLIENT_HOSTS.0, CLIENT_HOSTS.1, &taken).ok_or_else(|| {
+                Error::Runtime("no free client address in the subnet (max 235)".into())
+            })?;
+        let c = &self.cfg.client;
+        let dir = self.cfg.client_log_dir.display().to_string();
+        // No --ip: the client finds its container address itself, as in production.
+        let cmd = vec![
+            "ts-client".into(),
+            "--amqp-url".into(),
+            ep.amqp_url.clone(),
+            "--id".into(),
+            id.to_string(),
+            "--skew".into(),
+            c.skew.to_string(),
+            "--drift-ppm".into(),
+            c.drift_ppm.to_string(),
+            "--interval-ms".into(),
+            c.interval_ms.to_string(),
+            "--log-dir".into(),
+            dir.clone(),
+        ];
+        let image = self.cfg.docker.image.clone();
+        self.run(
+            Role::Client,
+            &id.to_string(),
+            ip,
+            &image,
+            cmd,
+            vec![],
+            None,
+            vec![format!("{dir}:{dir}")],
+        )
+        .await
+    }
+
+    pub async fn remove(&self, node: &Node) -> Result<()> {
+        // Stop first so the process gets SIGTERM and closes its AMQP connection cleanly.
+        let _ = self
+            .docker
+            .stop_container(
+                &node.handle,
+                Some(
+                    StopContainerOptionsBuilder::default()
+                        .t(STOP_GRACE_SECS)
+                        .build(),
+                ),
+            )
+            .await;
+        self.docker
+            .remove_container(
+                &node.handle,
+                Some(
+                    RemoveContainerOptionsBuilder::default()
+                        .force(true)
+                        .v(true)
+                        .build(),
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn teardown(&self, p: Progress<'_>) -> Result<()> {
+        let nodes = self.nodes().await?;
+        // Clients and servers first, services last, so nothing logs a vanished broker.
+        let mut order = nodes.clone();
+        order.sort_by_key(|n| std::cmp::Reverse(n.role as u8));
+        let tasks = order.iter().map(|n| async move {
+            let r = self.remove(n).await;
+            (n, r)
+        });
+        for (n, r) in futures_util::future::join_all(tasks).await {
+            r?;
+            p(&format!("Removed {} {} ({})", n.role.as_str(), n.id, n.ip));
+        }
+        let name = self.network();
+        match self.docker.remove_network(&name).await {
+            Ok(()) => p(&format!("Removed network {name}")),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+}
+
+/// Waits until `ip:port` accepts TCP, printing the seed's progress lines.
+pub(crate) async fn wait_port(service: &str, ip: IpAddr, port: u16, p: Progress<'_>) -> Result<()> {
+    p(&format!(
+        "waiting for {service} service port on {ip}:{port}"
+    ));
+    let deadline = Instant::now() + SERVICE_PORT_TIMEOUT;
+    let mut backoff = Backoff::default();
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect((ip, port)),
+        )
+        .await;
+        if matches!(attempt, Ok(Ok(_))) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Runtime(format!(
+                "{service} did not open {ip}:{port} within {}s",
+                SERVICE_PORT_TIMEOUT.as_secs()
+            )));
+        }
+        let delay = backoff.next_delay();
+        p(&format!(
+            "Failed connecting to {ip} on {port}, Retrying in {} seconds...",
+            delay.as_secs()
+        ));
+        tokio::time::sleep(delay).await;
+    }
+}

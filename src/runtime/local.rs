@@ -1,0 +1,355 @@
+//! The local runtime: nodes are processes on this machine, told apart by loopback addresses.
+//!
+//! For machines without Docker (and for fast tests). Clients advertise `127.0.0.20`,
+//! `127.0.0.21`, … (lowest free first); the server and services listen on `127.0.0.1`. Redis is
+//! a private `redis-server` on a free port with the cluster's password; RabbitMQ is the local
+//! broker (started if it is not running, and then stopped again by teardown) with a vhost and a
+//! user of the cluster's own, so several local clusters can share one broker. Processes are
+//! recorded in `state.json`; a PID counts as ours only while its command line still names the
+//! node, so a reused PID is never signalled.
+
+use super::docker::wait_port;
+use super::{images, next_free_ip, Endpoints, Node, Progress, Role};
+use crate::cli::cluster::{ClusterConfig, LocalNode, State};
+use crate::error::{Error, Result};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// The broker's port on this machine.
+pub const RABBITMQ_PORT: u16 = 5672;
+/// How long a node gets to exit after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+const LOOPBACK: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 0);
+const CLIENT_HOSTS: (u8, u8) = (20, 254);
+
+/// Local processes of one cluster.
+pub struct LocalRuntime {
+    cfg: ClusterConfig,
+}
+
+impl LocalRuntime {
+    pub fn new(cfg: &ClusterConfig) -> Self {
+        LocalRuntime { cfg: cfg.clone() }
+    }
+
+    fn vhost(&self) -> String {
+        format!("tsc-{}", self.cfg.cluster_id)
+    }
+
+    fn user(&self) -> String {
+        format!(
+            "{}-{}",
+            self.cfg.credentials.rabbitmq_user, self.cfg.cluster_id
+        )
+    }
+
+    pub fn endpoints(&self, state: &State) -> Endpoints {
+        let c = &self.cfg.credentials;
+        let redis = format!(
+            "redis://:{}@127.0.0.1:{}/0",
+            c.redis_password,
+            state.local.redis_port.unwrap_or(6379)
+        );
+        Endpoints {
+            amqp_url: format!(
+                "amqp://{}:{}@127.0.0.1:{RABBITMQ_PORT}/{}",
+                self.user(),
+                c.rabbitmq_password,
+                self.vhost()
+            ),
+            redis_url: redis.clone(),
+            redis_url_from_host: redis,
+        }
+    }
+
+    pub fn nodes(&self, state: &State) -> Vec<Node> {
+        let mut nodes: Vec<Node> = state
+            .local
+            .nodes
+            .iter()
+            .map(|n| Node {
+                role: n.role,
+                id: n.id.clone(),
+                ip: n.ip,
+                state: if alive(n) { "running" } else { "exited" }.into(),
+                handle: format!("pid {}", n.pid),
+            })
+            .collect();
+        if state.runtime.is_some() {
+            let up = std::net::TcpStream::connect(("127.0.0.1", RABBITMQ_PORT)).is_ok();
+            nodes.push(Node {
+                role: Role::Rabbitmq,
+                id: "rabbitmq".into(),
+                ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                state: if up { "running" } else { "exited" }.into(),
+                handle: format!("vhost {}", self.vhost()),
+            });
+        }
+        nodes.sort_by_key(|n| (n.role as u8, crate::election::ip_rank(&n.ip)));
+        nodes
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.cfg.home.join("local").join(format!("{name}.out"))
+    }
+
+    /// Starts a detached process (own process group: a ctrl-c at tsc's terminal does not reach
+    /// it) with stdout/stderr in `home/local/<name>.out`.
+    fn spawn(&self, name: &str, program: &std::path::Path, args: &[String]) -> Result<u32> {
+        let log = self.log_path(name);
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let out = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
+        let err = out.try_clone().map_err(|e| Error::io(&log, e))?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| Error::io(program, e))?;
+        Ok(child.id())
+    }
+
+    pub async fn start_services(&self, state: &mut State, p: Progress<'_>) -> Result<()> {
+        let port = free_port()?;
+        p("Starting Redis service process..");
+        let pid = self.spawn(
+            "redis",
+            std::path::Path::new("redis-server"),
+            &[
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--requirepass",
+                &self.cfg.credentials.redis_password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            .map(String::from),
+        )?;
+        state.local.redis_port = Some(port);
+        state.local.nodes.push(LocalNode {
+            role: Role::Redis,
+            id: "redis".into(),
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            pid,
+        });
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        wait_port("redis", lo, port, p).await?;
+        if std::net::TcpStream::connect(("127.0.0.1", RABBITMQ_PORT)).is_err() {
+            p("Starting local RabbitMQ (rabbitmq-server -detached)..");
+            rabbitmqctl("rabbitmq-server", &["-detached"])?;
+            state.local.started_rabbitmq = true;
+        }
+        wait_port("rabbitmq", lo, RABBITMQ_PORT, p).await?;
+        let _ = rabbitmqctl("rabbitmqctl", &["-q", "await_startup"]);
+        let (vhost, user) = (self.vhost(), self.user());
+        let pass = &self.cfg.credentials.rabbitmq_password;
+        rabbitmqctl("rabbitmqctl", &["-q", "add_vhost", &vhost])?;
+        if rabbitmqctl("rabbitmqctl", &["-q", "add_user", &user, pass]).is_err() {
+            rabbitmqctl("rabbitmqctl", &["-q", "change_password", &user, pass])?;
+        }
+        rabbitmqctl(
+            "rabbitmqctl",
+            &[
+                "-q",
+                "set_permissions",
+                "-p",
+                &vhost,
+                &user,
+                ".*",
+                ".*",
+                ".*",
+            ],
+        )?;
+        p(&format!("RabbitMQ vhost {vhost} ready for user {user}"));
+        Ok(())
+    }
+
+    pub fn start_server(&self, state: &mut State, ep: &Endpoints, workers: usize) -> Result<Node> {
+        let id = format!("server-{}", Uuid::new_v4().simple());
+        let s = &self.cfg.server;
+        let args = vec![
+            "--amqp-url".into(),
+            ep.amqp_url.clone(),
+            "--redis-url".into(),
+            ep.redis_url.clone(),
+            "--workers".into(),
+            workers.to_string(),
+            "--ttl".into(),
+            s.ttl.to_string(),
+            "--tick-ms".into(),
+            s.tick_ms.to_string(),
+            "--log-dir".into(),
+            self.cfg.server_log_dir.display().to_string(),
+        ];
+        let pid = self.spawn(&id, &images::binary("ts-server")?, &args)?;
+        self.record(
+            state,
+            Role::Server,
+            id,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            pid,
+        )
+    }
+
+    pub fn start_client(&self, state: &mut State, ep: &Endpoints, id: Uuid) -> Result<Node> {
+        let taken: Vec<IpAddr> = state.local.nodes.iter().map(|n| n.ip).collect();
+        let ip = next_free_ip(LOOPBACK, CLIENT_HOSTS.0, CLIENT_HOSTS.1, &taken)
+            .ok_or_else(|| Error::Runtime("no free loopback address for a client".into()))?;
+        let c = &self.cfg.client;
+        let args = vec![
+            "--amqp-url".into(),
+            ep.amqp_url.clone(),
+            "--id".into(),
+            id.to_string(),
+            "--ip".into(),
+            ip.to_string(),
+            "--skew".into(),
+            c.skew.to_string(),
+            "--drift-ppm".into(),
+            c.drift_ppm.to_string(),
+            "--interval-ms".into(),
+            c.interval_ms.to_string(),
+            "--log-dir".into(),
+            self.cfg.client_log_dir.display().to_string(),
+        ];
+        let pid = self.spawn(&id.to_string(), &images::binary("ts-client")?, &args)?;
+        self.record(state, Role::Client, id.to_string(), ip, pid)
+    }
+
+    fn record(
+        &self,
+        state: &mut State,
+        role: Role,
+        id: String,
+        ip: IpAddr,
+        pid: u32,
+    ) -> Result<Node> {
+        state.local.nodes.push(LocalNode {
+            role,
+            id: id.clone(),
+            ip,
+            pid,
+        });
+        state.save(&self.cfg.home)?;
+        Ok(Node {
+            role,
+            id,
+            ip,
+            state: "running".into(),
+            handle: format!("pid {pid}"),
+        })
+    }
+
+    pub fn remove(&self, state: &mut State, node: &Node) -> Result<()> {
+        if let Some(n) = state
+            .local
+            .nodes
+            .iter()
+            .find(|n| n.id == node.id && n.role == node.role)
+        {
+            stop(n);
+        }
+        state
+            .local
+            .nodes
+            .retain(|n| !(n.id == node.id && n.role == node.role));
+        state.save(&self.cfg.home)
+    }
+
+    pub fn teardown(&self, state: &mut State, p: Progress<'_>) -> Result<()> {
+        let mut nodes = state.local.nodes.clone();
+        nodes.sort_by_key(|n| std::cmp::Reverse(n.role as u8));
+        for n in &nodes {
+            stop(n);
+            p(&format!("Stopped {} {} ({})", n.role.as_str(), n.id, n.ip));
+        }
+        state.local.nodes.clear();
+        if std::net::TcpStream::connect(("127.0.0.1", RABBITMQ_PORT)).is_ok() {
+            let _ = rabbitmqctl("rabbitmqctl", &["-q", "delete_vhost", &self.vhost()]);
+            let _ = rabbitmqctl("rabbitmqctl", &["-q", "delete_user", &self.user()]);
+            p(&format!(
+                "Removed RabbitMQ vhost {} and user {}",
+                self.vhost(),
+                self.user()
+            ));
+            if state.local.started_rabbitmq {
+                let _ = rabbitmqctl("rabbitmqctl", &["-q", "stop"]);
+                p("Stopped the RabbitMQ that bootstrap started");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rabbitmqctl(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program).args(args).output().map_err(|e| {
+        Error::Runtime(format!(
+            "cannot run {program}: {e} (install rabbitmq-server)"
+        ))
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Runtime(format!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("127.0.0.1:0", e))?;
+    Ok(l.local_addr()
+        .map_err(|e| Error::io("127.0.0.1:0", e))?
+        .port())
+}
+
+/// Whether the recorded process still runs and is still ours (its command line names it).
+fn alive(n: &LocalNode) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", n.pid)).unwrap_or_default();
+    // Field 3, after the parenthesised command name, is the state; Z is a zombie.
+    let running = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|s| s != "Z" && s != "X");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", n.pid)).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let ours = match n.role {
+        Role::Client => cmdline.contains(&n.id),
+        Role::Server => cmdline.contains("ts-server"),
+        Role::Redis => cmdline.contains("redis-server"),
+        Role::Rabbitmq => true,
+    };
+    running && ours
+}
+
+/// SIGTERM, wait, then SIGKILL.
+fn stop(n: &LocalNode) {
+    if !alive(n) {
+        return;
+    }
+    let pid = n.pid as libc::pid_t;
+    // SAFETY: kill(2) with a PID we verified is our live process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + STOP_GRACE;
+    while alive(n) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive(n) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}

@@ -1,0 +1,219 @@
+//! Where a cluster's nodes run: Docker containers (via bollard) or local processes.
+//!
+//! Both runtimes offer the same operations, so every `tsc` command is written once against
+//! [`Runtime`]. Nodes are found by labels (Docker) or by the cluster's state file (local),
+//! never by parsing names. Decisions that do not need I/O (which address a new client gets)
+//! are plain functions here so they can be tested without either runtime.
+
+mod docker;
+mod images;
+mod local;
+
+pub use docker::DockerRuntime;
+pub use images::{ensure_images, BASE_BUILD_SCRIPT};
+pub use local::LocalRuntime;
+
+use crate::cli::cluster::{ClusterConfig, RuntimeKind, State};
+use crate::error::Result;
+use serde::Serialize;
+use std::net::IpAddr;
+use uuid::Uuid;
+
+/// Label keys put on every Docker object tsc creates.
+pub mod labels {
+    /// The cluster id; teardown removes exactly the objects carrying ours.
+    pub const CLUSTER: &str = "time-sync.cluster";
+    /// `redis`, `rabbitmq`, `server` or `client`.
+    pub const ROLE: &str = "time-sync.role";
+    /// The node id (clients: their UUID).
+    pub const ID: &str = "time-sync.id";
+    /// The node's static address.
+    pub const IP: &str = "time-sync.ip";
+}
+
+/// What a node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Redis,
+    Rabbitmq,
+    Server,
+    Client,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Redis => "redis",
+            Role::Rabbitmq => "rabbitmq",
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Redis, Role::Rabbitmq, Role::Server, Role::Client]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// A running (or stopped) node of the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Node {
+    pub role: Role,
+    pub id: String,
+    pub ip: IpAddr,
+    /// `running`, `exited`, `paused`, ... (Docker's words; local: `running` or `exited`).
+    pub state: String,
+    /// Container id or process id, for people.
+    pub handle: String,
+}
+
+impl Node {
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// How tsc reaches the cluster's services from where it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoints {
+    /// For `ts-server` and `ts-client` processes (inside the cluster's network).
+    pub amqp_url: String,
+    /// For `ts-server` (inside the cluster's network).
+    pub redis_url: String,
+    /// For tsc itself (from the host).
+    pub redis_url_from_host: String,
+}
+
+/// Progress lines for people; `tsc` prints them, tests collect them.
+pub type Progress<'a> = &'a mut dyn FnMut(&str);
+
+/// A runtime chosen for a cluster.
+pub enum Runtime {
+    Docker(DockerRuntime),
+    Local(LocalRuntime),
+}
+
+impl Runtime {
+    /// Opens the runtime that `kind` names (`Auto`: Docker if a daemon answers, else local).
+    pub async fn open(cfg: &ClusterConfig, kind: RuntimeKind) -> Result<Runtime> {
+        match kind {
+            RuntimeKind::Docker => Ok(Runtime::Docker(DockerRuntime::connect(cfg).await?)),
+            RuntimeKind::Local => Ok(Runtime::Local(LocalRuntime::new(cfg))),
+            RuntimeKind::Auto => match DockerRuntime::connect(cfg).await {
+                Ok(d) => Ok(Runtime::Docker(d)),
+                Err(_) => Ok(Runtime::Local(LocalRuntime::new(cfg))),
+            },
+        }
+    }
+
+    pub fn kind(&self) -> RuntimeKind {
+        match self {
+            Runtime::Docker(_) => RuntimeKind::Docker,
+            Runtime::Local(_) => RuntimeKind::Local,
+        }
+    }
+
+    /// Every node of this cluster.
+    pub async fn nodes(&self, state: &State) -> Result<Vec<Node>> {
+        match self {
+            Runtime::Docker(d) => d.nodes().await,
+            Runtime::Local(l) => Ok(l.nodes(state)),
+        }
+    }
+
+    /// Starts Redis and RabbitMQ and waits for their ports.
+    pub async fn start_services(&self, state: &mut State, p: Progress<'_>) -> Result<()> {
+        match self {
+            Runtime::Docker(d) => d.start_services(p).await,
+            Runtime::Local(l) => l.start_services(state, p).await,
+        }
+    }
+
+    /// Where the services are.
+    pub fn endpoints(&self, state: &State) -> Endpoints {
+        match self {
+            Runtime::Docker(d) => d.endpoints(),
+            Runtime::Local(l) => l.endpoints(state),
+        }
+    }
+
+    pub async fn start_server(&self, state: &mut State, workers: usize) -> Result<Node> {
+        let ep = self.endpoints(state);
+        match self {
+            Runtime::Docker(d) => d.start_server(&ep, workers).await,
+            Runtime::Local(l) => l.start_server(state, &ep, workers),
+        }
+    }
+
+    pub async fn start_client(&self, state: &mut State) -> Result<Node> {
+        let ep = self.endpoints(state);
+        let id = Uuid::new_v4();
+        match self {
+            Runtime::Docker(d) => d.start_client(&ep, id).await,
+            Runtime::Local(l) => l.start_client(state, &ep, id),
+        }
+    }
+
+    /// Stops and removes one node.
+    pub async fn remove(&self, state: &mut State, node: &Node) -> Result<()> {
+        match self {
+            Runtime::Docker(d) => d.remove(node).await,
+            Runtime::Local(l) => l.remove(state, node),
+        }
+    }
+
+    /// Removes every node and whatever else the cluster created; returns what it removed.
+    pub async fn teardown(&self, state: &mut State, p: Progress<'_>) -> Result<()> {
+        match self {
+            Runtime::Docker(d) => d.teardown(p).await,
+            Runtime::Local(l) => l.teardown(state, p),
+        }
+    }
+}
+
+/// The lowest address in `first..=last` (host numbers within the subnet `base`) not in `taken`.
+pub fn next_free_ip(
+    base: std::net::Ipv4Addr,
+    first: u8,
+    last: u8,
+    taken: &[IpAddr],
+) -> Option<IpAddr> {
+    let base = u32::from(base);
+    (first..=last)
+        .map(|n| IpAddr::V4((base + u32::from(n)).into()))
+        .find(|ip| !taken.contains(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_free_ip_fills_gaps_first() {
+        let base = "10.251.0.0".parse().unwrap();
+        let taken: Vec<IpAddr> = ["10.251.0.20", "10.251.0.22"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(
+            next_free_ip(base, 20, 254, &taken),
+            Some("10.251.0.21".parse().unwrap())
+        );
+        assert_eq!(next_free_ip(base, 20, 20, &taken), None);
+        assert_eq!(
+            next_free_ip(base, 23, 254, &[]),
+            Some("10.251.0.23".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn roles_round_trip() {
+        for r in [Role::Redis, Role::Rabbitmq, Role::Server, Role::Client] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Role::parse("nope"), None);
+    }
+}
