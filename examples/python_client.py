@@ -45,7 +45,10 @@ FILTER_WINDOW = 8
 UPDATE_FIELDS = {
     "v", "server_id", "seq", "master_id", "master_ip", "master_time_us", "server_time_us",
 }
-PROPERTIES = pika.BasicProperties(content_type="application/json", delivery_mode=1)
+# expiration: two report intervals (PROTOCOL.md §3), so a report never outlives the next one.
+PROPERTIES = pika.BasicProperties(
+    content_type="application/json", delivery_mode=1, expiration="2000"
+)
 
 
 def host_us():

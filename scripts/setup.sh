@@ -23,6 +23,14 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The protocol-compatibility test runs a Python client written from docs/PROTOCOL.md.
+if ! python3 -c 'import pika' 2>/dev/null; then
+  log "installing the Python AMQP client (pika) for the protocol test"
+  python3 -m pip install -q pika 2>/dev/null || {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pika >/dev/null
+  }
+fi
+
 port_open() { (echo >"/dev/tcp/$1/$2") 2>/dev/null; }
 
 if ! port_open 127.0.0.1 5672; then

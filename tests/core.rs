@@ -142,7 +142,7 @@ async fn garbage_flood_rejected_counted_and_sync_continues() {
     let per_kind = 400;
     for _ in 0..per_kind {
         for k in &kinds {
-            time_sync::broker::publish_raw(&ch, "", REPORTS_QUEUE, k)
+            time_sync::broker::publish_raw(&ch, "", REPORTS_QUEUE, k, None)
                 .await
                 .unwrap();
         }
@@ -193,6 +193,41 @@ async fn garbage_flood_rejected_counted_and_sync_continues() {
         },
     )
     .await;
+    // Clients reject bad updates on their own queues the same way, and keep following.
+    let (_, follower) = {
+        let r = live(&store).await;
+        let m = master(&store).await.unwrap();
+        let f = r.iter().find(|r| r.report.id != m.id).unwrap().report.id;
+        (m.id, f)
+    };
+    let flog = env.path().join("clients").join(follower.to_string());
+    let applied = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains("slewing toward master") || l.contains("stepped clock"))
+            .count()
+    };
+    let applied_before = applied(&std::fs::read_to_string(&flog).unwrap());
+    for k in &kinds {
+        for _ in 0..20 {
+            time_sync::broker::publish_raw(&ch, time_sync::protocol::UPDATES_EXCHANGE, "", k, None)
+                .await
+                .unwrap();
+        }
+    }
+    wait_for(
+        Duration::from_secs(15),
+        "client rejecting bad updates and applying good ones",
+        || async {
+            let text = std::fs::read_to_string(&flog).unwrap();
+            (text.contains("rejected update") && applied(&text) >= applied_before + 2).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        env.procs.iter_mut().all(|p| p.is_running()),
+        "every process survived"
+    );
+
     let log = std::fs::read_to_string(env.path().join("server").join("server.json")).unwrap();
     assert!(
         log.contains("rejected report"),

@@ -582,30 +582,31 @@ async fn clients(
         ClientsCommand::Remove { client } => {
             let nodes = rt.nodes(state).await?;
             let clients: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Client).collect();
-            let node =
-                match clients
-                    .iter()
-                    .filter(|n| n.id == client || n.id.starts_with(&client))
-                    .collect::<Vec<_>>()
-                    .as_slice()
-                {
-                    [one] if !client.is_empty() => (**one).clone(),
-                    [] | [_] => return Err(Failure::new(
+            let node = match clients
+                .iter()
+                .filter(|n| n.id == client || n.id.starts_with(&client))
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                [one] if !client.is_empty() => (**one).clone(),
+                [] | [_] => {
+                    return Err(Failure::new(
                         exit::NOT_FOUND,
                         format!(
                             "no client with id {client:?} in this cluster (see `tsc clients list`)"
                         ),
-                    )),
-                    many => {
-                        return Err(Failure::new(
-                            exit::NOT_FOUND,
-                            format!(
-                                "{client:?} matches {} clients; give more of the id",
-                                many.len()
-                            ),
-                        ))
-                    }
-                };
+                    ))
+                }
+                many => {
+                    return Err(Failure::new(
+                        exit::NOT_FOUND,
+                        format!(
+                            "{client:?} matches {} clients; give more of the id",
+                            many.len()
+                        ),
+                    ))
+                }
+            };
             out.line(&format!("Attempting to remove client with ID {}", node.id));
             rt.remove(state, &node).await?;
             if out.json {

@@ -41,7 +41,7 @@ pub async fn tail(
     follow: bool,
     verbose: bool,
     stop: CancellationToken,
-    out: &mut dyn FnMut(&str),
+    out: &mut (dyn FnMut(&str) + Send),
 ) -> Result<()> {
     let file = std::fs::File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {

@@ -112,7 +112,11 @@ async fn run_scheduler<S: ReportStore, C: Clock + Clone>(ctx: Arc<ServerContext<
                 let mut cache_down = false;
                 loop {
                     tokio::select! {
-                        _ = ctx.shutdown.cancelled() => return Ok(()),
+                        _ = ctx.shutdown.cancelled() => {
+                            // Close the channel before the connection, or lapin logs the race.
+                            let _ = ch.close(200, "shutdown".into()).await;
+                            return Ok(());
+                        }
                         _ = interval.tick() => {}
                     }
                     let mut s = scheduler.lock().await;

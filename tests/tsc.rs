@@ -1,0 +1,348 @@
+//! `tsc` end to end: the same flow on the Docker runtime (real Docker daemon, images built
+//! without a registry) and on the local runtime (processes against the local RabbitMQ).
+//!
+//! Docker is required: if no daemon answers, the Docker test fails (CI starts one).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use time_sync::cli::cluster::{ClusterConfig, RuntimeKind};
+
+/// Shortened TTL so that failover after removing the master takes seconds.
+const TTL_S: u64 = 3;
+
+struct Tsc {
+    home: tempdir::Dir,
+    runtime: &'static str,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl Tsc {
+    fn new(runtime: &'static str, subnet: &str) -> Tsc {
+        let t = Tsc {
+            home: tempdir::Dir::new(&format!("tsc-{runtime}")),
+            runtime,
+        };
+        let r = t.run(&["init"]);
+        assert_eq!(r.code, 0, "init: {}", r.stderr);
+        // Short TTL, private log directories and subnet for the test.
+        let mut cfg = ClusterConfig::load(t.home.path()).unwrap();
+        cfg.server.ttl = TTL_S;
+        cfg.docker.subnet = subnet.into();
+        cfg.client_log_dir = t.home.path().join("client_logs");
+        cfg.server_log_dir = t.home.path().join("server_logs");
+        cfg.runtime = if runtime == "docker" {
+            RuntimeKind::Docker
+        } else {
+            RuntimeKind::Local
+        };
+        cfg.save().unwrap();
+        t
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let out = Command::new(TSC_BIN)
+            .args(args)
+            .env("TSC_HOME", self.home.path())
+            .output()
+            .unwrap();
+        let r = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        eprintln!(
+            "$ tsc {} -> {}\n{}{}",
+            args.join(" "),
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+        r
+    }
+
+    fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "tsc {args:?} failed: {}", r.stderr);
+        r
+    }
+
+    fn clients(&self) -> Vec<Value> {
+        let v = self.ok(&["--json", "clients", "list"]).json();
+        v["clients"].as_array().unwrap().clone()
+    }
+
+    fn master(&self) -> Option<String> {
+        let r = self.run(&["--json", "clients", "get-master"]);
+        (r.code == 0).then(|| r.json()["master"]["id"].as_str().unwrap().to_string())
+    }
+
+    fn log_dir(&self) -> std::path::PathBuf {
+        self.home.path().join("client_logs")
+    }
+}
+
+impl Drop for Tsc {
+    fn drop(&mut self) {
+        // Never leave a cluster behind, even when an assertion failed.
+        let _ = Command::new(TSC_BIN)
+            .arg("teardown")
+            .env("TSC_HOME", self.home.path())
+            .output();
+    }
+}
+
+fn running(clients: &[Value]) -> Vec<&Value> {
+    clients.iter().filter(|c| c["state"] == "running").collect()
+}
+
+fn ip_rank(v: &Value) -> (u8, u128) {
+    time_sync::election::ip_rank(&v["ip"].as_str().unwrap().parse().unwrap())
+}
+
+/// The whole issue-3 flow; `queues` lists the RabbitMQ queues of the cluster.
+async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
+    let started = Instant::now();
+    let r = t.ok(&["bootstrap", "-c", "4", "-w", "2"]);
+    println!("[{}] bootstrap took {:?}", t.runtime, started.elapsed());
+    assert!(r.stdout.contains("Started new client at"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("waiting for rabbitmq service port on"),
+        "{}",
+        r.stdout
+    );
+
+    // Bootstrapping twice is refused with its own exit code and a hint.
+    let again = t.run(&["bootstrap"]);
+    assert_eq!(again.code, 5);
+    assert!(again.stderr.contains("tsc teardown"), "{}", again.stderr);
+
+    let w = t.ok(&["--json", "wait", "--timeout", "90", "--bound-ms", "10"]);
+    println!("[{}] synced: {}", t.runtime, w.stdout.replace('\n', " "));
+    let clients = t.clients();
+    assert_eq!(running(&clients).len(), 4);
+    let lowest = running(&clients)
+        .into_iter()
+        .min_by_key(|c| ip_rank(c))
+        .unwrap()
+        .clone();
+    let master = t.master().expect("a master");
+    assert_eq!(
+        master,
+        lowest["id"].as_str().unwrap(),
+        "the lowest IP is master"
+    );
+
+    // add -n 3 → 7.
+    let r = t.ok(&["clients", "add", "-n", "3"]);
+    assert_eq!(r.stdout.matches("Started new client at").count(), 3);
+    let clients = t.clients();
+    assert_eq!(running(&clients).len(), 7);
+    assert_eq!(
+        t.ok(&["clients", "list"]).stdout.lines().count(),
+        8,
+        "header + 7 ids"
+    );
+
+    // tail shows the client's log lines.
+    let tail = t.ok(&["clients", "tail", "-c", &master, "-n", "50"]);
+    assert!(
+        tail.stdout.contains("ts-client starting"),
+        "{}",
+        tail.stdout
+    );
+    let raw = t.ok(&["clients", "tail", "-c", &master, "-v", "-n", "1"]);
+    serde_json::from_str::<Value>(raw.stdout.trim()).expect("-v prints raw JSON lines");
+    assert!(
+        t.log_dir().join(&master).is_file(),
+        "client log on the host"
+    );
+
+    // Removing an unknown id fails cleanly.
+    let bad = t.run(&["clients", "remove", "-c", "does-not-exist"]);
+    assert_eq!(bad.code, 3);
+    assert_eq!(bad.stderr.trim().lines().count(), 1, "{}", bad.stderr);
+    assert!(t.run(&["clients", "get", "-c", "nope"]).code == 3);
+
+    // Remove the master: a new master after the TTL, the lowest remaining IP.
+    t.ok(&["clients", "remove", "-c", &master]);
+    let removed = Instant::now();
+    let new_master = wait_for(Duration::from_secs(TTL_S + 20), "a new master", || async {
+        t.master().filter(|m| *m != master)
+    })
+    .await;
+    let failover = removed.elapsed();
+    println!(
+        "[{}] failover after removing the master: {failover:?} (TTL {TTL_S} s)",
+        t.runtime
+    );
+    assert!(
+        failover >= Duration::from_secs(TTL_S - 1),
+        "replaced only once silent for the TTL"
+    );
+    let clients = t.clients();
+    let lowest = running(&clients)
+        .into_iter()
+        .min_by_key(|c| ip_rank(c))
+        .unwrap()
+        .clone();
+    assert_eq!(new_master, lowest["id"].as_str().unwrap());
+    t.ok(&["wait", "--timeout", "60", "--bound-ms", "10"]);
+
+    let st = t.run(&["--json", "status"]);
+    assert_eq!(st.code, 0, "healthy: {}", st.stdout);
+    assert_eq!(st.json()["healthy"], true);
+
+    // No orphan queue from the removed client: the reports queue + one per running client.
+    let qs = queues(t);
+    assert_eq!(
+        qs.iter().filter(|q| q.as_str() == "ts.reports").count(),
+        1,
+        "{qs:?}"
+    );
+    assert_eq!(qs.len(), 1 + 6, "{qs:?}");
+
+    let started = Instant::now();
+    t.ok(&["teardown"]);
+    println!("[{}] teardown took {:?}", t.runtime, started.elapsed());
+    assert_eq!(t.run(&["status"]).code, 4, "no cluster after teardown");
+    assert_eq!(t.ok(&["teardown"]).stdout.trim(), "Nothing to tear down.");
+}
+
+fn docker_ps(filter: &str) -> Vec<String> {
+    sh(
+        "docker",
+        &["ps", "-a", "--filter", filter, "--format", "{{.Names}}"],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_runtime_flow() {
+    assert!(
+        Command::new("docker")
+            .arg("info")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false),
+        "no Docker daemon answers; .ci/run starts one (scripts/setup.sh)"
+    );
+    let t = Tsc::new("docker", "10.252.0.0/24");
+    let cfg = ClusterConfig::load(t.home.path()).unwrap();
+    let label = format!("label=time-sync.cluster={}", cfg.cluster_id);
+    let queues = |_: &Tsc| {
+        let rabbit = docker_ps(&format!("{label}"))
+            .into_iter()
+            .find(|n| n.contains("rabbitmq"))
+            .unwrap();
+        sh(
+            "docker",
+            &[
+                "exec",
+                &rabbit,
+                "rabbitmqctl",
+                "-q",
+                "list_queues",
+                "--no-table-headers",
+                "name",
+            ],
+        )
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+    };
+    flow(&t, &queues).await;
+    assert!(
+        docker_ps(&label).is_empty(),
+        "teardown left containers: {:?}",
+        docker_ps(&label)
+    );
+    let nets = sh(
+        "docker",
+        &["network", "ls", "--filter", &label, "--format", "{{.Name}}"],
+    );
+    assert!(nets.trim().is_empty(), "teardown left networks: {nets}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_runtime_flow() {
+    assert_rabbitmq_up();
+    let t = Tsc::new("local", "10.253.0.0/24");
+    let cfg = ClusterConfig::load(t.home.path()).unwrap();
+    let vhost = format!("tsc-{}", cfg.cluster_id);
+    let vh = vhost.clone();
+    let queues = move |_: &Tsc| {
+        sh(
+            "rabbitmqctl",
+            &["-q", "list_queues", "-p", &vh, "--no-table-headers", "name"],
+        )
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+    };
+    flow(&t, &queues).await;
+    let vhosts = sh("rabbitmqctl", &["-q", "list_vhosts"]);
+    assert!(
+        !vhosts.lines().any(|l| l.trim() == vhost),
+        "teardown left the vhost"
+    );
+    let state = std::fs::read_to_string(t.home.path().join("state.json"));
+    assert!(state.is_err(), "teardown removes the state file");
+}
+
+#[test]
+fn bad_cli_input_gets_one_line_and_an_exit_code() {
+    let home = tempdir::Dir::new("tsc-bad");
+    let run = |args: &[&str]| {
+        Command::new(TSC_BIN)
+            .args(args)
+            .env("TSC_HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    // Not initialized yet.
+    let o = run(&["clients", "list"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tsc init"));
+    // A path that is a file.
+    let file = home.path().join("f");
+    std::fs::write(&file, "x").unwrap();
+    let o = run(&["init", "-p", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("not a directory") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(run(&["init"]).status.code(), Some(0));
+    // Initialized but no cluster.
+    let o = run(&["status"]);
+    assert_eq!(o.status.code(), Some(4));
+    // Usage errors.
+    assert_eq!(
+        run(&["clients", "add", "-n", "lots"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(run(&["bootstrap", "-w", "0"]).status.code(), Some(2));
+    let _ = Path::new("/");
+}
