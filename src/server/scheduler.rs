@@ -28,6 +28,8 @@ pub struct Scheduler<S, C> {
     metrics: Arc<Metrics>,
     stats_ttl: Duration,
     idle: bool,
+    /// An election is due and was held back one tick (see [`Scheduler::tick`]).
+    election_armed: bool,
     /// Samples of (master clock − server clock) from the current master's reports.
     filter: MinDelayFilter,
     filtered: Option<(Uuid, u64)>,
@@ -43,6 +45,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             metrics,
             stats_ttl: ttl,
             idle: false,
+            election_armed: false,
             filter: MinDelayFilter::default(),
             filtered: None,
         }
@@ -67,8 +70,23 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
                 }
                 return Ok(None);
             }
-            Decision::Keep(r) => r,
+            Decision::Keep(r) => {
+                self.election_armed = false;
+                r
+            }
+            // Hold every election for one tick: clients started together report within one
+            // interval, and the master is sticky, so electing on the very first report would
+            // make whoever reported first the master instead of the lowest address.
+            Decision::Elect { .. } if !self.election_armed => {
+                self.election_armed = true;
+                info!(
+                    live_clients = live.len(),
+                    "no live master; electing on the next tick"
+                );
+                return Ok(None);
+            }
             Decision::Elect { master, previous } => {
+                self.election_armed = false;
                 let record = MasterRecord {
                     id: master.report.id,
                     ip: master.report.ip,
@@ -168,6 +186,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn late_joiner_with_lower_ip_wins_the_held_election() {
+        let (clock, store, mut s) = setup();
+        let now = clock.now_us();
+        store
+            .store_reports(&[report(2, "10.0.0.20", now, now)], TTL)
+            .await
+            .unwrap();
+        assert_eq!(s.tick().await.unwrap(), None);
+        clock.advance_us(S / 2);
+        let t = clock.now_us();
+        store
+            .store_reports(&[report(1, "10.0.0.3", t, t)], TTL)
+            .await
+            .unwrap();
+        clock.advance_us(S / 2);
+        assert_eq!(
+            s.tick().await.unwrap().unwrap().master_id,
+            Uuid::from_u128(1)
+        );
+    }
+
+    #[tokio::test]
     async fn idle_without_clients() {
         let (_, _, mut s) = setup();
         assert_eq!(s.tick().await.unwrap(), None);
@@ -188,6 +228,7 @@ mod tests {
             )
             .await
             .unwrap();
+        assert_eq!(s.tick().await.unwrap(), None, "the election waits one tick");
         let u = s.tick().await.unwrap().unwrap();
         assert_eq!(u.master_id, Uuid::from_u128(1));
         assert_eq!(u.server_time_us, now);
@@ -207,6 +248,7 @@ mod tests {
             .store_reports(&[report(1, "10.0.0.2", now, now)], TTL)
             .await
             .unwrap();
+        assert_eq!(s.tick().await.unwrap(), None);
         assert_eq!(
             s.tick().await.unwrap().unwrap().master_id,
             Uuid::from_u128(1)
@@ -230,6 +272,11 @@ mod tests {
             .store_reports(&[report(2, "10.0.0.3", t, t)], TTL)
             .await
             .unwrap();
+        assert_eq!(
+            s.tick().await.unwrap(),
+            None,
+            "replacement also waits one tick"
+        );
         let u = s.tick().await.unwrap().unwrap();
         assert_eq!(u.master_id, Uuid::from_u128(2));
         assert_eq!(u.seq, 4);
