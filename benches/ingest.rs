@@ -11,7 +11,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use time_sync::cache::RedisStore;
-use time_sync::protocol::{self, TimeReport, PROTOCOL_VERSION, REPORTS_QUEUE, STATS_KEY_PREFIX};
+use time_sync::protocol::{self, TimeReport, PROTOCOL_VERSION, REPORTS_QUEUE};
 use tokio_util::sync::CancellationToken;
 
 struct Opts {
@@ -87,23 +87,7 @@ async fn flood(url: String, first: usize, count: usize, clients: usize) {
 }
 
 async fn stored(store: &RedisStore) -> u64 {
-    let mut conn = store.connection();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{STATS_KEY_PREFIX}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    let mut total = 0;
-    for k in keys {
-        let v: Option<u64> = redis::cmd("HGET")
-            .arg(&k)
-            .arg("reports_stored")
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(None);
-        total += v.unwrap_or(0);
-    }
-    total
+    store.stat_total("reports_stored").await.unwrap_or(0)
 }
 
 async fn wait_stored(store: &RedisStore, target: u64, timeout: Duration) -> Duration {

@@ -11,4 +11,8 @@ cargo fmt --all -- --check
 echo "[test] cargo clippy --all-targets -- -D warnings"
 cargo clippy --release --all-targets -- -D warnings
 echo "[test] cargo test --release"
-cargo test --release -- --nocapture
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release -- --nocapture 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary, the last being doc tests).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"

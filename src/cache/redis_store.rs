@@ -13,6 +13,7 @@ use crate::protocol::{
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -64,10 +65,58 @@ impl RedisStore {
         }
     }
 
+    /// Every server's counters (`ts:stats:<server_id>` hashes), by server id.
+    pub async fn server_stats(&self) -> Result<Vec<(String, HashMap<String, u64>)>> {
+        let mut conn = self.conn.clone();
+        let keys = scan(&mut conn, &format!("{STATS_KEY_PREFIX}*")).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let h: HashMap<String, u64> = conn.hgetall(&k).await?;
+            if !h.is_empty() {
+                out.push((k.trim_start_matches(STATS_KEY_PREFIX).to_string(), h));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One counter summed over every server (0 when absent).
+    pub async fn stat_total(&self, name: &str) -> Result<u64> {
+        Ok(self
+            .server_stats()
+            .await?
+            .iter()
+            .map(|(_, h)| h.get(name).copied().unwrap_or(0))
+            .sum())
+    }
+
     /// The underlying connection, for callers (tsc, tests) that read other keys.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
+}
+
+/// Every key matching `pattern`, by `SCAN` (never `KEYS`, which blocks Redis), deduplicated.
+async fn scan(conn: &mut ConnectionManager, pattern: &str) -> Result<Vec<String>> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query_async(conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(keys)
 }
 
 impl ReportStore for RedisStore {
@@ -92,25 +141,7 @@ impl ReportStore for RedisStore {
 
     async fn live_reports(&self) -> Result<Vec<StoredReport>> {
         let mut conn = self.conn.clone();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{CLIENT_KEY_PREFIX}*"))
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut conn)
-                .await?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys.sort_unstable();
-        keys.dedup();
+        let keys = scan(&mut conn, &format!("{CLIENT_KEY_PREFIX}*")).await?;
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(SCAN_COUNT) {
             let values: Vec<Option<String>> =

@@ -12,7 +12,7 @@ pub mod view;
 use crate::cache::{RedisStore, ReportStore};
 use crate::clock::{format_us, Clock, SystemClock};
 use crate::error::Error;
-use crate::protocol::{MasterRecord, StoredReport, STATS_KEY_PREFIX};
+use crate::protocol::{MasterRecord, StoredReport};
 use crate::runtime::{Node, Role, Runtime};
 use clap::{Args, Parser, Subcommand};
 use cluster::{ClusterConfig, RuntimeKind, State};
@@ -659,25 +659,6 @@ async fn tail_file(path: &std::path::Path, o: &TailOpts) -> CliResult {
     Ok(())
 }
 
-async fn server_stats(store: &RedisStore) -> Vec<(String, std::collections::HashMap<String, u64>)> {
-    let mut conn = store.connection();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{STATS_KEY_PREFIX}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for k in keys {
-        let h: std::collections::HashMap<String, u64> = redis::cmd("HGETALL")
-            .arg(&k)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        out.push((k.trim_start_matches(STATS_KEY_PREFIX).to_string(), h));
-    }
-    out
-}
-
 /// Problems that make the cluster unhealthy; empty when all is well.
 fn health(
     nodes: &[Node],
@@ -719,7 +700,7 @@ async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out) -> 
             let reports = store.live_reports().await.unwrap_or_default();
             let master = store.master().await.ok().flatten();
             let rows = client_rows(&nodes, &reports, master.as_ref(), SystemClock.now_us());
-            (rows, master, server_stats(store).await)
+            (rows, master, store.server_stats().await.unwrap_or_default())
         }
         Err(_) => (client_rows(&nodes, &[], None, 0), None, vec![]),
     };

@@ -6,7 +6,9 @@
 //! containers bind-mount the host log directories at the same paths, so their logs land where
 //! `tsc ... tail` reads them.
 
-use super::{images, labels, next_free_ip, Endpoints, Node, Progress, Role};
+use super::{
+    client_args, images, labels, next_free_ip, server_args, Endpoints, Node, Progress, Role,
+};
 use crate::backoff::Backoff;
 use crate::cli::cluster::ClusterConfig;
 use crate::error::{Error, Result};
@@ -285,24 +287,10 @@ impl DockerRuntime {
         let taken: Vec<IpAddr> = self.nodes().await?.iter().map(|n| n.ip).collect();
         let ip = next_free_ip(self.base, SERVER_HOSTS.0, SERVER_HOSTS.1, &taken)
             .ok_or_else(|| Error::Runtime("no free server address in the subnet".into()))?;
-        let s = &self.cfg.server;
         let dir = self.cfg.server_log_dir.display().to_string();
         let id = format!("server-{}", Uuid::new_v4().simple());
-        let cmd = vec![
-            "ts-server".into(),
-            "--amqp-url".into(),
-            ep.amqp_url.clone(),
-            "--redis-url".into(),
-            ep.redis_url.clone(),
-            "--workers".into(),
-            workers.to_string(),
-            "--ttl".into(),
-            s.ttl.to_string(),
-            "--tick-ms".into(),
-            s.tick_ms.to_string(),
-            "--log-dir".into(),
-            dir.clone(),
-        ];
+        let mut cmd = vec!["ts-server".to_string()];
+        cmd.extend(server_args(&self.cfg, ep, workers));
         let image = self.cfg.docker.image.clone();
         self.run(
             Role::Server,
@@ -323,24 +311,9 @@ impl DockerRuntime {
             next_free_ip(self.base, CLIENT_HOSTS.0, CLIENT_HOSTS.1, &taken).ok_or_else(|| {
                 Error::Runtime("no free client address in the subnet (max 235)".into())
             })?;
-        let c = &self.cfg.client;
         let dir = self.cfg.client_log_dir.display().to_string();
-        // No --ip: the client finds its container address itself, as in production.
-        let cmd = vec![
-            "ts-client".into(),
-            "--amqp-url".into(),
-            ep.amqp_url.clone(),
-            "--id".into(),
-            id.to_string(),
-            "--skew".into(),
-            c.skew.to_string(),
-            "--drift-ppm".into(),
-            c.drift_ppm.to_string(),
-            "--interval-ms".into(),
-            c.interval_ms.to_string(),
-            "--log-dir".into(),
-            dir.clone(),
-        ];
+        let mut cmd = vec!["ts-client".to_string()];
+        cmd.extend(client_args(&self.cfg, ep, id, None));
         let image = self.cfg.docker.image.clone();
         self.run(
             Role::Client,

@@ -9,7 +9,7 @@
 //! node, so a reused PID is never signalled.
 
 use super::docker::wait_port;
-use super::{images, next_free_ip, Endpoints, Node, Progress, Role};
+use super::{client_args, images, next_free_ip, server_args, Endpoints, Node, Progress, Role};
 use crate::cli::cluster::{ClusterConfig, LocalNode, State};
 use crate::error::{Error, Result};
 use std::net::{IpAddr, Ipv4Addr};
@@ -178,21 +178,7 @@ impl LocalRuntime {
 
     pub fn start_server(&self, state: &mut State, ep: &Endpoints, workers: usize) -> Result<Node> {
         let id = format!("server-{}", Uuid::new_v4().simple());
-        let s = &self.cfg.server;
-        let args = vec![
-            "--amqp-url".into(),
-            ep.amqp_url.clone(),
-            "--redis-url".into(),
-            ep.redis_url.clone(),
-            "--workers".into(),
-            workers.to_string(),
-            "--ttl".into(),
-            s.ttl.to_string(),
-            "--tick-ms".into(),
-            s.tick_ms.to_string(),
-            "--log-dir".into(),
-            self.cfg.server_log_dir.display().to_string(),
-        ];
+        let args = server_args(&self.cfg, ep, workers);
         let pid = self.spawn(&id, &images::binary("ts-server")?, &args)?;
         self.record(
             state,
@@ -207,23 +193,7 @@ impl LocalRuntime {
         let taken: Vec<IpAddr> = state.local.nodes.iter().map(|n| n.ip).collect();
         let ip = next_free_ip(LOOPBACK, CLIENT_HOSTS.0, CLIENT_HOSTS.1, &taken)
             .ok_or_else(|| Error::Runtime("no free loopback address for a client".into()))?;
-        let c = &self.cfg.client;
-        let args = vec![
-            "--amqp-url".into(),
-            ep.amqp_url.clone(),
-            "--id".into(),
-            id.to_string(),
-            "--ip".into(),
-            ip.to_string(),
-            "--skew".into(),
-            c.skew.to_string(),
-            "--drift-ppm".into(),
-            c.drift_ppm.to_string(),
-            "--interval-ms".into(),
-            c.interval_ms.to_string(),
-            "--log-dir".into(),
-            self.cfg.client_log_dir.display().to_string(),
-        ];
+        let args = client_args(&self.cfg, ep, id, Some(ip));
         let pid = self.spawn(&id.to_string(), &images::binary("ts-client")?, &args)?;
         self.record(state, Role::Client, id.to_string(), ip, pid)
     }

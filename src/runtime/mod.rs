@@ -174,6 +174,55 @@ impl Runtime {
     }
 }
 
+/// Command-line arguments of a `ts-server` in this cluster (both runtimes start it this way).
+pub fn server_args(cfg: &ClusterConfig, ep: &Endpoints, workers: usize) -> Vec<String> {
+    let s = &cfg.server;
+    vec![
+        "--amqp-url".into(),
+        ep.amqp_url.clone(),
+        "--redis-url".into(),
+        ep.redis_url.clone(),
+        "--workers".into(),
+        workers.to_string(),
+        "--ttl".into(),
+        s.ttl.to_string(),
+        "--tick-ms".into(),
+        s.tick_ms.to_string(),
+        "--log-dir".into(),
+        cfg.server_log_dir.display().to_string(),
+    ]
+}
+
+/// Command-line arguments of a `ts-client` in this cluster. Without `ip` the client finds the
+/// address it reaches the broker from, as it would in production (Docker); the local runtime
+/// gives each client its own loopback address.
+pub fn client_args(
+    cfg: &ClusterConfig,
+    ep: &Endpoints,
+    id: Uuid,
+    ip: Option<IpAddr>,
+) -> Vec<String> {
+    let c = &cfg.client;
+    let mut args = vec![
+        "--amqp-url".into(),
+        ep.amqp_url.clone(),
+        "--id".into(),
+        id.to_string(),
+        "--skew".into(),
+        c.skew.to_string(),
+        "--drift-ppm".into(),
+        c.drift_ppm.to_string(),
+        "--interval-ms".into(),
+        c.interval_ms.to_string(),
+        "--log-dir".into(),
+        cfg.client_log_dir.display().to_string(),
+    ];
+    if let Some(ip) = ip {
+        args.extend(["--ip".into(), ip.to_string()]);
+    }
+    args
+}
+
 /// The lowest address in `first..=last` (host numbers within the subnet `base`) not in `taken`.
 pub fn next_free_ip(
     base: std::net::Ipv4Addr,

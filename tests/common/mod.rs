@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use time_sync::cache::{RedisStore, ReportStore};
-use time_sync::protocol::{MasterRecord, StoredReport, STATS_KEY_PREFIX};
+use time_sync::protocol::{MasterRecord, StoredReport};
 use tokio_util::sync::CancellationToken;
 
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_ts-server");
@@ -392,21 +392,5 @@ pub fn spread_us(reports: &[StoredReport], master: &MasterRecord, n: usize) -> O
 
 /// Sum of a counter over every server's stats hash.
 pub async fn stat(store: &RedisStore, name: &str) -> u64 {
-    let mut conn = store.connection();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{STATS_KEY_PREFIX}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    let mut total = 0;
-    for k in keys {
-        let v: Option<u64> = redis::cmd("HGET")
-            .arg(&k)
-            .arg(name)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(None);
-        total += v.unwrap_or(0);
-    }
-    total
+    store.stat_total(name).await.unwrap_or(0)
 }
