@@ -8,11 +8,13 @@
 //!
 //! Run: `cargo bench --bench ingest` (options: `-- --reports N --clients N --workers N`).
 
-use std::process::{Command, Stdio};
+#[path = "support.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
+use support::Services;
 use time_sync::cache::RedisStore;
 use time_sync::protocol::{self, TimeReport, PROTOCOL_VERSION, REPORTS_QUEUE};
-use tokio_util::sync::CancellationToken;
 
 struct Opts {
     reports: usize,
@@ -41,22 +43,6 @@ fn opts() -> Opts {
     o
 }
 
-fn sh(cmd: &str, args: &[&str]) {
-    let st = Command::new(cmd).args(args).stdout(Stdio::null()).status();
-    assert!(
-        st.map(|s| s.success()).unwrap_or(false),
-        "{cmd} {args:?} failed (RabbitMQ must be running locally; .ci/run starts it)"
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn flood(url: String, first: usize, count: usize, clients: usize) {
     let conn = lapin::Connection::connect(&url, Default::default())
         .await
@@ -76,6 +62,9 @@ async fn flood(url: String, first: usize, count: usize, clients: usize) {
             master_id: None,
             master_time_us: None,
             true_offset_us: Some(0),
+            ref_offset_us: None,
+            ref_freq_ppm: None,
+            max_step_us: None,
         };
         time_sync::broker::publish_raw(&ch, "", REPORTS_QUEUE, &protocol::encode(&r), None)
             .await
@@ -103,78 +92,28 @@ async fn wait_stored(store: &RedisStore, target: u64, timeout: Duration) -> Dura
     t0.elapsed()
 }
 
-struct Guard(Vec<std::process::Child>, String);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // Server first (it was started last), so it does not log a vanished Redis.
-        for c in self.0.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "delete_vhost", &self.1])
-            .output();
-    }
-}
-
-fn spawn_server(amqp: &str, redis: &str, workers: usize) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_ts-server"))
-        .args([
-            "--amqp-url",
-            amqp,
-            "--redis-url",
-            redis,
-            "--no-log-file",
-            "--tick-ms",
-            "20",
-        ])
-        .args(["--workers", &workers.to_string()])
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap()
+fn server_args(s: &Services, workers: usize) -> Vec<String> {
+    [
+        "--amqp-url",
+        &s.amqp_url(),
+        "--redis-url",
+        &s.redis_url(),
+        "--no-log-file",
+        "--tick-ms",
+        "20",
+        "--workers",
+        &workers.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 #[tokio::main]
 async fn main() {
     let o = opts();
-    let vhost = format!("ts-bench-{}", uuid::Uuid::new_v4().simple());
-    sh("rabbitmqctl", &["-q", "add_vhost", &vhost]);
-    sh(
-        "rabbitmqctl",
-        &[
-            "-q",
-            "set_permissions",
-            "-p",
-            &vhost,
-            "guest",
-            ".*",
-            ".*",
-            ".*",
-        ],
-    );
-    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
-    let port = free_port();
-    let redis_proc = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    let mut guard = Guard(vec![redis_proc], vhost);
-    let redis = format!("redis://127.0.0.1:{port}/0");
-    let store = loop {
-        if let Ok(Some(s)) = RedisStore::connect(&redis, &CancellationToken::new()).await {
-            break s;
-        }
-    };
+    let mut svc = Services::start("ts-bench-ingest");
+    let amqp = svc.amqp_url();
+    let store = svc.store().await;
     // The queue must exist before the flood: the server declares it.
     {
         let conn = lapin::Connection::connect(&amqp, Default::default())
@@ -201,7 +140,8 @@ async fn main() {
         "  filled queue: {:.0} reports/s published",
         o.reports as f64 / fill.as_secs_f64()
     );
-    guard.0.push(spawn_server(&amqp, &redis, o.workers));
+    let args = server_args(&svc, o.workers);
+    svc.spawn(env!("CARGO_BIN_EXE_ts-server"), &args);
     // Server start-up (connects) is excluded: time from the first stored report.
     let t_first = wait_stored(&store, 1, Duration::from_secs(30)).await;
     let _ = t_first;

@@ -6,6 +6,7 @@
 
 use crate::clock::DisciplineConfig;
 use crate::error::{Error, Result};
+use crate::protocol::Algorithm;
 use clap::Args;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -28,6 +29,11 @@ pub const DEFAULT_TICK_MS: u64 = 1000;
 pub const DEFAULT_REPORT_INTERVAL_MS: u64 = 1000;
 /// Bound of the random initial offset of a client clock (± this many seconds).
 pub const DEFAULT_SKEW_SECS: f64 = 3600.0;
+/// How often the Berkeley coordinator polls (TEMPO's default period is minutes).
+pub const DEFAULT_BERKELEY_INTERVAL_MS: u64 = 120_000;
+/// How long the Berkeley coordinator collects readings after a poll.
+pub const DEFAULT_BERKELEY_COLLECT_MS: u64 = 500;
+
 /// Default server log directory (the seed's).
 pub const DEFAULT_SERVER_LOG_DIR: &str = "/tmp/ts_server_logs";
 /// Default client log directory (the seed's); each client writes `<dir>/<id>`.
@@ -61,6 +67,24 @@ pub struct ServerConfig {
     /// Scheduler period in milliseconds.
     #[arg(long, env = "TS_TICK_MS", default_value_t = DEFAULT_TICK_MS)]
     pub tick_ms: u64,
+    /// Synchronization algorithm: master (four-timestamp offsets), naive (the seed's), berkeley.
+    #[arg(long, env = "TS_ALGORITHM", value_enum, default_value_t = Algorithm::Master)]
+    pub algorithm: Algorithm,
+    /// Berkeley: milliseconds between polls.
+    #[arg(long, env = "TS_BERKELEY_INTERVAL_MS", default_value_t = DEFAULT_BERKELEY_INTERVAL_MS)]
+    pub berkeley_interval_ms: u64,
+    /// Berkeley: milliseconds to collect readings after each poll.
+    #[arg(long, env = "TS_BERKELEY_COLLECT_MS", default_value_t = DEFAULT_BERKELEY_COLLECT_MS)]
+    pub berkeley_collect_ms: u64,
+    /// Berkeley: readings within this many µs of each other form the agreeing cluster.
+    #[arg(long, env = "TS_BERKELEY_MAX_SPREAD_US", default_value_t = crate::clock::berkeley::DEFAULT_MAX_SPREAD_US)]
+    pub berkeley_max_spread_us: i64,
+    /// Berkeley: readings with a longer round trip (µs) are not averaged.
+    #[arg(long, env = "TS_BERKELEY_MAX_RTT_US", default_value_t = crate::clock::berkeley::DEFAULT_MAX_RTT_US)]
+    pub berkeley_max_rtt_us: i64,
+    /// Berkeley: whether the coordinator's (server's) own clock takes part in the average.
+    #[arg(long, env = "TS_BERKELEY_INCLUDE_COORDINATOR", default_value_t = crate::clock::berkeley::DEFAULT_INCLUDE_COORDINATOR, action = clap::ArgAction::Set)]
+    pub berkeley_include_coordinator: bool,
     /// Directory of the server log (`server.json`).
     #[arg(long, env = "TS_LOG_DIR", default_value = DEFAULT_SERVER_LOG_DIR)]
     pub log_dir: PathBuf,
@@ -92,7 +116,22 @@ impl ServerConfig {
                 "--tick-ms must be between 10 and 60000".into(),
             ));
         }
-        Ok(())
+        if self.berkeley_interval_ms < 100 || self.berkeley_collect_ms >= self.berkeley_interval_ms
+        {
+            return Err(Error::Config(
+                "--berkeley-interval-ms must be ≥ 100 and above --berkeley-collect-ms".into(),
+            ));
+        }
+        self.berkeley().validate()
+    }
+
+    /// The Berkeley averaging settings.
+    pub fn berkeley(&self) -> crate::clock::berkeley::BerkeleyConfig {
+        crate::clock::berkeley::BerkeleyConfig {
+            max_spread_us: self.berkeley_max_spread_us,
+            include_coordinator: self.berkeley_include_coordinator,
+            max_rtt_us: self.berkeley_max_rtt_us,
+        }
     }
 
     /// Directory for the log file, `None` for stderr only.

@@ -125,6 +125,9 @@ mod tests {
                 master_id: None,
                 master_time_us: None,
                 true_offset_us: None,
+                ref_offset_us: None,
+                ref_freq_ppm: None,
+                max_step_us: None,
             },
             received_at_us: 0,
         }

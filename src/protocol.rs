@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 /// Version of the message format. Decoders reject any other value: a newer peer's message is
 /// counted as rejected rather than misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Durable queue (default exchange, routing key = queue name) that every client publishes its
 /// [`TimeReport`] to and the server's workers consume from.
@@ -24,6 +24,10 @@ pub const REPORTS_QUEUE: &str = "ts.reports";
 /// Fanout exchange the server publishes [`MasterUpdate`]s to. Each client binds its own
 /// server-named, exclusive, auto-delete queue to it.
 pub const UPDATES_EXCHANGE: &str = "ts.master_updates";
+
+/// Durable queue (default exchange) for requests that must be answered from one reference clock:
+/// offset probes and Berkeley poll answers ([`ToServer`]). One task of the server consumes it.
+pub const RPC_QUEUE: &str = "ts.rpc";
 
 /// Redis key prefix of a client's latest report: `ts:client:<id>` holds a [`StoredReport`] as
 /// JSON with a TTL (the liveness window).
@@ -68,6 +72,17 @@ pub struct TimeReport {
     /// clients that share one host clock (containers or processes on one machine).
     #[serde(default)]
     pub true_offset_us: Option<i64>,
+    /// The client's clock minus the server's reference clock at `time_us` (µs), estimated from
+    /// offset probes. Absent until the client has probe samples (or if it does not probe).
+    #[serde(default)]
+    pub ref_offset_us: Option<i64>,
+    /// The client clock's rate minus the reference clock's rate (ppm), estimated from probes.
+    #[serde(default)]
+    pub ref_freq_ppm: Option<f64>,
+    /// Diagnostic: the largest step (µs) the client took since it first came within 1 ms of its
+    /// target (0: none). Shows whether a synced clock ever jumped; slews are not steps.
+    #[serde(default)]
+    pub max_step_us: Option<i64>,
 }
 
 /// What the server stores in Redis for each client: the report plus when the server got it.
@@ -96,6 +111,31 @@ pub struct MasterRecord {
     pub elected_at_us: i64,
 }
 
+/// How clients are synchronized; chosen on the server (`--algorithm`), carried in updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// Four-timestamp offset estimation against the server's reference clock: clients correct
+    /// by the master's offset to the reference minus their own.
+    #[default]
+    Master,
+    /// The seed's behaviour: set the clock to the master's last reported time.
+    Naive,
+    /// Berkeley (TEMPO): the server polls every client and sends each its adjustment to the
+    /// fault-tolerant average.
+    Berkeley,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Master => "master",
+            Algorithm::Naive => "naive",
+            Algorithm::Berkeley => "berkeley",
+        }
+    }
+}
+
 /// The master's time, broadcast through [`UPDATES_EXCHANGE`] once per scheduler tick.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,10 +148,112 @@ pub struct MasterUpdate {
     pub seq: u64,
     pub master_id: Uuid,
     pub master_ip: IpAddr,
-    /// The master's clock extrapolated to `server_time_us` (µs since epoch).
+    /// `master`: the master's clock extrapolated to `server_time_us`. `naive`: the master's
+    /// last reported time, as the seed sent it (µs since epoch).
     pub master_time_us: i64,
-    /// Server clock when the update was sent (µs since epoch).
+    /// Server clock when the update was sent (µs since epoch). The server's clock is the
+    /// reference clock of probes.
     pub server_time_us: i64,
+    /// How receivers should apply this update.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// `master` only: the master's clock minus the reference clock at `server_time_us` (µs),
+    /// from the master's own probe estimate. Absent when the master does not probe.
+    #[serde(default)]
+    pub master_ref_offset_us: Option<i64>,
+    /// `master` only: the master clock's rate minus the reference's (ppm).
+    #[serde(default)]
+    pub master_ref_freq_ppm: Option<f64>,
+}
+
+/// Answer to a [`Probe`], sent to the probe's `reply_to` queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeReply {
+    pub v: u32,
+    pub server_id: Uuid,
+    /// The probe's `seq`, echoed.
+    pub seq: u64,
+    /// The probe's `t1_us`, echoed.
+    pub t1_us: i64,
+    /// Reference clock when the probe was received (µs).
+    pub t2_us: i64,
+    /// Reference clock when this reply was sent (µs).
+    pub t3_us: i64,
+}
+
+/// Start of a Berkeley round, broadcast through [`UPDATES_EXCHANGE`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BerkeleyPoll {
+    pub v: u32,
+    pub server_id: Uuid,
+    pub round: u64,
+    /// Which poll of the round (a round sends several; each client's fastest answer counts).
+    pub poll: u32,
+}
+
+/// A client's adjustment at the end of a Berkeley round, sent to its `reply_to` queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BerkeleyAdjust {
+    pub v: u32,
+    pub server_id: Uuid,
+    pub round: u64,
+    /// Add this to the clock (µs).
+    pub adjust_us: i64,
+    /// Whether this client's reading was left out of the average (too far from the others, or
+    /// too slow a round trip). It is adjusted all the same.
+    pub outlier: bool,
+}
+
+/// Every message a client receives on its queue, told apart by `"type"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToClient {
+    MasterUpdate(MasterUpdate),
+    ProbeReply(ProbeReply),
+    BerkeleyPoll(BerkeleyPoll),
+    BerkeleyAdjust(BerkeleyAdjust),
+}
+
+/// An offset probe: "what time is it on the reference clock?", published to [`RPC_QUEUE`] with
+/// the AMQP `reply_to` property naming the client's queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub v: u32,
+    pub id: Uuid,
+    /// Per-client counter, echoed in the reply.
+    pub seq: u64,
+    /// Client clock at send (µs).
+    pub t1_us: i64,
+}
+
+/// A client's answer to a [`BerkeleyPoll`], published to [`RPC_QUEUE`] with `reply_to`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BerkeleyReading {
+    pub v: u32,
+    pub id: Uuid,
+    pub round: u64,
+    /// The poll's `poll`, echoed.
+    pub poll: u32,
+    /// The client's clock when it answered (µs).
+    pub time_us: i64,
+    /// The client's clock minus the coordinator's at `time_us` (µs), from its probe estimate
+    /// (many four-timestamp exchanges). Preferred over the poll's own round trip, which a
+    /// fanout to many clients makes lopsided; absent when the client does not probe.
+    #[serde(default)]
+    pub ref_offset_us: Option<i64>,
+}
+
+/// Every message on [`RPC_QUEUE`], told apart by `"type"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToServer {
+    Probe(Probe),
+    BerkeleyReading(BerkeleyReading),
 }
 
 /// Why a message was rejected. Each variant is a counter in the server's stats.
@@ -180,6 +322,9 @@ mod tests {
             master_id: None,
             master_time_us: None,
             true_offset_us: Some(-12),
+            ref_offset_us: None,
+            ref_freq_ppm: None,
+            max_step_us: None,
         }
     }
 
@@ -195,9 +340,9 @@ mod tests {
             (b"", "malformed"),
             (b"\x80\x03}q", "malformed"),
             (b"[1,2]", "malformed"),
-            (b"{\"v\":2,\"id\":1}", "bad_version"),
+            (b"{\"v\":1,\"id\":1}", "bad_version"),
             (b"{\"v\":\"1\"}", "malformed"),
-            (b"{\"v\":1,\"id\":\"nope\"}", "malformed"),
+            (b"{\"v\":2,\"id\":\"nope\"}", "malformed"),
         ];
         for (bytes, kind) in cases {
             let err = decode::<TimeReport>(bytes).unwrap_err();
@@ -214,6 +359,39 @@ mod tests {
         let mut v = serde_json::to_value(report()).unwrap();
         v["extra"] = 1.into();
         assert!(decode::<TimeReport>(&serde_json::to_vec(&v).unwrap()).is_err());
+    }
+
+    #[test]
+    fn tagged_messages_round_trip_and_reject_unknown_fields() {
+        let m = ToClient::ProbeReply(ProbeReply {
+            v: PROTOCOL_VERSION,
+            server_id: Uuid::from_u128(1),
+            seq: 4,
+            t1_us: 1,
+            t2_us: 2,
+            t3_us: 3,
+        });
+        let bytes = encode(&m);
+        assert!(String::from_utf8_lossy(&bytes).contains("\"type\":\"probe_reply\""));
+        assert_eq!(decode::<ToClient>(&bytes).unwrap(), m);
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        v["surprise"] = 1.into();
+        assert!(decode::<ToClient>(&serde_json::to_vec(&v).unwrap()).is_err());
+        v.as_object_mut().unwrap().remove("surprise");
+        v["type"] = "nonsense".into();
+        assert_eq!(
+            decode::<ToClient>(&serde_json::to_vec(&v).unwrap())
+                .unwrap_err()
+                .kind(),
+            "malformed"
+        );
+        let p = ToServer::Probe(Probe {
+            v: PROTOCOL_VERSION,
+            id: Uuid::from_u128(2),
+            seq: 1,
+            t1_us: 5,
+        });
+        assert_eq!(decode::<ToServer>(&encode(&p)).unwrap(), p);
     }
 
     #[test]

@@ -129,6 +129,9 @@ async fn garbage_flood_rejected_counted_and_sync_continues() {
         master_id: None,
         master_time_us: None,
         true_offset_us: None,
+        ref_offset_us: None,
+        ref_freq_ppm: None,
+        max_step_us: None,
     };
     let mut wrong_version = serde_json::to_value(&good).unwrap();
     wrong_version["v"] = 99.into();

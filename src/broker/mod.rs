@@ -89,6 +89,20 @@ pub async fn declare_reports_queue(ch: &Channel) -> Result<()> {
     Ok(())
 }
 
+/// Declares the durable queue of requests to the reference clock (probes, Berkeley readings).
+pub async fn declare_rpc_queue(ch: &Channel) -> Result<()> {
+    ch.queue_declare(
+        protocol::RPC_QUEUE.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Declares the durable fanout exchange that carries master updates.
 pub async fn declare_updates_exchange(ch: &Channel) -> Result<()> {
     ch.exchange_declare(
@@ -176,6 +190,29 @@ pub async fn publish_raw(
         BasicPublishOptions::default(),
         body,
         props,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Publishes a request to the reference ([`protocol::RPC_QUEUE`]) with `reply_to` naming the
+/// queue the answer should go to.
+pub async fn publish_rpc(
+    ch: &Channel,
+    msg: &protocol::ToServer,
+    reply_to: &str,
+    expire_after: std::time::Duration,
+) -> Result<()> {
+    ch.basic_publish(
+        "".into(),
+        protocol::RPC_QUEUE.into(),
+        BasicPublishOptions::default(),
+        &protocol::encode(msg),
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(1)
+            .with_reply_to(reply_to.into())
+            .with_expiration(expire_after.as_millis().max(1).to_string().into()),
     )
     .await?;
     Ok(())

@@ -6,6 +6,7 @@
 //! for people; `--json` prints one JSON document for scripts. Exit codes are in [`exit`].
 
 pub mod cluster;
+pub mod plot;
 mod tail;
 pub mod view;
 

@@ -144,6 +144,9 @@ mod tests {
                 master_id: Some(Uuid::from_u128(1)),
                 master_time_us: None,
                 true_offset_us: Some(true_off),
+                ref_offset_us: None,
+                ref_freq_ppm: None,
+                max_step_us: None,
             },
             received_at_us: at + transit,
         }

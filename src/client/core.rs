@@ -1,21 +1,61 @@
-//! The client's decisions, without I/O: what to report, and what to do with a master update.
+//! The client's decisions, without I/O: what to report and probe, and what to do with each
+//! message from the server.
 //!
-//! Driven with host-clock readings passed in by the caller, so tests can replay any sequence of
-//! updates at any times.
+//! Driven with host-clock readings passed in by the caller, so tests replay any sequence of
+//! messages at any times. How an update is applied depends on its algorithm:
+//!
+//! - `master`: the client knows its own offset and frequency to the server's reference clock
+//!   (from probes, [`OffsetEstimator`]); the update carries the master's. The correction is the
+//!   difference, so neither the update's age nor its queueing matters. Frequency is set to the
+//!   master's rate, so drift does not reopen the gap between updates. An update without the
+//!   master's reference offset (a master that does not probe) falls back to the master time it
+//!   carries, through a min-delay filter.
+//! - `naive`: the seed's behaviour, kept for comparison: set the clock to the master time.
+//! - `berkeley`: answer polls with the clock's reading, apply the adjustment the coordinator
+//!   computed, and learn frequency from successive adjustments.
 
-use crate::clock::{Action, Discipline, MinDelayFilter, VirtualClock};
-use crate::protocol::{MasterUpdate, TimeReport, PROTOCOL_VERSION};
+use crate::clock::{
+    Action, Discipline, Estimate, MinDelayFilter, OffsetEstimator, Sample, VirtualClock,
+};
+use crate::protocol::{
+    Algorithm, BerkeleyAdjust, BerkeleyPoll, BerkeleyReading, MasterUpdate, Probe, ProbeReply,
+    TimeReport, PROTOCOL_VERSION,
+};
+use rand::{Rng, SeedableRng};
+use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::time::Duration;
 use uuid::Uuid;
 
-/// What happened to an update.
+/// Probe period while the estimator has few samples: converge in about a second.
+pub const PROBE_FAST: Duration = Duration::from_millis(100);
+/// Probe period afterwards: 4 a second fills the estimator's 30 s window.
+pub const PROBE_SLOW: Duration = Duration::from_millis(250);
+/// Samples after which probing slows down.
+pub const FAST_PROBES: usize = 16;
+/// Probes awaiting a reply; older ones are forgotten (their replies are too late to be useful).
+pub const MAX_PENDING_PROBES: usize = 32;
+/// A clock within this of its target (µs) counts as synced: from then on it is only stepped
+/// above the step threshold, and its corrections count in the `max_step_us` diagnostic.
+pub const SYNCED_US: i64 = crate::clock::INITIAL_SYNC_US;
+/// Probe samples needed before the estimate is used (half a second of fast probes): the very
+/// first probes of a connection are the slowest and most lopsided.
+pub const READY_SAMPLES: usize = 5;
+/// Share of a Berkeley adjustment attributed to frequency error. Small, because a round's
+/// adjustment is mostly measurement noise once the clock is close: a large gain would turn that
+/// noise into frequency swings.
+pub const BERKELEY_FREQ_GAIN: f64 = 0.3;
+/// Largest frequency change one Berkeley round may make (ppm).
+pub const BERKELEY_MAX_FREQ_STEP_PPM: f64 = 10.0;
+
+/// What happened to a message.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum UpdateOutcome {
     /// This client is the master: it is the reference and does not correct itself.
     IAmMaster,
-    /// The clock was corrected; `offset_us` is the measured master-minus-local offset.
+    /// The clock was corrected; `offset_us` is the measured target-minus-local offset.
     Applied { offset_us: i64, action: Action },
-    /// A duplicate or older update from the same server; ignored.
+    /// A duplicate or older message from the same server; ignored.
     Stale,
 }
 
@@ -23,6 +63,8 @@ pub enum UpdateOutcome {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientStats {
     pub reports_sent: u64,
+    pub probes_sent: u64,
+    pub probe_replies: u64,
     pub updates_applied: u64,
     pub steps: u64,
     pub updates_ignored: u64,
@@ -39,9 +81,20 @@ pub struct ClientCore {
     seq: u64,
     master: Option<(Uuid, i64)>,
     last_update: Option<(Uuid, u64)>,
-    /// Samples of (master clock − host clock), for the current (server, master) pair.
+    /// Fallback: samples of (master clock − host clock) for the current (server, master).
     filter: MinDelayFilter,
     filter_for: Option<(Uuid, Uuid)>,
+    estimator: OffsetEstimator,
+    probe_seq: u64,
+    /// (seq, raw clock at send) of probes awaiting replies.
+    pending: VecDeque<(u64, i64)>,
+    /// Server whose reference clock the estimator's samples are against.
+    reference: Option<Uuid>,
+    synced: bool,
+    max_step_us: i64,
+    /// Host time and round of the last Berkeley adjustment.
+    last_round: Option<(i64, u64)>,
+    rng: rand::rngs::SmallRng,
     pub stats: ClientStats,
 }
 
@@ -57,6 +110,14 @@ impl ClientCore {
             last_update: None,
             filter: MinDelayFilter::default(),
             filter_for: None,
+            estimator: OffsetEstimator::default(),
+            probe_seq: 0,
+            pending: VecDeque::new(),
+            reference: None,
+            synced: false,
+            max_step_us: 0,
+            last_round: None,
+            rng: rand::rngs::SmallRng::seed_from_u64(id.as_u128() as u64),
             stats: ClientStats::default(),
         }
     }
@@ -66,11 +127,28 @@ impl ClientCore {
         self.clock.now_at(host_us)
     }
 
+    /// The current estimate of (raw clock − reference), once enough probes were answered.
+    pub fn estimate(&self) -> Option<Estimate> {
+        if self.estimator.len() < READY_SAMPLES {
+            return None;
+        }
+        self.estimator.estimate()
+    }
+
+    /// This clock minus the reference, and its rate difference, at host time `host_us`.
+    fn ref_offset(&self, host_us: i64) -> Option<(f64, Option<f64>)> {
+        let est = self.estimate()?;
+        let raw = self.clock.raw_at(host_us);
+        let offset = est.offset_at(raw) + self.clock.correction_at(host_us);
+        Some((offset, est.freq_ppm.map(|f| f + self.clock.freq_ppm())))
+    }
+
     /// The next report, stamped at host time `host_us`.
     pub fn report(&mut self, host_us: i64) -> TimeReport {
         self.seq += 1;
         self.stats.reports_sent += 1;
         let time_us = self.clock.now_at(host_us);
+        let reference = self.ref_offset(host_us);
         TimeReport {
             v: PROTOCOL_VERSION,
             id: self.id,
@@ -80,10 +158,58 @@ impl ClientCore {
             master_id: self.master.map(|(id, _)| id),
             master_time_us: self.master.map(|(_, t)| t),
             true_offset_us: Some(time_us - host_us),
+            ref_offset_us: reference.map(|(o, _)| o.round() as i64),
+            ref_freq_ppm: reference.and_then(|(_, f)| f),
+            max_step_us: self.synced.then_some(self.max_step_us),
         }
     }
 
-    /// Handles an update received at host time `host_us`.
+    /// The next offset probe, sent at host time `host_us`.
+    pub fn probe(&mut self, host_us: i64) -> Probe {
+        self.probe_seq += 1;
+        self.stats.probes_sent += 1;
+        if self.pending.len() == MAX_PENDING_PROBES {
+            self.pending.pop_front();
+        }
+        self.pending
+            .push_back((self.probe_seq, self.clock.raw_at(host_us)));
+        Probe {
+            v: PROTOCOL_VERSION,
+            id: self.id,
+            seq: self.probe_seq,
+            t1_us: self.clock.now_at(host_us),
+        }
+    }
+
+    /// How long to wait before the next probe: the period, randomized by ±50%. With a fixed
+    /// period every client's probes keep one phase against everyone else's traffic, and a
+    /// client whose probes always queue behind a burst gets a constant bias; at random phases
+    /// the same queueing is noise that the window averages away.
+    pub fn probe_interval(&mut self) -> Duration {
+        let base = if self.estimator.len() < FAST_PROBES {
+            PROBE_FAST
+        } else {
+            PROBE_SLOW
+        };
+        base.mul_f64(self.rng.gen_range(0.5..1.5))
+    }
+
+    /// Adds the sample a probe reply makes, received at host time `host_us`.
+    pub fn on_probe_reply(&mut self, r: &ProbeReply, host_us: i64) -> Option<Sample> {
+        let pos = self.pending.iter().position(|(seq, _)| *seq == r.seq)?;
+        let (_, t1_raw) = self.pending.remove(pos)?;
+        if self.reference != Some(r.server_id) {
+            // Another server's clock is another reference: samples do not mix.
+            self.estimator.clear();
+            self.reference = Some(r.server_id);
+        }
+        let s = Sample::from_timestamps(t1_raw, r.t2_us, r.t3_us, self.clock.raw_at(host_us));
+        self.estimator.add(s);
+        self.stats.probe_replies += 1;
+        Some(s)
+    }
+
+    /// Handles a master update received at host time `host_us`.
     pub fn on_update(&mut self, u: &MasterUpdate, host_us: i64) -> UpdateOutcome {
         if let Some((server, seq)) = self.last_update {
             if server == u.server_id && u.seq <= seq {
@@ -96,17 +222,64 @@ impl ClientCore {
         if u.master_id == self.id {
             return UpdateOutcome::IAmMaster;
         }
-        // Samples are kept against the host clock, which our own corrections do not move, so
-        // earlier samples stay valid after a step or slew.
+        let offset_us = match u.algorithm {
+            Algorithm::Naive => {
+                // The seed: set the clock to the master time, whatever it is.
+                let offset = u.master_time_us - self.clock.now_at(host_us);
+                return self.apply(host_us, offset, Action::Step(offset));
+            }
+            Algorithm::Master | Algorithm::Berkeley => match self.master_offset(u, host_us) {
+                Some(offset) => offset,
+                None => self.filtered_offset(u, host_us),
+            },
+        };
+        let action = self.discipline.decide(offset_us, self.synced);
+        self.apply(host_us, offset_us, action)
+    }
+
+    /// Target minus local from reference offsets, setting frequency to the master's rate.
+    fn master_offset(&mut self, u: &MasterUpdate, host_us: i64) -> Option<i64> {
+        let m_off = u.master_ref_offset_us? as f64;
+        if self.reference != Some(u.server_id) {
+            return None; // our samples are against another server's clock
+        }
+        let est = self.estimate()?;
+        let raw = self.clock.raw_at(host_us);
+        let own_raw = est.offset_at(raw);
+        // Reference time now, to carry the master's offset forward from `server_time_us`.
+        let ref_now = raw as f64 - own_raw;
+        let m_freq = u.master_ref_freq_ppm.unwrap_or(0.0);
+        let target = m_off + (ref_now - u.server_time_us as f64) * m_freq * 1e-6;
+        let own = own_raw + self.clock.correction_at(host_us);
+        if let Some(f) = est.freq_ppm {
+            self.clock.set_freq(host_us, m_freq - f);
+        }
+        Some((target - own).round() as i64)
+    }
+
+    /// Fallback without reference offsets: the master time through a min-delay filter, kept
+    /// against the host clock, which our own corrections do not move.
+    fn filtered_offset(&mut self, u: &MasterUpdate, host_us: i64) -> i64 {
         if self.filter_for != Some((u.server_id, u.master_id)) {
             self.filter.clear();
             self.filter_for = Some((u.server_id, u.master_id));
         }
         let master_minus_host = self.filter.push(u.master_time_us - host_us);
-        let offset_us = host_us + master_minus_host - self.clock.now_at(host_us);
-        let action = self.discipline.decide(offset_us);
+        host_us + master_minus_host - self.clock.now_at(host_us)
+    }
+
+    fn apply(&mut self, host_us: i64, offset_us: i64, action: Action) -> UpdateOutcome {
+        let was_synced = self.synced;
+        if offset_us.abs() < SYNCED_US {
+            self.synced = true;
+        }
         match action {
             Action::Step(delta) => {
+                // The initial steps toward sync are expected; a step after it is the event
+                // worth reporting.
+                if was_synced {
+                    self.max_step_us = self.max_step_us.max(delta.abs());
+                }
                 self.clock.step(host_us, delta);
                 self.stats.steps += 1;
             }
@@ -115,6 +288,43 @@ impl ClientCore {
         self.stats.updates_applied += 1;
         UpdateOutcome::Applied { offset_us, action }
     }
+
+    /// Answers a Berkeley poll received at host time `host_us`.
+    pub fn on_poll(&mut self, p: &BerkeleyPoll, host_us: i64) -> BerkeleyReading {
+        BerkeleyReading {
+            v: PROTOCOL_VERSION,
+            id: self.id,
+            round: p.round,
+            poll: p.poll,
+            time_us: self.clock.now_at(host_us),
+            ref_offset_us: self.ref_offset(host_us).map(|(o, _)| o.round() as i64),
+        }
+    }
+
+    /// Applies a Berkeley adjustment received at host time `host_us`.
+    pub fn on_adjust(&mut self, a: &BerkeleyAdjust, host_us: i64) -> UpdateOutcome {
+        if let Some((_, round)) = self.last_round {
+            if a.round <= round {
+                self.stats.updates_ignored += 1;
+                return UpdateOutcome::Stale;
+            }
+        }
+        let action = self.discipline.decide(a.adjust_us, self.synced);
+        if let (Some((prev_host, prev_round)), Action::Slew { .. }) = (self.last_round, action) {
+            // What is left to adjust after a round without steps is drift since the last one.
+            if a.round == prev_round + 1 {
+                let secs = (host_us - prev_host) as f64 / 1e6;
+                if secs > 0.0 {
+                    let change = (BERKELEY_FREQ_GAIN * a.adjust_us as f64 / secs)
+                        .clamp(-BERKELEY_MAX_FREQ_STEP_PPM, BERKELEY_MAX_FREQ_STEP_PPM);
+                    let f = self.clock.freq_ppm() + change;
+                    self.clock.set_freq(host_us, f.clamp(-1000.0, 1000.0));
+                }
+            }
+        }
+        self.last_round = Some((host_us, a.round));
+        self.apply(host_us, a.adjust_us, action)
+    }
 }
 
 #[cfg(test)]
@@ -122,12 +332,13 @@ mod tests {
     use super::*;
 
     const S: i64 = 1_000_000;
+    const SERVER: u128 = 500;
 
-    fn core(id: u128, offset_us: i64) -> ClientCore {
+    fn core(id: u128, offset_us: i64, drift_ppm: f64) -> ClientCore {
         ClientCore::new(
             Uuid::from_u128(id),
             "10.0.0.9".parse().unwrap(),
-            VirtualClock::new(0, offset_us, 0.0),
+            VirtualClock::new(0, offset_us, drift_ppm),
             Discipline::default(),
         )
     }
@@ -135,80 +346,128 @@ mod tests {
     fn update(seq: u64, master: u128, master_time_us: i64) -> MasterUpdate {
         MasterUpdate {
             v: PROTOCOL_VERSION,
-            server_id: Uuid::from_u128(500),
+            server_id: Uuid::from_u128(SERVER),
             seq,
             master_id: Uuid::from_u128(master),
             master_ip: "10.0.0.1".parse().unwrap(),
             master_time_us,
             server_time_us: 0,
+            algorithm: Algorithm::Master,
+            master_ref_offset_us: None,
+            master_ref_freq_ppm: None,
         }
     }
 
+    /// Answers a probe from a reference clock equal to the host clock, with the given one-way
+    /// delays, and feeds the reply back.
+    fn probe_round(c: &mut ClientCore, host: i64, up: i64, down: i64) {
+        let p = c.probe(host);
+        let t2 = host + up;
+        let reply = ProbeReply {
+            v: PROTOCOL_VERSION,
+            server_id: Uuid::from_u128(SERVER),
+            seq: p.seq,
+            t1_us: p.t1_us,
+            t2_us: t2,
+            t3_us: t2 + 10,
+        };
+        c.on_probe_reply(&reply, t2 + 10 + down).unwrap();
+    }
+
     #[test]
-    fn reports_carry_clock_and_master() {
-        let mut c = core(1, 250);
+    fn reports_carry_clock_master_and_reference_offset() {
+        let mut c = core(1, 250, 0.0);
         let r = c.report(10 * S);
         assert_eq!(
             (r.seq, r.time_us, r.true_offset_us),
             (1, 10 * S + 250, Some(250))
         );
-        assert_eq!(r.master_id, None);
-        c.on_update(&update(1, 7, 10 * S), 10 * S);
+        assert_eq!(
+            (r.master_id, r.ref_offset_us, r.max_step_us),
+            (None, None, None)
+        );
+        for i in 0..READY_SAMPLES as i64 {
+            probe_round(&mut c, 10 * S + i * 1000, 100, 100);
+        }
+        c.on_update(&update(1, 7, 11 * S), 11 * S);
         let r = c.report(11 * S);
         assert_eq!(r.seq, 2);
         assert_eq!(r.master_id, Some(Uuid::from_u128(7)));
-        assert_eq!(r.master_time_us, Some(10 * S));
+        assert_eq!(r.master_time_us, Some(11 * S));
+        // Reference = host; after the update the clock is slewing toward it, so ref offset = 250
+        // minus what was slewed so far (nothing yet at the same instant).
+        assert_eq!(r.ref_offset_us, Some(250));
     }
 
     #[test]
-    fn steps_far_then_slews_near() {
-        let mut c = core(1, -3600 * S);
-        // Master is host + 2 ms.
-        let out = c.on_update(&update(1, 7, 5 * S + 2000), 5 * S);
-        assert_eq!(
-            out,
-            UpdateOutcome::Applied {
-                offset_us: 3600 * S + 2000,
-                action: Action::Step(3600 * S + 2000)
-            }
+    fn master_algorithm_corrects_by_offset_difference_and_matches_frequency() {
+        // Client: 2 s behind the host, oscillator +40 ppm. Master: 3 ms ahead of the reference,
+        // running 10 ppm fast. Reference = host clock.
+        let mut c = core(1, -2 * S, 40.0);
+        for i in 0..40 {
+            // Queueing noise on both legs; the trusted (fastest) samples are nearly symmetric.
+            probe_round(&mut c, i * S / 2, 150 + (i % 3) * 20, 150 + (i % 5) * 20);
+        }
+        let mut u = update(1, 7, 0);
+        let t = 20 * S;
+        u.server_time_us = t - 300; // sent 300 µs ago: the age must not matter
+        u.master_ref_offset_us = Some(3000);
+        u.master_ref_freq_ppm = Some(10.0);
+        let out = c.on_update(&u, t);
+        assert!(
+            matches!(
+                out,
+                UpdateOutcome::Applied {
+                    action: Action::Step(_),
+                    ..
+                }
+            ),
+            "{out:?}"
         );
-        assert_eq!(c.now_at(5 * S), 5 * S + 2000);
-        let out = c.on_update(&update(2, 7, 6 * S + 2300), 6 * S);
-        assert!(matches!(
-            out,
-            UpdateOutcome::Applied {
-                offset_us: 300,
-                action: Action::Slew { .. }
-            }
-        ));
-        assert_eq!(c.now_at(8 * S), 8 * S + 2300);
-        assert_eq!(c.stats.steps, 1);
-        assert_eq!(c.stats.updates_applied, 2);
+        let master_at = |h: i64| 3000.0 + (h - (t - 300)) as f64 * 10e-6;
+        let err = c.clock.offset_at(t) - master_at(t);
+        assert!(err.abs() < 30.0, "error after the step: {err} µs");
+        // 100 s later, with no further update, frequency keeps it there.
+        let later = t + 100 * S;
+        let err = c.clock.offset_at(later) - master_at(later);
+        assert!(err.abs() < 60.0, "drifted by {err} µs in 100 s");
     }
 
     #[test]
-    fn late_updates_do_not_drag_the_clock_back() {
-        let mut c = core(1, 0);
+    fn falls_back_to_filtered_master_time_without_reference_offsets() {
+        let mut c = core(1, 0, 0.0);
         // Master = host + 1 ms. First update arrives after 100 µs, later ones after 3 ms.
         c.on_update(&update(1, 7, S + 1000), S + 100);
-        assert_eq!(c.now_at(S + 100), S + 100); // slewing starts from here
         for i in 2..6 {
             let h = i * S;
             let before = c.now_at(h);
             let out = c.on_update(&update(i as u64, 7, h - 3000 + 1000), h);
-            // The estimate still comes from the least-delayed sample: master is 900 µs ahead of
-            // the host, not 2 ms behind as the late samples alone would say.
             let UpdateOutcome::Applied { offset_us, .. } = out else {
                 panic!("{out:?}")
             };
-            assert_eq!(offset_us, h + 900 - before);
+            assert_eq!(offset_us, h + 900 - before, "least-delayed sample wins");
         }
         assert_eq!(c.now_at(10 * S), 10 * S + 900);
     }
 
     #[test]
+    fn naive_sets_the_clock_to_the_master_time() {
+        let mut c = core(1, 5000, 0.0);
+        let mut u = update(1, 7, S - 777);
+        u.algorithm = Algorithm::Naive;
+        assert_eq!(
+            c.on_update(&u, S),
+            UpdateOutcome::Applied {
+                offset_us: -5777,
+                action: Action::Step(-5777)
+            }
+        );
+        assert_eq!(c.now_at(S), S - 777);
+    }
+
+    #[test]
     fn master_does_not_correct_itself_but_knows_it_is_master() {
-        let mut c = core(7, 123);
+        let mut c = core(7, 123, 0.0);
         assert_eq!(
             c.on_update(&update(1, 7, 999 * S), S),
             UpdateOutcome::IAmMaster
@@ -219,14 +478,80 @@ mod tests {
 
     #[test]
     fn stale_and_duplicate_updates_ignored() {
-        let mut c = core(1, 0);
+        let mut c = core(1, 0, 0.0);
         c.on_update(&update(5, 7, S), S);
         assert_eq!(c.on_update(&update(5, 7, 9 * S), S), UpdateOutcome::Stale);
         assert_eq!(c.on_update(&update(4, 7, 9 * S), S), UpdateOutcome::Stale);
-        assert_eq!(c.now_at(S), S);
-        // A restarted server (new id) starts again at seq 1 and is accepted.
         let mut u = update(1, 7, S + 10);
         u.server_id = Uuid::from_u128(501);
         assert!(matches!(c.on_update(&u, S), UpdateOutcome::Applied { .. }));
+    }
+
+    #[test]
+    fn probe_replies_match_pending_probes_only() {
+        let mut c = core(1, 0, 0.0);
+        let p = c.probe(0);
+        let mut r = ProbeReply {
+            v: PROTOCOL_VERSION,
+            server_id: Uuid::from_u128(SERVER),
+            seq: p.seq + 1,
+            t1_us: 0,
+            t2_us: 100,
+            t3_us: 110,
+        };
+        assert_eq!(c.on_probe_reply(&r, 200), None, "unknown seq");
+        r.seq = p.seq;
+        assert!(c.on_probe_reply(&r, 200).is_some());
+        assert_eq!(c.on_probe_reply(&r, 200), None, "answered once");
+        let d = c.probe_interval();
+        assert!(d >= PROBE_FAST / 2 && d <= PROBE_FAST * 3 / 2, "{d:?}");
+    }
+
+    #[test]
+    fn berkeley_adjusts_and_learns_frequency() {
+        let mut c = core(1, 0, 20.0);
+        let adj = |round, us| BerkeleyAdjust {
+            v: PROTOCOL_VERSION,
+            server_id: Uuid::from_u128(SERVER),
+            round,
+            adjust_us: us,
+            outlier: false,
+        };
+        let poll = c.on_poll(
+            &BerkeleyPoll {
+                v: PROTOCOL_VERSION,
+                server_id: Uuid::from_u128(SERVER),
+                round: 1,
+                poll: 3,
+            },
+            5 * S,
+        );
+        assert_eq!((poll.round, poll.poll, poll.time_us), (1, 3, 5 * S + 100));
+        c.on_adjust(&adj(1, -100), 5 * S);
+        // Ten seconds later the clock has drifted +200 µs; the coordinator says −200.
+        c.on_adjust(&adj(2, -200), 15 * S);
+        assert!(
+            (c.clock.freq_ppm() - (-6.0)).abs() < 1e-9,
+            "{}",
+            c.clock.freq_ppm()
+        );
+        assert_eq!(c.on_adjust(&adj(2, 5), 16 * S), UpdateOutcome::Stale);
+        assert!(
+            c.report(16 * S).max_step_us.is_some(),
+            "synced after a sub-ms adjustment"
+        );
+    }
+
+    #[test]
+    fn max_step_counts_only_steps_after_first_sync() {
+        let mut c = core(1, -3600 * S, 0.0);
+        c.on_update(&update(1, 7, S), S); // the big initial step
+        assert_eq!(c.report(S).max_step_us, None);
+        c.on_update(&update(2, 7, 2 * S + 300), 2 * S); // synced: slews 300 µs
+        assert_eq!(c.report(2 * S).max_step_us, Some(0));
+        let mut u = update(3, 7, 3 * S + 300 + 200_000);
+        u.algorithm = Algorithm::Naive; // steps whatever the size
+        c.on_update(&u, 3 * S);
+        assert_eq!(c.report(3 * S).max_step_us, Some(200_000));
     }
 }

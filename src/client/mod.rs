@@ -15,7 +15,7 @@ use crate::broker;
 use crate::clock::{Action, Clock, Discipline, SystemClock, VirtualClock};
 use crate::config::{endpoint_of, ClientConfig};
 use crate::error::{Error, Result};
-use crate::protocol::{self, MasterUpdate, REPORTS_QUEUE};
+use crate::protocol::{self, BerkeleyReading, ToClient, ToServer, REPORTS_QUEUE};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicRejectOptions,
@@ -141,6 +141,9 @@ async fn session<C: Clock>(
 ) -> Result<()> {
     let ch = conn.create_channel().await?;
     broker::declare_reports_queue(&ch).await?;
+    broker::declare_rpc_queue(&ch).await?;
+    // One queue for everything addressed to this client: fanout updates and polls, and direct
+    // replies (its name is the `reply_to` of probes and Berkeley readings).
     let queue = broker::declare_update_listener(&ch).await?;
     let mut consumer = ch
         .basic_consume(
@@ -153,6 +156,7 @@ async fn session<C: Clock>(
     debug!(%queue, "listening for master updates");
     let mut ticker = tokio::time::interval(cfg.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut next_probe = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -160,18 +164,29 @@ async fn session<C: Clock>(
                 let report = core.lock().expect("not poisoned").report(clock.now_us());
                 broker::publish(&ch, "", REPORTS_QUEUE, &report, Some(broker::expiry_for(cfg.interval()))).await?;
             }
+            _ = tokio::time::sleep_until(next_probe) => {
+                let (probe, every) = {
+                    let mut c = core.lock().expect("not poisoned");
+                    (c.probe(clock.now_us()), c.probe_interval())
+                };
+                broker::publish_rpc(&ch, &ToServer::Probe(probe), &queue, PROBE_EXPIRY).await?;
+                next_probe = tokio::time::Instant::now() + every;
+            }
             next = consumer.next() => {
                 let d = match next {
                     Some(Ok(d)) => d,
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(Error::Runtime("the broker cancelled the update consumer".into())),
                 };
+                // Stamp arrival first: everything after it would count as transit.
                 let host_us = clock.now_us();
-                match protocol::decode::<MasterUpdate>(&d.data) {
-                    Ok(update) => {
-                        let outcome = core.lock().expect("not poisoned").on_update(&update, host_us);
-                        log_outcome(&update, outcome);
+                match protocol::decode::<ToClient>(&d.data) {
+                    Ok(msg) => {
+                        let reply = handle(&core, &msg, host_us);
                         d.acker.ack(BasicAckOptions::default()).await?;
+                        if let Some(reading) = reply {
+                            broker::publish_rpc(&ch, &ToServer::BerkeleyReading(reading), &queue, PROBE_EXPIRY).await?;
+                        }
                     }
                     Err(e) => {
                         core.lock().expect("not poisoned").stats.updates_rejected += 1;
@@ -188,25 +203,51 @@ async fn session<C: Clock>(
     Ok(())
 }
 
-fn log_outcome(u: &MasterUpdate, outcome: UpdateOutcome) {
-    match outcome {
-        UpdateOutcome::IAmMaster => {
-            debug!(seq = u.seq, "update names this client as master")
+/// A probe or reading older than this is not worth answering.
+const PROBE_EXPIRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Applies one message; returns the Berkeley reading to send, for a poll.
+fn handle(core: &Mutex<ClientCore>, msg: &ToClient, host_us: i64) -> Option<BerkeleyReading> {
+    let mut c = core.lock().expect("not poisoned");
+    match msg {
+        ToClient::MasterUpdate(u) => {
+            let outcome = c.on_update(u, host_us);
+            log_outcome(&u.master_id.to_string(), u.seq, outcome);
         }
+        ToClient::ProbeReply(r) => {
+            if let Some(s) = c.on_probe_reply(r, host_us) {
+                debug!(
+                    delay_us = s.delay_us,
+                    offset_us = s.offset_us,
+                    raw_us = s.raw_us,
+                    "probe sample"
+                );
+            }
+        }
+        ToClient::BerkeleyPoll(p) => return Some(c.on_poll(p, host_us)),
+        ToClient::BerkeleyAdjust(a) => {
+            let outcome = c.on_adjust(a, host_us);
+            log_outcome("berkeley average", a.round, outcome);
+        }
+    }
+    None
+}
+
+fn log_outcome(target: &str, seq: u64, outcome: UpdateOutcome) {
+    match outcome {
+        UpdateOutcome::IAmMaster => debug!(seq, "update names this client as master"),
         UpdateOutcome::Applied {
             offset_us,
             action: Action::Step(delta),
         } => info!(
-            master_id = %u.master_id,
+            target,
             offset_us,
             step_us = delta,
             "stepped clock to master"
         ),
-        UpdateOutcome::Applied { offset_us, .. } => info!(
-            master_id = %u.master_id,
-            offset_us,
-            "slewing toward master"
-        ),
-        UpdateOutcome::Stale => debug!(seq = u.seq, "ignored stale update"),
+        UpdateOutcome::Applied { offset_us, .. } => {
+            info!(target, offset_us, "slewing toward master")
+        }
+        UpdateOutcome::Stale => debug!(seq, "ignored stale update"),
     }
 }

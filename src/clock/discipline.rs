@@ -10,6 +10,10 @@
 pub const DEFAULT_STEP_THRESHOLD_US: i64 = 128_000;
 /// Default maximum slew rate (ppm): 500 ppm, as the Linux kernel's adjtime.
 pub const DEFAULT_MAX_SLEW_PPM: f64 = 500.0;
+/// Until a clock has first come this close to its target (µs), any larger offset is stepped:
+/// the first corrections come from the first, noisiest measurements, and slewing their error
+/// out at 500 ppm would take seconds. Once synced, only the step threshold applies.
+pub const INITIAL_SYNC_US: i64 = 1000;
 
 /// Tunables for [`Discipline`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,9 +51,15 @@ impl Discipline {
         Discipline { config }
     }
 
-    /// Decides the correction for a measured `offset_us` (master minus local clock).
-    pub fn decide(&self, offset_us: i64) -> Action {
-        if offset_us.abs() > self.config.step_threshold_us {
+    /// Decides the correction for a measured `offset_us` (master minus local clock); `synced`
+    /// says whether the clock has been within [`INITIAL_SYNC_US`] of its target before.
+    pub fn decide(&self, offset_us: i64, synced: bool) -> Action {
+        let threshold = if synced {
+            self.config.step_threshold_us
+        } else {
+            self.config.step_threshold_us.min(INITIAL_SYNC_US)
+        };
+        if offset_us.abs() > threshold {
             Action::Step(offset_us)
         } else {
             Action::Slew {
@@ -94,8 +104,11 @@ mod tests {
             ),
         ];
         for (offset, want) in table {
-            assert_eq!(d.decide(offset), want, "offset {offset}");
+            assert_eq!(d.decide(offset, true), want, "offset {offset}");
         }
+        // Before the first sync, anything above 1 ms is stepped.
+        assert_eq!(d.decide(5_000, false), Action::Step(5_000));
+        assert!(matches!(d.decide(900, false), Action::Slew { .. }));
     }
 
     /// Drives a clock with the policy against a perfect master using host times we choose.
@@ -106,7 +119,7 @@ mod tests {
         let master = |h: i64| h + 1234;
         for tick in 0..5 {
             let h = tick * 1_000_000;
-            match d.decide(master(h) - c.now_at(h)) {
+            match d.decide(master(h) - c.now_at(h), true) {
                 Action::Step(delta) => c.step(h, delta),
                 Action::Slew { delta_us, rate_ppm } => c.slew(h, delta_us, rate_ppm),
             }

@@ -9,13 +9,17 @@
 //! All code that needs "now" takes a [`Clock`], so decision logic can be driven by a
 //! [`ManualClock`] in tests.
 
+pub mod berkeley;
 mod discipline;
+pub mod estimator;
 mod filter;
 mod virtual_clock;
 
 pub use discipline::{
     Action, Discipline, DisciplineConfig, DEFAULT_MAX_SLEW_PPM, DEFAULT_STEP_THRESHOLD_US,
+    INITIAL_SYNC_US,
 };
+pub use estimator::{Estimate, OffsetEstimator, Sample};
 pub use filter::{MinDelayFilter, FILTER_WINDOW};
 pub use virtual_clock::VirtualClock;
 

@@ -1,22 +1,29 @@
-//! The client's own clock: host time + offset, with simulated drift and a bounded-rate slew.
-//!
-//! The offset is a piecewise-linear function of host time, re-anchored at every correction:
+//! The client's own clock: a simulated oscillator (host time + offset + drift) plus a
+//! correction that the discipline steps, slews and tunes in frequency.
 //!
 //! ```text
-//! offset(h) = anchor_offset + (h - anchor_host) * drift + slewed(h - anchor_host)
+//! raw(h)        = h + raw_offset0 + (h − h0)·drift                 the "hardware" clock
+//! correction(h) = anchor_corr + (h − anchor)·freq + slewed(h − anchor)
+//! now(h)        = raw(h) + correction(h)
 //! ```
 //!
-//! where `slewed` moves toward `slew_remaining` at `slew_rate` and then stops. Keeping the state
-//! as an anchor (instead of updating it on a timer) makes reads exact and cheap (one host clock
-//! read) and makes the clock a plain value that tests drive with host times they choose.
+//! Keeping the raw clock separate is what lets offset estimation work on samples taken across
+//! corrections: samples are expressed against `raw`, which no step or slew ever moves, so a
+//! regression over them sees a straight line (offset + drift) however often the clock was
+//! corrected meanwhile. The correction is re-anchored at every change, which keeps reads exact
+//! and cheap and makes the clock a plain value that tests drive with host times they choose.
 
 /// A virtual clock. All times are µs; `host_us` arguments are readings of the host clock.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VirtualClock {
-    anchor_host_us: i64,
-    anchor_offset_us: f64,
-    /// Simulated frequency error, as a fraction (50 ppm = 50e-6).
+    raw_h0: i64,
+    raw_offset0: f64,
+    /// Simulated frequency error of the oscillator, as a fraction (50 ppm = 50e-6).
     drift: f64,
+    anchor_host_us: i64,
+    anchor_corr_us: f64,
+    /// Frequency correction, as a fraction.
+    freq: f64,
     /// Correction still to apply by slewing (µs, signed).
     slew_remaining_us: f64,
     /// Slew speed as a fraction of elapsed time (500 ppm = 500e-6).
@@ -27,9 +34,12 @@ impl VirtualClock {
     /// A clock `offset_us` ahead of the host at `host_us`, drifting by `drift_ppm`.
     pub fn new(host_us: i64, offset_us: i64, drift_ppm: f64) -> Self {
         VirtualClock {
-            anchor_host_us: host_us,
-            anchor_offset_us: offset_us as f64,
+            raw_h0: host_us,
+            raw_offset0: offset_us as f64,
             drift: drift_ppm * 1e-6,
+            anchor_host_us: host_us,
+            anchor_corr_us: 0.0,
+            freq: 0.0,
             slew_remaining_us: 0.0,
             slew_rate: 0.0,
         }
@@ -44,10 +54,25 @@ impl VirtualClock {
         self.slew_remaining_us.clamp(-max, max)
     }
 
+    /// The uncorrected oscillator's offset from the host at `host_us`.
+    pub fn raw_offset_at(&self, host_us: i64) -> f64 {
+        self.raw_offset0 + (host_us - self.raw_h0) as f64 * self.drift
+    }
+
+    /// The uncorrected oscillator's reading at `host_us`.
+    pub fn raw_at(&self, host_us: i64) -> i64 {
+        host_us + self.raw_offset_at(host_us).round() as i64
+    }
+
+    /// Everything the discipline has added so far, at `host_us`.
+    pub fn correction_at(&self, host_us: i64) -> f64 {
+        let e = self.elapsed(host_us);
+        self.anchor_corr_us + e * self.freq + self.slewed(e)
+    }
+
     /// Offset from the host clock at `host_us` (µs, fractional).
     pub fn offset_at(&self, host_us: i64) -> f64 {
-        let e = self.elapsed(host_us);
-        self.anchor_offset_us + e * self.drift + self.slewed(e)
+        self.raw_offset_at(host_us) + self.correction_at(host_us)
     }
 
     /// The clock's reading at host time `host_us`.
@@ -60,11 +85,11 @@ impl VirtualClock {
         self.slew_remaining_us - self.slewed(self.elapsed(host_us))
     }
 
-    /// Moves the anchor to `host_us`, folding elapsed drift and slew into the offset.
+    /// Moves the anchor to `host_us`, folding elapsed frequency correction and slew into it.
     fn rebase(&mut self, host_us: i64) {
         let e = self.elapsed(host_us);
         let done = self.slewed(e);
-        self.anchor_offset_us += e * self.drift + done;
+        self.anchor_corr_us += e * self.freq + done;
         self.slew_remaining_us -= done;
         self.anchor_host_us = host_us;
     }
@@ -72,7 +97,7 @@ impl VirtualClock {
     /// Jumps the clock by `delta_us` at once and cancels any slew in progress.
     pub fn step(&mut self, host_us: i64, delta_us: i64) {
         self.rebase(host_us);
-        self.anchor_offset_us += delta_us as f64;
+        self.anchor_corr_us += delta_us as f64;
         self.slew_remaining_us = 0.0;
     }
 
@@ -82,6 +107,17 @@ impl VirtualClock {
         self.rebase(host_us);
         self.slew_remaining_us = delta_us;
         self.slew_rate = rate_ppm * 1e-6;
+    }
+
+    /// Sets the frequency correction (ppm) from `host_us` on.
+    pub fn set_freq(&mut self, host_us: i64, ppm: f64) {
+        self.rebase(host_us);
+        self.freq = ppm * 1e-6;
+    }
+
+    /// The frequency correction in ppm.
+    pub fn freq_ppm(&self) -> f64 {
+        self.freq * 1e6
     }
 
     /// The simulated drift in ppm.
@@ -131,6 +167,21 @@ mod tests {
         c.slew(0, 1000.0, 500.0);
         c.slew(S, 100.0, 500.0);
         assert_eq!(c.now_at(10 * S), 10 * S + 600);
+    }
+
+    #[test]
+    fn frequency_correction_cancels_drift_and_raw_is_untouched() {
+        let mut c = VirtualClock::new(0, 0, 50.0);
+        c.set_freq(0, -50.0);
+        assert_eq!(c.now_at(100 * S), 100 * S);
+        assert_eq!(c.raw_at(100 * S), 100 * S + 5000);
+        c.step(100 * S, 7);
+        assert_eq!(
+            c.raw_at(100 * S),
+            100 * S + 5000,
+            "corrections never move raw"
+        );
+        assert_eq!(c.correction_at(100 * S), -4993.0);
     }
 
     #[test]

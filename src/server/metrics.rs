@@ -17,6 +17,8 @@ pub struct Metrics {
     pub store_errors: AtomicU64,
     pub updates_published: AtomicU64,
     pub master_changes: AtomicU64,
+    pub probes_answered: AtomicU64,
+    pub berkeley_rounds: AtomicU64,
 }
 
 impl Metrics {
@@ -51,6 +53,8 @@ impl Metrics {
             ("store_errors", self.store_errors.load(Relaxed)),
             ("updates_published", self.updates_published.load(Relaxed)),
             ("master_changes", self.master_changes.load(Relaxed)),
+            ("probes_answered", self.probes_answered.load(Relaxed)),
+            ("berkeley_rounds", self.berkeley_rounds.load(Relaxed)),
         ]
     }
 }

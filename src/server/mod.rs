@@ -12,6 +12,7 @@
 //! batch in hand, cancel their consumers and close; the scheduler stops between ticks.
 
 mod metrics;
+mod reference;
 mod scheduler;
 mod worker;
 
@@ -50,6 +51,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<()> {
         workers = cfg.workers,
         ttl_s = cfg.ttl,
         tick_ms = cfg.tick_ms,
+        algorithm = cfg.algorithm.as_str(),
         "ts-server starting"
     );
     let Some(store) = RedisStore::connect(&cfg.redis_url, &shutdown).await? else {
@@ -76,6 +78,18 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<()> {
         });
     }
     tasks.spawn(run_scheduler(ctx.clone()));
+    {
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            let rounds = Arc::new(tokio::sync::Mutex::new(reference::Rounds::default()));
+            let name = "ts-server reference";
+            broker::run_sessions(&ctx.cfg.endpoints.amqp_url, name, &ctx.shutdown, |conn| {
+                let (ctx, rounds) = (ctx.clone(), rounds.clone());
+                async move { reference::session(&conn, &ctx, &mut *rounds.lock().await).await }
+            })
+            .await;
+        });
+    }
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = joined {
             warn!(error = %e, "server task panicked");
@@ -96,6 +110,7 @@ async fn run_scheduler<S: ReportStore, C: Clock + Clone>(ctx: Arc<ServerContext<
         ctx.server_id,
         ctx.metrics.clone(),
         ctx.cfg.ttl(),
+        ctx.cfg.algorithm,
     )));
     broker::run_sessions(
         &ctx.cfg.endpoints.amqp_url,
@@ -123,7 +138,8 @@ async fn run_scheduler<S: ReportStore, C: Clock + Clone>(ctx: Arc<ServerContext<
                     match s.tick().await {
                         Ok(Some(update)) => {
                             let expiry = broker::expiry_for(ctx.cfg.tick());
-                            broker::publish(&ch, UPDATES_EXCHANGE, "", &update, Some(expiry)).await?;
+                            let msg = crate::protocol::ToClient::MasterUpdate(update);
+                            broker::publish(&ch, UPDATES_EXCHANGE, "", &msg, Some(expiry)).await?;
                             ctx.metrics
                                 .updates_published
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -12,12 +12,24 @@ use crate::clock::Clock;
 use crate::clock::MinDelayFilter;
 use crate::election::{decide, Decision};
 use crate::error::Result;
-use crate::protocol::{MasterRecord, MasterUpdate, StoredReport, PROTOCOL_VERSION};
+use crate::protocol::{Algorithm, MasterRecord, MasterUpdate, StoredReport, PROTOCOL_VERSION};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
 use uuid::Uuid;
+
+/// The master's clock minus the reference (this server's clock) at `now`, carried forward from
+/// its last report with the frequency it reported.
+fn master_reference(master: &StoredReport, now: i64) -> Option<(i64, Option<f64>)> {
+    let r = &master.report;
+    let off = r.ref_offset_us?;
+    let freq = r.ref_freq_ppm;
+    // The report's time on the reference clock.
+    let at = r.time_us - off;
+    let carried = off as f64 + (now - at) as f64 * freq.unwrap_or(0.0) * 1e-6;
+    Some((carried.round() as i64, freq))
+}
 
 /// Election and broadcast state that outlives broker sessions.
 pub struct Scheduler<S, C> {
@@ -27,6 +39,7 @@ pub struct Scheduler<S, C> {
     seq: u64,
     metrics: Arc<Metrics>,
     stats_ttl: Duration,
+    algorithm: Algorithm,
     idle: bool,
     /// An election is due and was held back one tick (see [`Scheduler::tick`]).
     election_armed: bool,
@@ -36,7 +49,14 @@ pub struct Scheduler<S, C> {
 }
 
 impl<S: ReportStore, C: Clock> Scheduler<S, C> {
-    pub fn new(store: S, clock: C, server_id: Uuid, metrics: Arc<Metrics>, ttl: Duration) -> Self {
+    pub fn new(
+        store: S,
+        clock: C,
+        server_id: Uuid,
+        metrics: Arc<Metrics>,
+        ttl: Duration,
+        algorithm: Algorithm,
+    ) -> Self {
         Scheduler {
             store,
             clock,
@@ -44,6 +64,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             seq: 0,
             metrics,
             stats_ttl: ttl,
+            algorithm,
             idle: false,
             election_armed: false,
             filter: MinDelayFilter::default(),
@@ -105,17 +126,32 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             }
         };
         self.idle = false;
+        if self.algorithm == Algorithm::Berkeley {
+            // Berkeley has no master reference; the election only labels a client for people.
+            return Ok(None);
+        }
         self.seq += 1;
         let master_minus_server = self.master_offset(master);
         let now = self.clock.now_us();
+        let (master_time_us, master_ref_offset_us, master_ref_freq_ppm) = match self.algorithm {
+            // The seed: the master's last reported time, however old.
+            Algorithm::Naive => (master.report.time_us, None, None),
+            _ => {
+                let (off, freq) = master_reference(master, now).unzip();
+                (now + master_minus_server, off, freq.flatten())
+            }
+        };
         Ok(Some(MasterUpdate {
             v: PROTOCOL_VERSION,
             server_id: self.server_id,
             seq: self.seq,
             master_id: master.report.id,
             master_ip: master.report.ip,
-            master_time_us: now + master_minus_server,
+            master_time_us,
             server_time_us: now,
+            algorithm: self.algorithm,
+            master_ref_offset_us,
+            master_ref_freq_ppm,
         }))
     }
 
@@ -163,6 +199,9 @@ mod tests {
                 master_id: None,
                 master_time_us: None,
                 true_offset_us: None,
+                ref_offset_us: None,
+                ref_freq_ppm: None,
+                max_step_us: None,
             },
             received_at_us,
         }
@@ -181,6 +220,7 @@ mod tests {
             Uuid::from_u128(99),
             Arc::default(),
             TTL,
+            Algorithm::Master,
         );
         (clock, store, sched)
     }

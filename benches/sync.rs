@@ -1,0 +1,391 @@
+//! Sync accuracy benchmark: every algorithm against real RabbitMQ, Redis, ts-server and N
+//! ts-client processes on this machine, measured against the truth.
+//!
+//! All clients share the host clock, so each report's `true_offset_us` (clock − host) is exact.
+//! A client's error at host instant `h` is its true offset minus the reference's at the same
+//! instant, the reference's being interpolated between its own reports. The reference is the
+//! master for `master` and `naive`, and the mean of all clients for `berkeley` (which has no
+//! master: it converges to the average).
+//!
+//! Per algorithm: convergence time (the last moment any client was ≥ 1 ms off, before the
+//! steady window), then median / p99 / max |error| over a steady-state window, and the largest
+//! step any synced client took. For `master` it then kills the master and reports how long the
+//! failover took and the largest step any client took across it.
+//!
+//! Run: `cargo bench --bench sync` (options after `--`: `--clients N`, `--steady S`,
+//! `--algorithms master,naive,berkeley`, `--berkeley-interval-ms MS`, `--plot DIR` to write an
+//! SVG of every client's error over time per algorithm).
+
+#[path = "support.rs"]
+mod support;
+
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use support::Services;
+use time_sync::cache::{RedisStore, ReportStore};
+use time_sync::clock::{Clock, SystemClock};
+use time_sync::protocol::Algorithm;
+use uuid::Uuid;
+
+/// |error| below which a client counts as converged (µs).
+const CONVERGED_US: i64 = 1000;
+/// Longest wait for convergence before the steady window starts anyway.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between convergence and the steady window.
+const SETTLE: Duration = Duration::from_secs(5);
+/// Server TTL in the benchmark, so the failover takes seconds.
+const TTL_S: u64 = 3;
+/// Redis is read this often.
+const POLL: Duration = Duration::from_millis(100);
+
+struct Opts {
+    clients: usize,
+    steady: Duration,
+    algorithms: Vec<Algorithm>,
+    berkeley_interval_ms: u64,
+    plot: Option<std::path::PathBuf>,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        clients: 16,
+        steady: Duration::from_secs(30),
+        algorithms: vec![Algorithm::Master, Algorithm::Naive, Algorithm::Berkeley],
+        berkeley_interval_ms: 5000,
+        plot: None,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let val = |i: usize| args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--clients" => o.clients = val(i).parse().expect("--clients N"),
+            "--steady" => o.steady = Duration::from_secs(val(i).parse().expect("--steady S")),
+            "--berkeley-interval-ms" => o.berkeley_interval_ms = val(i).parse().expect("ms"),
+            "--plot" => o.plot = Some(val(i).into()),
+            "--algorithms" => {
+                o.algorithms = val(i)
+                    .split(',')
+                    .map(|a| match a {
+                        "master" => Algorithm::Master,
+                        "naive" => Algorithm::Naive,
+                        "berkeley" => Algorithm::Berkeley,
+                        other => panic!("unknown algorithm {other}"),
+                    })
+                    .collect()
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+/// Every report seen, per client: (host time, true offset), in order.
+#[derive(Default)]
+struct Series {
+    points: HashMap<Uuid, Vec<(i64, i64)>>,
+    last_seq: HashMap<Uuid, u64>,
+    max_step: HashMap<Uuid, i64>,
+    /// (from host time, master id).
+    masters: Vec<(i64, Uuid)>,
+}
+
+impl Series {
+    async fn poll(&mut self, store: &RedisStore) {
+        let Ok(reports) = store.live_reports().await else {
+            return;
+        };
+        for r in reports {
+            let rep = r.report;
+            let Some(off) = rep.true_offset_us else {
+                continue;
+            };
+            if self.last_seq.get(&rep.id).is_some_and(|s| *s >= rep.seq) {
+                continue;
+            }
+            self.last_seq.insert(rep.id, rep.seq);
+            self.points
+                .entry(rep.id)
+                .or_default()
+                .push((rep.time_us - off, off));
+            if let Some(s) = rep.max_step_us {
+                self.max_step.insert(rep.id, s);
+            }
+        }
+        if let Ok(Some(m)) = store.master().await {
+            if self.masters.last().map(|(_, id)| *id) != Some(m.id) {
+                self.masters.push((SystemClock.now_us(), m.id));
+            }
+        }
+    }
+
+    fn at(&self, id: &Uuid, h: i64) -> Option<f64> {
+        let p = self.points.get(id)?;
+        let i = p.partition_point(|(t, _)| *t <= h);
+        if i == 0 || i == p.len() {
+            return None;
+        }
+        let ((t0, o0), (t1, o1)) = (p[i - 1], p[i]);
+        Some(o0 as f64 + (o1 - o0) as f64 * (h - t0) as f64 / (t1 - t0).max(1) as f64)
+    }
+
+    /// The master at host time `h`; before the first election, the first master (the reference
+    /// everyone converges to).
+    fn master_at(&self, h: i64) -> Option<Uuid> {
+        self.masters
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= h)
+            .or(self.masters.first())
+            .map(|(_, id)| *id)
+    }
+
+    /// (client, host time, error) for every report that has a reference at its instant.
+    fn errors(&self, alg: Algorithm) -> Vec<(Uuid, i64, i64)> {
+        let mut out = Vec::new();
+        for (id, pts) in &self.points {
+            for &(h, off) in pts {
+                let reference = match alg {
+                    Algorithm::Berkeley => {
+                        let all: Vec<f64> =
+                            self.points.keys().filter_map(|j| self.at(j, h)).collect();
+                        (all.len() == self.points.len())
+                            .then(|| all.iter().sum::<f64>() / all.len() as f64)
+                    }
+                    _ => match self.master_at(h) {
+                        Some(m) if m == *id => None,
+                        Some(m) => self.at(&m, h),
+                        None => None,
+                    },
+                };
+                if let Some(r) = reference {
+                    out.push((*id, h, (off as f64 - r).round() as i64));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether every non-master client's latest errors are all within the bound.
+    fn converged(&self, alg: Algorithm, n: usize) -> bool {
+        let errs = self.errors(alg);
+        let mut latest: HashMap<Uuid, Vec<(i64, i64)>> = HashMap::new();
+        for (id, h, e) in errs {
+            latest.entry(id).or_default().push((h, e));
+        }
+        let expected = if alg == Algorithm::Berkeley { n } else { n - 1 };
+        latest.len() >= expected
+            && latest.values_mut().all(|v| {
+                v.sort_unstable();
+                v.len() >= 3 && v[v.len() - 3..].iter().all(|(_, e)| e.abs() < CONVERGED_US)
+            })
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+struct Outcome {
+    line: String,
+}
+
+async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
+    let mut svc = Services::start(&format!("ts-bench-sync-{}", alg.as_str()));
+    let store = svc.store().await;
+    let (amqp, redis) = (svc.amqp_url(), svc.redis_url());
+    let server_args: Vec<String> = [
+        "--amqp-url",
+        &amqp,
+        "--redis-url",
+        &redis,
+        "--no-log-file",
+        "--ttl",
+        &TTL_S.to_string(),
+        "--algorithm",
+        alg.as_str(),
+        "--berkeley-interval-ms",
+        &o.berkeley_interval_ms.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    svc.spawn(env!("CARGO_BIN_EXE_ts-server"), &server_args);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let t0 = SystemClock.now_us();
+    let started = Instant::now();
+    let mut procs = Vec::new();
+    for i in 0..o.clients {
+        let id = Uuid::from_u128(0x7500 + i as u128);
+        let args: Vec<String> = vec![
+            "--amqp-url".into(),
+            amqp.clone(),
+            "--id".into(),
+            id.to_string(),
+            "--ip".into(),
+            format!("127.0.0.{}", 10 + i),
+            "--skew".into(),
+            "3600".into(),
+            "--seed".into(),
+            (seed * 1000 + i as u64).to_string(),
+            "--drift-ppm".into(),
+            format!("{:.1}", rng.gen_range(-50.0..50.0)),
+            "--no-log-file".into(),
+        ];
+        procs.push((id, svc.spawn(env!("CARGO_BIN_EXE_ts-client"), &args)));
+    }
+    let mut series = Series::default();
+    // Converge.
+    while started.elapsed() < CONVERGE_TIMEOUT && !series.converged(alg, o.clients) {
+        series.poll(&store).await;
+        tokio::time::sleep(POLL).await;
+    }
+    let settle_until = Instant::now() + SETTLE;
+    while Instant::now() < settle_until {
+        series.poll(&store).await;
+        tokio::time::sleep(POLL).await;
+    }
+    // Steady window.
+    let steady_from = SystemClock.now_us();
+    let steady_until = Instant::now() + o.steady;
+    while Instant::now() < steady_until {
+        series.poll(&store).await;
+        tokio::time::sleep(POLL).await;
+    }
+    let steady_to = SystemClock.now_us();
+    let errs = series.errors(alg);
+    let converge_at = series
+        .points
+        .keys()
+        .map(|id| {
+            errs.iter()
+                .filter(|(c, h, e)| c == id && *h < steady_from && e.abs() >= CONVERGED_US)
+                .map(|(_, h, _)| *h)
+                .max()
+                .unwrap_or(t0)
+        })
+        .max()
+        .unwrap_or(t0);
+    let still_off = errs
+        .iter()
+        .any(|(_, h, e)| *h >= steady_from && *h <= steady_to && e.abs() >= CONVERGED_US);
+    let converge_s = if still_off {
+        "none".to_string()
+    } else {
+        format!("{:.1}", (converge_at - t0) as f64 / 1e6)
+    };
+    let mut steady: Vec<i64> = errs
+        .iter()
+        .filter(|(_, h, _)| *h >= steady_from && *h <= steady_to)
+        .map(|(_, _, e)| e.abs())
+        .collect();
+    steady.sort_unstable();
+    let max_step = series.max_step.values().copied().max().unwrap_or(0);
+    let mut line = format!(
+        "algorithm={} clients={} converge_s={converge_s} median_us={} p99_us={} max_us={} max_step_us={max_step} samples={}",
+        alg.as_str(),
+        o.clients,
+        percentile(&steady, 0.5),
+        percentile(&steady, 0.99),
+        steady.last().copied().unwrap_or(0),
+        steady.len(),
+    );
+    // Failover: kill the master; a new one takes over once the old one's key expires.
+    if alg == Algorithm::Master {
+        let old = series.masters.last().map(|(_, id)| *id);
+        if let Some((_, idx)) = procs.iter().find(|(id, _)| Some(*id) == old) {
+            let killed = Instant::now();
+            let killed_us = SystemClock.now_us();
+            svc.kill(*idx);
+            let steps_before = series.max_step.clone();
+            let mut failover = None;
+            while killed.elapsed() < Duration::from_secs(TTL_S + 15) {
+                series.poll(&store).await;
+                if failover.is_none() && series.masters.last().map(|(_, id)| *id) != old {
+                    failover = Some(killed.elapsed());
+                }
+                if failover.is_some_and(|f| killed.elapsed() > f + Duration::from_secs(10)) {
+                    break;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            let step = series
+                .max_step
+                .iter()
+                .filter(|(id, s)| Some(**id) != old && steps_before.get(id) != Some(s))
+                .map(|(_, s)| *s)
+                .max()
+                .unwrap_or(0);
+            let after: Vec<i64> = series
+                .errors(alg)
+                .iter()
+                .filter(|(id, h, _)| Some(*id) != old && *h > killed_us)
+                .map(|(_, _, e)| e.abs())
+                .collect();
+            line.push_str(&format!(
+                " failover_s={} failover_max_step_us={step} failover_max_us={}",
+                failover.map_or("none".into(), |f| format!("{:.1}", f.as_secs_f64())),
+                after.iter().max().copied().unwrap_or(0),
+            ));
+        }
+    }
+    if let Some(dir) = &o.plot {
+        std::fs::create_dir_all(dir).unwrap();
+        // From convergence on: the initial hour-sized errors would flatten everything else.
+        let mut by_client: HashMap<Uuid, Vec<(f64, f64)>> = HashMap::new();
+        for (id, h, e) in series.errors(alg) {
+            if h >= converge_at {
+                by_client
+                    .entry(id)
+                    .or_default()
+                    .push(((h - t0) as f64 / 1e6, e as f64));
+            }
+        }
+        let ip_of = |id: &Uuid| format!("127.0.0.{}", 10 + (id.as_u128() - 0x7500));
+        let mut plotted: Vec<time_sync::cli::plot::Series> = by_client
+            .into_iter()
+            .map(|(id, points)| time_sync::cli::plot::Series {
+                label: ip_of(&id),
+                points,
+            })
+            .collect();
+        plotted.sort_by(|a, b| a.label.cmp(&b.label));
+        let path = dir.join(format!("sync-{}.svg", alg.as_str()));
+        let title = format!(
+            "{} algorithm, {} clients: error vs reference",
+            alg.as_str(),
+            o.clients
+        );
+        std::fs::write(&path, time_sync::cli::plot::svg(&title, "error", &plotted)).unwrap();
+        println!("  wrote {}", path.display());
+    }
+    println!("  {line}");
+    Outcome { line }
+}
+
+#[tokio::main]
+async fn main() {
+    let o = opts();
+    println!(
+        "sync: {} clients (±1 h skew, ±50 ppm drift), steady window {}s, berkeley interval {} ms",
+        o.clients,
+        o.steady.as_secs(),
+        o.berkeley_interval_ms
+    );
+    let mut lines = Vec::new();
+    for (i, alg) in o.algorithms.iter().enumerate() {
+        println!("running {}...", alg.as_str());
+        lines.push(run(*alg, &o, 42 + i as u64).await.line);
+    }
+    println!();
+    for l in lines {
+        println!("{l}");
+    }
+}
