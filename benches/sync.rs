@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use support::Services;
-use time_sync::cache::{RedisStore, ReportStore};
+use time_sync::cli::report::{plot_series, Series, Stats};
 use time_sync::clock::{Clock, SystemClock};
 use time_sync::protocol::Algorithm;
 use uuid::Uuid;
@@ -85,113 +85,19 @@ fn opts() -> Opts {
     o
 }
 
-/// Every report seen, per client: (host time, true offset), in order.
-#[derive(Default)]
-struct Series {
-    points: HashMap<Uuid, Vec<(i64, i64)>>,
-    last_seq: HashMap<Uuid, u64>,
-    max_step: HashMap<Uuid, i64>,
-    /// (from host time, master id).
-    masters: Vec<(i64, Uuid)>,
-}
-
-impl Series {
-    async fn poll(&mut self, store: &RedisStore) {
-        let Ok(reports) = store.live_reports().await else {
-            return;
-        };
-        for r in reports {
-            let rep = r.report;
-            let Some(off) = rep.true_offset_us else {
-                continue;
-            };
-            if self.last_seq.get(&rep.id).is_some_and(|s| *s >= rep.seq) {
-                continue;
-            }
-            self.last_seq.insert(rep.id, rep.seq);
-            self.points
-                .entry(rep.id)
-                .or_default()
-                .push((rep.time_us - off, off));
-            if let Some(s) = rep.max_step_us {
-                self.max_step.insert(rep.id, s);
-            }
-        }
-        if let Ok(Some(m)) = store.master().await {
-            if self.masters.last().map(|(_, id)| *id) != Some(m.id) {
-                self.masters.push((SystemClock.now_us(), m.id));
-            }
-        }
+/// Whether every non-master client's latest errors are all within the bound.
+fn converged(series: &Series, alg: Algorithm, n: usize) -> bool {
+    let errs = series.errors(alg);
+    let mut latest: HashMap<Uuid, Vec<(i64, i64)>> = HashMap::new();
+    for (id, h, e) in errs {
+        latest.entry(id).or_default().push((h, e));
     }
-
-    fn at(&self, id: &Uuid, h: i64) -> Option<f64> {
-        let p = self.points.get(id)?;
-        let i = p.partition_point(|(t, _)| *t <= h);
-        if i == 0 || i == p.len() {
-            return None;
-        }
-        let ((t0, o0), (t1, o1)) = (p[i - 1], p[i]);
-        Some(o0 as f64 + (o1 - o0) as f64 * (h - t0) as f64 / (t1 - t0).max(1) as f64)
-    }
-
-    /// The master at host time `h`; before the first election, the first master (the reference
-    /// everyone converges to).
-    fn master_at(&self, h: i64) -> Option<Uuid> {
-        self.masters
-            .iter()
-            .rev()
-            .find(|(from, _)| *from <= h)
-            .or(self.masters.first())
-            .map(|(_, id)| *id)
-    }
-
-    /// (client, host time, error) for every report that has a reference at its instant.
-    fn errors(&self, alg: Algorithm) -> Vec<(Uuid, i64, i64)> {
-        let mut out = Vec::new();
-        for (id, pts) in &self.points {
-            for &(h, off) in pts {
-                let reference = match alg {
-                    Algorithm::Berkeley => {
-                        let all: Vec<f64> =
-                            self.points.keys().filter_map(|j| self.at(j, h)).collect();
-                        (all.len() == self.points.len())
-                            .then(|| all.iter().sum::<f64>() / all.len() as f64)
-                    }
-                    _ => match self.master_at(h) {
-                        Some(m) if m == *id => None,
-                        Some(m) => self.at(&m, h),
-                        None => None,
-                    },
-                };
-                if let Some(r) = reference {
-                    out.push((*id, h, (off as f64 - r).round() as i64));
-                }
-            }
-        }
-        out
-    }
-
-    /// Whether every non-master client's latest errors are all within the bound.
-    fn converged(&self, alg: Algorithm, n: usize) -> bool {
-        let errs = self.errors(alg);
-        let mut latest: HashMap<Uuid, Vec<(i64, i64)>> = HashMap::new();
-        for (id, h, e) in errs {
-            latest.entry(id).or_default().push((h, e));
-        }
-        let expected = if alg == Algorithm::Berkeley { n } else { n - 1 };
-        latest.len() >= expected
-            && latest.values_mut().all(|v| {
-                v.sort_unstable();
-                v.len() >= 3 && v[v.len() - 3..].iter().all(|(_, e)| e.abs() < CONVERGED_US)
-            })
-    }
-}
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    let expected = if alg == Algorithm::Berkeley { n } else { n - 1 };
+    latest.len() >= expected
+        && latest.values_mut().all(|v| {
+            v.sort_unstable();
+            v.len() >= 3 && v[v.len() - 3..].iter().all(|(_, e)| e.abs() < CONVERGED_US)
+        })
 }
 
 struct Outcome {
@@ -243,7 +149,7 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
     }
     let mut series = Series::default();
     // Converge.
-    while started.elapsed() < CONVERGE_TIMEOUT && !series.converged(alg, o.clients) {
+    while started.elapsed() < CONVERGE_TIMEOUT && !converged(&series, alg, o.clients) {
         series.poll(&store).await;
         tokio::time::sleep(POLL).await;
     }
@@ -281,21 +187,20 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
     } else {
         format!("{:.1}", (converge_at - t0) as f64 / 1e6)
     };
-    let mut steady: Vec<i64> = errs
-        .iter()
-        .filter(|(_, h, _)| *h >= steady_from && *h <= steady_to)
-        .map(|(_, _, e)| e.abs())
-        .collect();
-    steady.sort_unstable();
+    let steady = Stats::of(
+        errs.iter()
+            .filter(|(_, h, _)| *h >= steady_from && *h <= steady_to)
+            .map(|(_, _, e)| *e),
+    );
     let max_step = series.max_step.values().copied().max().unwrap_or(0);
     let mut line = format!(
         "algorithm={} clients={} converge_s={converge_s} median_us={} p99_us={} max_us={} max_step_us={max_step} samples={}",
         alg.as_str(),
         o.clients,
-        percentile(&steady, 0.5),
-        percentile(&steady, 0.99),
-        steady.last().copied().unwrap_or(0),
-        steady.len(),
+        steady.median_us,
+        steady.p99_us,
+        steady.max_us,
+        steady.samples,
     );
     // Failover: kill the master; a new one takes over once the old one's key expires.
     if alg == Algorithm::Master {
@@ -339,24 +244,7 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
     if let Some(dir) = &o.plot {
         std::fs::create_dir_all(dir).unwrap();
         // From convergence on: the initial hour-sized errors would flatten everything else.
-        let mut by_client: HashMap<Uuid, Vec<(f64, f64)>> = HashMap::new();
-        for (id, h, e) in series.errors(alg) {
-            if h >= converge_at {
-                by_client
-                    .entry(id)
-                    .or_default()
-                    .push(((h - t0) as f64 / 1e6, e as f64));
-            }
-        }
-        let ip_of = |id: &Uuid| format!("127.0.0.{}", 10 + (id.as_u128() - 0x7500));
-        let mut plotted: Vec<time_sync::cli::plot::Series> = by_client
-            .into_iter()
-            .map(|(id, points)| time_sync::cli::plot::Series {
-                label: ip_of(&id),
-                points,
-            })
-            .collect();
-        plotted.sort_by(|a, b| a.label.cmp(&b.label));
+        let plotted = plot_series(&series, alg, t0, converge_at);
         let path = dir.join(format!("sync-{}.svg", alg.as_str()));
         let title = format!(
             "{} algorithm, {} clients: error vs reference",

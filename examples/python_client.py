@@ -1,20 +1,31 @@
 #!/usr/bin/env python3
-"""A minimal time-sync client in Python, written from docs/PROTOCOL.md alone.
+"""A minimal time-sync client in Python (protocol v2), written from docs/PROTOCOL.md alone.
 
 It exists to prove that the protocol document is enough to write a compatible client without
 reading the Rust code. It takes part in a cluster like `ts-client` does: it reports its virtual
-clock every second, can be elected master, and follows the master's updates.
+clock every second, can be elected master, follows the master's updates, and takes part in
+Berkeley rounds.
 
 What it keeps from the reference client, and what it leaves out on purpose:
 
 * The clock is virtual: host realtime clock + an offset (no simulated drift).
-* Updates go through the same min-delay filter (last 8 samples of master_time_us minus host
-  receive time, estimate = maximum), because that is a few lines and is what makes the
-  follower's error a few hundred microseconds instead of the worst transit delay.
-* Correction is simpler than `ts-client`: an offset above the 128 ms step threshold is stepped,
-  and a smaller one is *also* applied at once (the offset is just set) instead of being slewed
-  at 500 ppm. So this clock can jump by up to 128 ms and can run backwards; that is fine for a
-  demonstration, not for a clock anyone reads.
+* It does **not probe** (PROTOCOL.md §9.2): it never sends `probe` messages, so it has no
+  estimate of its offset to the server's reference clock. Its reports carry no `ref_offset_us`
+  or `ref_freq_ppm` (`null`), and it follows a `master_update` the way every v1 client did, and
+  the way `ts-client` does when it has no estimate: through the min-delay filter (last 8
+  samples of master_time_us minus host receive time, estimate = maximum). That is a few lines,
+  and it makes the follower's error about one transit (1-2 ms) rather than the worst one.
+  Updates of algorithm `naive` are applied as the document says: the clock is set to
+  `master_time_us`, unfiltered.
+* It answers `berkeley_poll` with a `berkeley_reading` without `ref_offset_us` (so the
+  coordinator uses the poll's round trip) and applies `berkeley_adjust` by adding `adjust_us` to
+  its offset. It learns no frequency (its clock does not drift).
+* `probe_reply` messages are acknowledged and ignored (it sends no probes, so none should come).
+* Correction is simpler than `ts-client`: every correction is applied at once (the offset is
+  just set), above and below the 128 ms step threshold, instead of being slewed at 500 ppm. So
+  this clock can jump and can run backwards; that is fine for a demonstration, not for a clock
+  anyone reads. `max_step_us` in its reports says how large those jumps were after it first
+  came within 1 ms of its target.
 * Reconnects after a broker failure with growing delays (1 s .. 5 s), re-declaring everything.
 
 Usage:
@@ -23,7 +34,7 @@ Usage:
         --ip 127.0.0.9 --initial-offset-ms 500000 --duration 15
 
 At exit it prints one JSON line:
-    {"id": ..., "updates_applied": N, "final_offset_us": ..., "master_id": ...}
+    {"id": ..., "updates_applied": N, "final_offset_us": ..., "master_id": ..., ...}
 """
 
 import argparse
@@ -35,18 +46,53 @@ from collections import deque
 
 import pika
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 REPORTS_QUEUE = "ts.reports"
 UPDATES_EXCHANGE = "ts.master_updates"
+RPC_QUEUE = "ts.rpc"
 MAX_MESSAGE_BYTES = 4096
 REPORT_INTERVAL_S = 1.0
 STEP_THRESHOLD_US = 128_000
+SYNCED_US = 1000  # within this of the target once = synced (max_step_us counts from then on)
 FILTER_WINDOW = 8
-UPDATE_FIELDS = {
-    "v", "server_id", "seq", "master_id", "master_ip", "master_time_us", "server_time_us",
+ALGORITHMS = ("master", "naive", "berkeley")
+
+# Schemas of the messages a client receives (PROTOCOL.md §4, §6, §6a): field -> (kind, required).
+# "v" and "type" are checked separately. Unknown fields are rejected.
+TO_CLIENT = {
+    "master_update": {
+        "server_id": ("uuid", True),
+        "seq": ("uint", True),
+        "master_id": ("uuid", True),
+        "master_ip": ("str", True),
+        "master_time_us": ("int", True),
+        "server_time_us": ("int", True),
+        "algorithm": ("algorithm", False),  # absent = "master"; null is not allowed
+        "master_ref_offset_us": ("int?", False),
+        "master_ref_freq_ppm": ("number?", False),
+    },
+    "probe_reply": {
+        "server_id": ("uuid", True),
+        "seq": ("uint", True),
+        "t1_us": ("int", True),
+        "t2_us": ("int", True),
+        "t3_us": ("int", True),
+    },
+    "berkeley_poll": {
+        "server_id": ("uuid", True),
+        "round": ("uint", True),
+        "poll": ("uint", True),
+    },
+    "berkeley_adjust": {
+        "server_id": ("uuid", True),
+        "round": ("uint", True),
+        "adjust_us": ("int", True),
+        "outlier": ("bool", True),
+    },
 }
-# expiration: two report intervals (PROTOCOL.md §3), so a report never outlives the next one.
-PROPERTIES = pika.BasicProperties(
+
+# Reports: two report intervals (PROTOCOL.md §3), so a report never outlives the next one.
+REPORT_PROPERTIES = pika.BasicProperties(
     content_type="application/json", delivery_mode=1, expiration="2000"
 )
 
@@ -61,14 +107,44 @@ def is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def encode(msg):
+    return json.dumps(msg, separators=(",", ":")).encode()
+
+
 class DecodeError(Exception):
     def __init__(self, kind, detail):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
 
 
-def decode_update(body):
-    """Decodes a MasterUpdate in the documented order: size, then `v`, then the schema."""
+def check_field(name, kind, value):
+    """Returns the decoded value of one field, or raises DecodeError("malformed")."""
+    if kind.endswith("?"):
+        if value is None:
+            return None
+        kind = kind[:-1]
+    ok = {
+        "int": is_int(value),
+        "uint": is_int(value) and value >= 0,
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "algorithm": value in ALGORITHMS,
+        "uuid": isinstance(value, str),
+    }[kind]
+    if not ok:
+        raise DecodeError("malformed", f"{name}: bad value {value!r}")
+    if kind == "uuid":
+        try:
+            return uuid.UUID(value)
+        except ValueError as e:
+            raise DecodeError("malformed", f"{name}: bad uuid: {e}")
+    return value
+
+
+def decode(body):
+    """Decodes a message from the client's queue in the documented order: size, then `v`, then
+    the schema of its `type`. Returns the message as a dict, UUIDs as uuid.UUID."""
     if len(body) > MAX_MESSAGE_BYTES:
         raise DecodeError("too_large", f"{len(body)} bytes")
     try:
@@ -82,34 +158,42 @@ def decode_update(body):
         raise DecodeError("malformed", "missing or non-integer field `v`")
     if v != PROTOCOL_VERSION:
         raise DecodeError("bad_version", f"v={v}")
-    if set(msg) != UPDATE_FIELDS:
-        raise DecodeError("malformed", f"fields {sorted(msg)}")
-    try:
-        server_id = uuid.UUID(msg["server_id"])
-        master_id = uuid.UUID(msg["master_id"])
-    except (TypeError, ValueError, AttributeError) as e:
-        raise DecodeError("malformed", f"bad uuid: {e}")
-    for f in ("seq", "master_time_us", "server_time_us"):
-        if not is_int(msg[f]):
-            raise DecodeError("malformed", f"{f} is not an integer")
-    if msg["seq"] < 0 or not isinstance(msg["master_ip"], str):
-        raise DecodeError("malformed", "bad seq or master_ip")
-    msg["server_id"], msg["master_id"] = server_id, master_id
-    return msg
+    schema = TO_CLIENT.get(msg.get("type"))
+    if schema is None:
+        raise DecodeError("malformed", f"unknown or missing type {msg.get('type')!r}")
+    unknown = set(msg) - set(schema) - {"v", "type"}
+    if unknown:
+        raise DecodeError("malformed", f"unknown fields {sorted(unknown)}")
+    out = {"v": v, "type": msg["type"]}
+    for name, (kind, required) in schema.items():
+        if name not in msg:
+            if required:
+                raise DecodeError("malformed", f"missing field {name}")
+            out[name] = "master" if kind == "algorithm" else None
+            continue
+        out[name] = check_field(name, kind, msg[name])
+    return out
 
 
 class Client:
     def __init__(self, args):
         self.id = args.id
         self.ip = args.ip
+        self.berkeley = not args.no_berkeley
         self.offset_us = args.initial_offset_ms * 1000  # virtual clock = host clock + offset
         self.seq = 0
         self.last_update = None  # (server_id, seq) of the last accepted update
+        self.last_round = None  # (server_id, round) of the last applied Berkeley adjustment
         self.master = None  # (master_id, master_time_us) of the last accepted update
         self.samples = deque(maxlen=FILTER_WINDOW)  # master clock minus host clock
         self.samples_for = None  # (server_id, master_id) the samples belong to
+        self.synced = False
+        self.max_step_us = 0
         self.updates_applied = 0
         self.updates_rejected = 0
+        self.polls_answered = 0
+        self.adjusts_applied = 0
+        self.ignored = 0
         self.steps = 0
 
     def now_us(self, h=None):
@@ -128,10 +212,24 @@ class Client:
             "master_id": str(self.master[0]) if self.master else None,
             "master_time_us": self.master[1] if self.master else None,
             "true_offset_us": t - h,
+            # This client does not probe: no estimate of its offset to the reference.
+            "ref_offset_us": None,
+            "ref_freq_ppm": None,
+            "max_step_us": self.max_step_us if self.synced else None,
         }
 
+    def correct(self, offset):
+        """Applies a measured target-minus-local offset at once (see the module doc)."""
+        if self.synced:
+            self.max_step_us = max(self.max_step_us, abs(offset))
+        if abs(offset) < SYNCED_US:
+            self.synced = True
+        if abs(offset) > STEP_THRESHOLD_US:
+            self.steps += 1
+        self.offset_us += offset
+
     def on_update(self, u, h):
-        """Applies a decoded update received at host time `h`. Returns what happened."""
+        """Applies a decoded master_update received at host time `h`. Returns what happened."""
         key = (u["server_id"], u["seq"])
         if self.last_update and self.last_update[0] == key[0] and key[1] <= self.last_update[1]:
             return "stale"
@@ -139,52 +237,94 @@ class Client:
         self.master = (u["master_id"], u["master_time_us"])
         if u["master_id"] == self.id:
             return "i_am_master"
-        pair = (u["server_id"], u["master_id"])
-        if self.samples_for != pair:
-            self.samples.clear()
-            self.samples_for = pair
-        self.samples.append(u["master_time_us"] - h)
-        estimate = max(self.samples)
-        offset = h + estimate - self.now_us(h)
-        # Simplification (see the module doc): step above the threshold, and below it set the
-        # offset directly as well instead of slewing.
-        if abs(offset) > STEP_THRESHOLD_US:
-            self.steps += 1
-        self.offset_us += offset
+        if u["algorithm"] == "naive":
+            # The seed's rule: set the clock to the master's last reported time.
+            self.correct(u["master_time_us"] - self.now_us(h))
+        else:
+            # No probe estimate of our own, so master_ref_offset_us is no use to us: the
+            # fallback of PROTOCOL.md §9.4, a min-delay filter on master time minus host time.
+            pair = (u["server_id"], u["master_id"])
+            if self.samples_for != pair:
+                self.samples.clear()
+                self.samples_for = pair
+            self.samples.append(u["master_time_us"] - h)
+            estimate = max(self.samples)
+            self.correct(h + estimate - self.now_us(h))
         self.updates_applied += 1
+        return "applied"
+
+    def on_poll(self, p):
+        """The berkeley_reading answering a poll; the clock is read last, just before sending."""
+        self.polls_answered += 1
+        return {
+            "v": PROTOCOL_VERSION,
+            "type": "berkeley_reading",
+            "id": str(self.id),
+            "round": p["round"],
+            "poll": p["poll"],
+            "time_us": self.now_us(),
+        }
+
+    def on_adjust(self, a):
+        key = (a["server_id"], a["round"])
+        if self.last_round and self.last_round[0] == key[0] and key[1] <= self.last_round[1]:
+            return "stale"
+        self.last_round = key
+        self.correct(a["adjust_us"])
+        self.adjusts_applied += 1
         return "applied"
 
 
 def session(conn, client, deadline):
     ch = conn.channel()
     ch.queue_declare(REPORTS_QUEUE, durable=True, exclusive=False, auto_delete=False)
+    ch.queue_declare(RPC_QUEUE, durable=True, exclusive=False, auto_delete=False)
     ch.exchange_declare(UPDATES_EXCHANGE, exchange_type="fanout", durable=True,
                         auto_delete=False, internal=False)
+    # One queue for everything addressed to this client: fanout updates and polls, and the
+    # replies to its own requests (it is their reply_to).
     q = ch.queue_declare("", durable=False, exclusive=True, auto_delete=True).method.queue
     ch.queue_bind(q, UPDATES_EXCHANGE, routing_key="")
+    rpc_properties = pika.BasicProperties(
+        content_type="application/json", delivery_mode=1, reply_to=q, expiration="1000"
+    )
 
     def on_message(channel, method, _props, body):
-        h = host_us()
+        h = host_us()  # arrival, before decoding: anything later would count as transit
         try:
-            u = decode_update(body)
+            m = decode(body)
         except DecodeError as e:
             client.updates_rejected += 1
-            print(f"rejected update: {e}", file=sys.stderr)
+            print(f"rejected message: {e}", file=sys.stderr)
             channel.basic_reject(method.delivery_tag, requeue=False)
             return
-        outcome = client.on_update(u, h)
-        if outcome == "applied":
-            print(f"update seq={u['seq']} master={u['master_id']} "
-                  f"offset_us={client.offset_us}", file=sys.stderr)
+        kind = m["type"]
+        reading = None
+        if kind == "master_update":
+            outcome = client.on_update(m, h)
+            if outcome == "applied":
+                print(f"update seq={m['seq']} master={m['master_id']} "
+                      f"algorithm={m['algorithm']} offset_us={client.offset_us}",
+                      file=sys.stderr)
+        elif kind == "berkeley_poll" and client.berkeley:
+            reading = m
+        elif kind == "berkeley_adjust" and client.berkeley:
+            if client.on_adjust(m) == "applied":
+                print(f"berkeley round={m['round']} adjust_us={m['adjust_us']} "
+                      f"outlier={m['outlier']} offset_us={client.offset_us}", file=sys.stderr)
+        else:
+            client.ignored += 1  # probe_reply (we never probe), or Berkeley when disabled
         channel.basic_ack(method.delivery_tag)
+        if reading is not None:
+            body = encode(client.on_poll(reading))
+            channel.basic_publish("", RPC_QUEUE, body, rpc_properties)
 
     ch.basic_consume(q, on_message, auto_ack=False)
     next_report = time.monotonic()
     while time.monotonic() < deadline:
         if time.monotonic() >= next_report:
             # Build (read the clock) immediately before publishing: see PROTOCOL.md §14.
-            body = json.dumps(client.report(), separators=(",", ":")).encode()
-            ch.basic_publish("", REPORTS_QUEUE, body, PROPERTIES)
+            ch.basic_publish("", REPORTS_QUEUE, encode(client.report()), REPORT_PROPERTIES)
             next_report += REPORT_INTERVAL_S
             if next_report < time.monotonic():  # missed ticks are skipped, not bunched
                 next_report = time.monotonic() + REPORT_INTERVAL_S
@@ -200,6 +340,8 @@ def main():
     p.add_argument("--id", type=uuid.UUID, default=None, help="client id (default: uuid4)")
     p.add_argument("--initial-offset-ms", type=int, default=0)
     p.add_argument("--duration", type=float, default=10.0, help="seconds to run")
+    p.add_argument("--no-berkeley", action="store_true",
+                   help="ignore berkeley_poll and berkeley_adjust instead of taking part")
     args = p.parse_args()
     args.id = args.id or uuid.uuid4()
     client = Client(args)
@@ -228,6 +370,11 @@ def main():
         "updates_applied": client.updates_applied,
         "final_offset_us": client.offset_us,
         "master_id": str(client.master[0]) if client.master else None,
+        "polls_answered": client.polls_answered,
+        "berkeley_adjusts": client.adjusts_applied,
+        "messages_rejected": client.updates_rejected,
+        "messages_ignored": client.ignored,
+        "max_step_us": client.max_step_us if client.synced else None,
     }))
 
 

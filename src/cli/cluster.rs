@@ -43,6 +43,8 @@ pub struct ServerSection {
     pub workers: usize,
     pub ttl: u64,
     pub tick_ms: u64,
+    pub algorithm: crate::protocol::Algorithm,
+    pub berkeley_interval_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -51,6 +53,8 @@ impl Default for ServerSection {
             workers: crate::config::DEFAULT_WORKERS,
             ttl: crate::config::DEFAULT_TTL_SECS,
             tick_ms: crate::config::DEFAULT_TICK_MS,
+            algorithm: crate::protocol::Algorithm::Master,
+            berkeley_interval_ms: crate::config::DEFAULT_BERKELEY_INTERVAL_MS,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod plot;
+pub mod report;
 mod tail;
 pub mod view;
 
@@ -97,6 +98,16 @@ pub enum Command {
         /// Largest acceptable |true error| to the master, in milliseconds.
         #[arg(long, default_value_t = 5.0)]
         bound_ms: f64,
+    },
+    /// Measure every client's error against the reference for a while (true errors: exact when
+    /// all clients share one host clock).
+    Report {
+        /// Seconds to sample for.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Also draw every client's error over time into this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Remove every container, network, process, vhost the cluster created (nothing else).
     Teardown,
@@ -274,6 +285,9 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
                 Command::Status => status(&cfg, &state, &rt, &out).await,
                 Command::Wait { timeout, bound_ms } => {
                     wait(&state, &rt, Duration::from_secs(timeout), bound_ms, &out).await
+                }
+                Command::Report { duration, plot } => {
+                    report(&cfg, &state, &rt, Duration::from_secs(duration), plot, &out).await
                 }
                 _ => unreachable!("handled above"),
             }
@@ -814,6 +828,101 @@ async fn wait(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+async fn report(
+    cfg: &ClusterConfig,
+    state: &State,
+    rt: &Runtime,
+    duration: Duration,
+    plot: Option<PathBuf>,
+    out: &Out,
+) -> CliResult<u8> {
+    let store = redis(rt, state).await?;
+    let alg = cfg.server.algorithm;
+    let mut series = report::Series::default();
+    let t0 = SystemClock.now_us();
+    let until = Instant::now() + duration;
+    out.line(&format!(
+        "Sampling for {}s ({} algorithm)..",
+        duration.as_secs(),
+        alg.as_str()
+    ));
+    while Instant::now() < until {
+        series.poll(&store).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let errs = series.errors(alg);
+    let overall = report::Stats::of(errs.iter().map(|(_, _, e)| *e));
+    let snap = snapshot(rt, state).await?;
+    let reference = if alg == crate::protocol::Algorithm::Berkeley {
+        "mean of all clients"
+    } else {
+        "master"
+    };
+    let mut rows = Vec::new();
+    for r in &snap.rows {
+        let Ok(id) = r.id.parse::<uuid::Uuid>() else {
+            continue;
+        };
+        let st = report::Stats::of(errs.iter().filter(|(c, _, _)| *c == id).map(|(_, _, e)| *e));
+        rows.push((r, st));
+    }
+    if let Some(path) = &plot {
+        let title = format!(
+            "{} algorithm, {} clients: true error vs {reference}",
+            alg.as_str(),
+            series.points.len()
+        );
+        let svg = plot::svg(&title, "error", &report::plot_series(&series, alg, t0, t0));
+        std::fs::write(path, svg).map_err(|e| Error::io(path, e))?;
+    }
+    if out.json {
+        out.json(json!({
+            "algorithm": alg.as_str(), "reference": reference, "duration_s": duration.as_secs(),
+            "overall": overall,
+            "clients": rows.iter().map(|(r, st)| json!({"id": r.id, "ip": r.ip, "is_master": r.is_master,
+                "estimated_offset_us": r.offset_to_master_us, "true_error": st})).collect::<Vec<_>>(),
+            "plot": plot,
+        }));
+        return Ok(0);
+    }
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED);
+    t.set_header([
+        "ID",
+        "IP",
+        "EST OFFSET ms",
+        "TRUE ERR median µs",
+        "p99 µs",
+        "max µs",
+        "SAMPLES",
+    ]);
+    for (r, st) in &rows {
+        t.add_row([
+            format!("{}{}", r.id, if r.is_master { " (master)" } else { "" }),
+            r.ip.to_string(),
+            ms(r.offset_to_master_us),
+            st.median_us.to_string(),
+            st.p99_us.to_string(),
+            st.max_us.to_string(),
+            st.samples.to_string(),
+        ]);
+    }
+    out.line(&t.to_string());
+    out.line(&format!(
+        "algorithm={} reference={reference} clients={} median_us={} p99_us={} max_us={} samples={}",
+        alg.as_str(),
+        rows.len(),
+        overall.median_us,
+        overall.p99_us,
+        overall.max_us,
+        overall.samples
+    ));
+    if let Some(p) = plot {
+        out.line(&format!("Plot written to {}", p.display()));
+    }
+    Ok(0)
 }
 
 /// `Ok(worst |true error|)` when every running client follows the master within `bound_us`.

@@ -48,9 +48,7 @@ pub fn client_rows(
             is_master,
             time_us: r.map(|r| r.report.time_us + (now_us - r.received_at_us)),
             master_id: r.and_then(|r| r.report.master_id),
-            offset_to_master_us: r
-                .zip(master_report)
-                .map(|(r, m)| r.offset_to_server_us() - m.offset_to_server_us()),
+            offset_to_master_us: r.zip(master_report).map(|(r, m)| estimated_offset(r, m)),
             true_error_us: r
                 .zip(master_report)
                 .and_then(|(r, m)| Some(r.report.true_offset_us? - m.report.true_offset_us?)),
@@ -93,6 +91,16 @@ pub fn client_rows(
     }
     rows.sort_by_key(|r| crate::election::ip_rank(&r.ip));
     rows
+}
+
+/// What the system itself can know of a client's offset to the master: the difference of their
+/// probe-estimated offsets to the reference clock when both probe, else the difference of their
+/// clocks against the server's at receipt of their reports (which includes transit).
+pub fn estimated_offset(r: &StoredReport, m: &StoredReport) -> i64 {
+    match (r.report.ref_offset_us, m.report.ref_offset_us) {
+        (Some(a), Some(b)) => a - b,
+        _ => r.offset_to_server_us() - m.offset_to_server_us(),
+    }
 }
 
 /// Finds a client by full id or unique prefix.

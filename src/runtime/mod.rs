@@ -188,6 +188,10 @@ pub fn server_args(cfg: &ClusterConfig, ep: &Endpoints, workers: usize) -> Vec<S
         s.ttl.to_string(),
         "--tick-ms".into(),
         s.tick_ms.to_string(),
+        "--algorithm".into(),
+        s.algorithm.as_str().into(),
+        "--berkeley-interval-ms".into(),
+        s.berkeley_interval_ms.to_string(),
         "--log-dir".into(),
         cfg.server_log_dir.display().to_string(),
     ]
