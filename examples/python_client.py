@@ -9,7 +9,7 @@ Berkeley rounds.
 What it keeps from the reference client, and what it leaves out on purpose:
 
 * The clock is virtual: host realtime clock + an offset (no simulated drift).
-* It does **not probe** (PROTOCOL.md §9.2): it never sends `probe` messages, so it has no
+* It does **not probe** (PROTOCOL.md §10.3, §16): it never sends `probe` messages, so it has no
   estimate of its offset to the server's reference clock. Its reports carry no `ref_offset_us`
   or `ref_freq_ppm` (`null`), and it follows a `master_update` the way every v1 client did, and
   the way `ts-client` does when it has no estimate: through the min-delay filter (last 8
@@ -57,7 +57,7 @@ SYNCED_US = 1000  # within this of the target once = synced (max_step_us counts 
 FILTER_WINDOW = 8
 ALGORITHMS = ("master", "naive", "berkeley")
 
-# Schemas of the messages a client receives (PROTOCOL.md §4, §6, §6a): field -> (kind, required).
+# Schemas of the messages a client receives (PROTOCOL.md §4, §6): field -> (kind, required).
 # "v" and "type" are checked separately. Unknown fields are rejected.
 TO_CLIENT = {
     "master_update": {
@@ -242,7 +242,7 @@ class Client:
             self.correct(u["master_time_us"] - self.now_us(h))
         else:
             # No probe estimate of our own, so master_ref_offset_us is no use to us: the
-            # fallback of PROTOCOL.md §9.4, a min-delay filter on master time minus host time.
+            # fallback of PROTOCOL.md §11.3, a min-delay filter on master time minus host time.
             pair = (u["server_id"], u["master_id"])
             if self.samples_for != pair:
                 self.samples.clear()
@@ -323,7 +323,7 @@ def session(conn, client, deadline):
     next_report = time.monotonic()
     while time.monotonic() < deadline:
         if time.monotonic() >= next_report:
-            # Build (read the clock) immediately before publishing: see PROTOCOL.md §14.
+            # Build (read the clock) immediately before publishing: see PROTOCOL.md §16.
             ch.basic_publish("", REPORTS_QUEUE, encode(client.report()), REPORT_PROPERTIES)
             next_report += REPORT_INTERVAL_S
             if next_report < time.monotonic():  # missed ticks are skipped, not bunched

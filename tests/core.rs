@@ -233,12 +233,12 @@ async fn garbage_flood_rejected_counted_and_sync_continues() {
 
     let log = std::fs::read_to_string(env.path().join("server").join("server.json")).unwrap();
     assert!(
-        log.contains("rejected report"),
+        log.contains("rejected message"),
         "rejections are logged with a reason"
     );
     assert!(
         log.lines()
-            .filter(|l| l.contains("rejected report"))
+            .filter(|l| l.contains("rejected message"))
             .count()
             < 200,
         "rejection logging is rate-limited"

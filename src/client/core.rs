@@ -32,7 +32,7 @@ pub const PROBE_FAST: Duration = Duration::from_millis(100);
 /// Probe period afterwards: 4 a second fills the estimator's 30 s window.
 pub const PROBE_SLOW: Duration = Duration::from_millis(250);
 /// Samples after which probing slows down.
-pub const FAST_PROBES: usize = 16;
+pub const FAST_PROBES: usize = 40;
 /// Probes awaiting a reply; older ones are forgotten (their replies are too late to be useful).
 pub const MAX_PENDING_PROBES: usize = 32;
 /// A clock within this of its target (µs) counts as synced: from then on it is only stepped
@@ -92,8 +92,8 @@ pub struct ClientCore {
     reference: Option<Uuid>,
     synced: bool,
     max_step_us: i64,
-    /// Host time and round of the last Berkeley adjustment.
-    last_round: Option<(i64, u64)>,
+    /// Host time, coordinator and round of the last Berkeley adjustment.
+    last_round: Option<(i64, Uuid, u64)>,
     rng: rand::rngs::SmallRng,
     pub stats: ClientStats,
 }
@@ -303,16 +303,19 @@ impl ClientCore {
 
     /// Applies a Berkeley adjustment received at host time `host_us`.
     pub fn on_adjust(&mut self, a: &BerkeleyAdjust, host_us: i64) -> UpdateOutcome {
-        if let Some((_, round)) = self.last_round {
-            if a.round <= round {
+        if let Some((_, server, round)) = self.last_round {
+            // Rounds count per coordinator: a restarted server starts again at 1.
+            if server == a.server_id && a.round <= round {
                 self.stats.updates_ignored += 1;
                 return UpdateOutcome::Stale;
             }
         }
         let action = self.discipline.decide(a.adjust_us, self.synced);
-        if let (Some((prev_host, prev_round)), Action::Slew { .. }) = (self.last_round, action) {
+        if let (Some((prev_host, prev_server, prev_round)), Action::Slew { .. }) =
+            (self.last_round, action)
+        {
             // What is left to adjust after a round without steps is drift since the last one.
-            if a.round == prev_round + 1 {
+            if prev_server == a.server_id && a.round == prev_round + 1 {
                 let secs = (host_us - prev_host) as f64 / 1e6;
                 if secs > 0.0 {
                     let change = (BERKELEY_FREQ_GAIN * a.adjust_us as f64 / secs)
@@ -322,7 +325,7 @@ impl ClientCore {
                 }
             }
         }
-        self.last_round = Some((host_us, a.round));
+        self.last_round = Some((host_us, a.server_id, a.round));
         self.apply(host_us, a.adjust_us, action)
     }
 }
@@ -536,6 +539,15 @@ mod tests {
             c.clock.freq_ppm()
         );
         assert_eq!(c.on_adjust(&adj(2, 5), 16 * S), UpdateOutcome::Stale);
+        let mut restarted = adj(1, 5);
+        restarted.server_id = Uuid::from_u128(SERVER + 1);
+        assert!(
+            matches!(
+                c.on_adjust(&restarted, 17 * S),
+                UpdateOutcome::Applied { .. }
+            ),
+            "a restarted coordinator's round 1 is applied"
+        );
         assert!(
             c.report(16 * S).max_step_us.is_some(),
             "synced after a sub-ms adjustment"

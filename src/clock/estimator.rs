@@ -22,17 +22,17 @@
 use std::collections::VecDeque;
 
 /// Samples kept (4 probes a second for half a minute).
-pub const WINDOW: usize = 128;
+pub const WINDOW: usize = 256;
 /// Samples older than this (raw µs) before the newest are dropped, so a change of path or of
 /// frequency is followed within the span.
-pub const MAX_SPAN_US: i64 = 30_000_000;
+pub const MAX_SPAN_US: i64 = 60_000_000;
 /// Fewest samples a fit uses.
 pub const MIN_TRUSTED: usize = 3;
 /// Frequency is estimated only once the kept samples span this much raw time (µs): over a
 /// shorter span, tens of µs of noise would read as many ppm.
 pub const MIN_FREQ_SPAN_US: i64 = 8_000_000;
 /// Without a frequency, only samples this recent (raw µs) are averaged.
-pub const RECENT_US: i64 = 3_000_000;
+pub const RECENT_US: i64 = 1_000_000;
 /// Residuals beyond this many robust standard deviations are dropped before the final fit.
 pub const TRIM_SIGMAS: f64 = 3.0;
 /// Floor of the robust standard deviation (µs), so a very quiet window trims nothing real.
@@ -277,7 +277,7 @@ mod tests {
     #[test]
     fn window_is_bounded_and_negative_delays_ignored() {
         let mut e = OffsetEstimator::default();
-        for i in 0..200 {
+        for i in 0..WINDOW as i64 + 100 {
             e.add(Sample {
                 raw_us: i * 100_000,
                 offset_us: 0.0,
@@ -286,7 +286,7 @@ mod tests {
         }
         assert_eq!(e.len(), WINDOW);
         e.add(Sample {
-            raw_us: 30_000_000,
+            raw_us: 40_000_000,
             offset_us: 1e9,
             delay_us: -5,
         });

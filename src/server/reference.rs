@@ -21,20 +21,17 @@ use crate::protocol::{
     PROTOCOL_VERSION, RPC_QUEUE, UPDATES_EXCHANGE,
 };
 use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::info;
 use uuid::Uuid;
 
 /// A probe reply or adjustment older than this is useless to its client.
 const REPLY_EXPIRY: Duration = Duration::from_secs(1);
-/// Unacknowledged RPC deliveries in flight.
-const RPC_PREFETCH: u16 = 512;
-
 /// Polls per Berkeley round. A poll reaches every client through the fanout exchange one after
 /// another and the answers queue on the way back, so one poll's round trips are lopsided by
 /// milliseconds; of several polls, each client's fastest answer is the one to trust (TEMPO, too,
@@ -70,8 +67,6 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
     rounds: &mut Rounds,
 ) -> Result<()> {
     let ch = conn.create_channel().await?;
-    ch.basic_qos(RPC_PREFETCH, BasicQosOptions::default())
-        .await?;
     broker::declare_rpc_queue(&ch).await?;
     broker::declare_updates_exchange(&ch).await?;
     let tag = format!("ts-server-{}-reference", ctx.server_id.simple());
@@ -88,6 +83,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
         .await?;
     let berkeley = ctx.cfg.algorithm == Algorithm::Berkeley;
     let period = Duration::from_millis(ctx.cfg.berkeley_interval_ms);
+    let mut rejects = super::worker::RejectLog::new("reference".into());
     let mut polls = tokio::time::interval(period);
     polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -138,7 +134,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
                     }
                     (Err(e), _) => {
                         ctx.metrics.rejected(&e);
-                        warn!(reason = e.kind(), "rejected RPC message: {e}");
+                        rejects.record(&e, d.data.len());
                     }
                 }
             }

@@ -33,41 +33,41 @@ pub const REJECT_LOG_BURST: u32 = 10;
 pub const REJECT_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// Logs the first few rejections of each window and a count of the rest.
-struct RejectLog {
+pub(super) struct RejectLog {
+    /// What rejects: `worker 2`, `reference`.
+    source: String,
     window_start: tokio::time::Instant,
     logged: u32,
     suppressed: u64,
 }
 
 impl RejectLog {
-    fn new() -> Self {
+    pub(super) fn new(source: String) -> Self {
         RejectLog {
+            source,
             window_start: tokio::time::Instant::now(),
             logged: 0,
             suppressed: 0,
         }
     }
 
-    fn record(&mut self, worker: usize, e: &protocol::DecodeError, len: usize) {
+    pub(super) fn record(&mut self, e: &protocol::DecodeError, len: usize) {
         if self.window_start.elapsed() >= REJECT_LOG_WINDOW {
             if self.suppressed > 0 {
                 warn!(
-                    worker,
+                    source = %self.source,
                     suppressed = self.suppressed,
                     "more messages were rejected than logged in the last {}s",
                     REJECT_LOG_WINDOW.as_secs()
                 );
             }
-            *self = RejectLog::new();
+            self.window_start = tokio::time::Instant::now();
+            self.logged = 0;
+            self.suppressed = 0;
         }
         if self.logged < REJECT_LOG_BURST {
             self.logged += 1;
-            warn!(
-                worker,
-                reason = e.kind(),
-                bytes = len,
-                "rejected report: {e}"
-            );
+            warn!(source = %self.source, reason = e.kind(), bytes = len, "rejected message: {e}");
         } else {
             self.suppressed += 1;
         }
@@ -94,7 +94,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
         )
         .await?;
     info!(worker = idx, "consuming {REPORTS_QUEUE}");
-    let mut rejects = RejectLog::new();
+    let mut rejects = RejectLog::new(format!("worker {idx}"));
     let max_batch = usize::from(ctx.cfg.prefetch);
     let mut batch: Vec<(Delivery, i64)> = Vec::with_capacity(max_batch);
     let mut failure = None;
@@ -154,7 +154,7 @@ async fn process<S: ReportStore, C: Clock>(
             }
             Err(e) => {
                 ctx.metrics.rejected(&e);
-                rejects.record(idx, &e, d.data.len());
+                rejects.record(&e, d.data.len());
                 d.acker
                     .reject(BasicRejectOptions { requeue: false })
                     .await?;
