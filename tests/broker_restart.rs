@@ -70,9 +70,14 @@ async fn survives_broker_restart() {
         assert!(p.is_running(), "{} survived", p.name);
     }
     let queues = env.vhost.queues();
+    let names: Vec<&str> = queues.iter().map(|(q, _, _)| q.as_str()).collect();
     assert_eq!(
-        queues.len(),
-        3,
-        "reports queue + one update queue per client, no orphans: {queues:?}"
+        client_queues(&queues),
+        2,
+        "one update queue per client, no orphans from the old connections: {names:?}"
+    );
+    assert!(
+        names.contains(&"ts.reports") && names.contains(&"ts.rpc"),
+        "{names:?}"
     );
 }

@@ -216,7 +216,13 @@ async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
         1,
         "{qs:?}"
     );
-    assert_eq!(qs.len(), 1 + 6, "{qs:?}");
+    assert!(qs.iter().any(|q| q.as_str() == "ts.rpc"), "{qs:?}");
+    let own = qs.iter().filter(|q| q.starts_with("amq.gen-")).count();
+    assert_eq!(
+        own, 6,
+        "one queue per running client, none for the removed one: {qs:?}"
+    );
+    assert_eq!(qs.len(), 2 + 6, "{qs:?}");
 
     let started = Instant::now();
     t.ok(&["teardown"]);

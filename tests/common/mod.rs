@@ -252,6 +252,14 @@ impl Drop for Vhost {
     }
 }
 
+/// Server-named (per-client) queues among `queues`.
+pub fn client_queues(queues: &[(String, u64, u64)]) -> usize {
+    queues
+        .iter()
+        .filter(|(q, _, _)| q.starts_with("amq.gen-"))
+        .count()
+}
+
 pub fn assert_rabbitmq_up() {
     assert!(
         std::net::TcpStream::connect("127.0.0.1:5672").is_ok(),
