@@ -77,22 +77,19 @@ pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Opt
 /// Declares the durable reports queue. Clients declare it too, so that reports published before
 /// the server first starts are kept rather than dropped (a defect of the seed).
 pub async fn declare_reports_queue(ch: &Channel) -> Result<()> {
-    ch.queue_declare(
-        REPORTS_QUEUE.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    Ok(())
+    declare_durable_queue(ch, REPORTS_QUEUE).await
 }
 
 /// Declares the durable queue of requests to the reference clock (probes, Berkeley readings).
 pub async fn declare_rpc_queue(ch: &Channel) -> Result<()> {
+    declare_durable_queue(ch, protocol::RPC_QUEUE).await
+}
+
+/// A durable queue without arguments: every peer declares it identically, so no declaration
+/// can ever conflict with another's.
+async fn declare_durable_queue(ch: &Channel, name: &str) -> Result<()> {
     ch.queue_declare(
-        protocol::RPC_QUEUE.into(),
+        name.into(),
         QueueDeclareOptions {
             durable: true,
             ..Default::default()
