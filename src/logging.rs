@@ -5,6 +5,8 @@
 
 use crate::error::{Error, Result};
 use std::path::Path;
+use std::time::Duration;
+use tracing::warn;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -50,4 +52,52 @@ pub fn init(dir: Option<&Path>, file_name: &str) -> Result<Option<WorkerGuard>> 
         .with(file)
         .init();
     Ok(Some(guard))
+}
+
+/// At most this many rejected messages are logged in detail per [`REJECT_LOG_WINDOW`].
+pub const REJECT_LOG_BURST: u32 = 10;
+/// Window of the reject log limit.
+pub const REJECT_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Logs the first few rejected messages of each window and a count of the rest, so a flood of
+/// garbage cannot fill the disk. Used by server workers, the reference task and clients.
+pub struct RejectLog {
+    /// What rejects: `worker 2`, `reference`.
+    source: String,
+    window_start: tokio::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RejectLog {
+    pub fn new(source: String) -> Self {
+        RejectLog {
+            source,
+            window_start: tokio::time::Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    pub fn record(&mut self, e: &crate::protocol::DecodeError, len: usize) {
+        if self.window_start.elapsed() >= REJECT_LOG_WINDOW {
+            if self.suppressed > 0 {
+                warn!(
+                    source = %self.source,
+                    suppressed = self.suppressed,
+                    "more messages were rejected than logged in the last {}s",
+                    REJECT_LOG_WINDOW.as_secs()
+                );
+            }
+            self.window_start = tokio::time::Instant::now();
+            self.logged = 0;
+            self.suppressed = 0;
+        }
+        if self.logged < REJECT_LOG_BURST {
+            self.logged += 1;
+            warn!(source = %self.source, reason = e.kind(), bytes = len, "rejected message: {e}");
+        } else {
+            self.suppressed += 1;
+        }
+    }
 }

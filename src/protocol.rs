@@ -286,7 +286,7 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 
 /// Parses a message, enforcing the size limit and the version before the schema, so that a
 /// newer peer's message is reported as a version mismatch rather than as garbage.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub fn decode<T: DeserializeOwned + Checked>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
@@ -305,7 +305,85 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
             ))
         }
     }
-    serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+    let msg: T =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    msg.check()?;
+    Ok(msg)
+}
+
+/// Largest magnitude accepted for any time or offset field (µs): 2^53, about 285 years. Beyond
+/// it a value is not a clock reading, and sums and differences of a few accepted values can
+/// never overflow, so no arithmetic on received times needs to be checked.
+pub const MAX_TIME_US: i64 = 1 << 53;
+
+/// Field ranges a message must respect beyond its schema.
+pub trait Checked {
+    fn check(&self) -> Result<(), DecodeError>;
+}
+
+fn times(fields: &[(&str, Option<i64>)]) -> Result<(), DecodeError> {
+    for (name, v) in fields {
+        if v.is_some_and(|v| !(-MAX_TIME_US..=MAX_TIME_US).contains(&v)) {
+            return Err(DecodeError::Malformed(format!("`{name}` out of range")));
+        }
+    }
+    Ok(())
+}
+
+fn freq(name: &str, v: Option<f64>) -> Result<(), DecodeError> {
+    match v {
+        Some(f) if !(f.is_finite() && f.abs() <= 1e6) => {
+            Err(DecodeError::Malformed(format!("`{name}` out of range")))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Checked for TimeReport {
+    fn check(&self) -> Result<(), DecodeError> {
+        times(&[
+            ("time_us", Some(self.time_us)),
+            ("master_time_us", self.master_time_us),
+            ("true_offset_us", self.true_offset_us),
+            ("ref_offset_us", self.ref_offset_us),
+            ("max_step_us", self.max_step_us),
+        ])?;
+        freq("ref_freq_ppm", self.ref_freq_ppm)
+    }
+}
+
+impl Checked for ToClient {
+    fn check(&self) -> Result<(), DecodeError> {
+        match self {
+            ToClient::MasterUpdate(u) => {
+                times(&[
+                    ("master_time_us", Some(u.master_time_us)),
+                    ("server_time_us", Some(u.server_time_us)),
+                    ("master_ref_offset_us", u.master_ref_offset_us),
+                ])?;
+                freq("master_ref_freq_ppm", u.master_ref_freq_ppm)
+            }
+            ToClient::ProbeReply(r) => times(&[
+                ("t1_us", Some(r.t1_us)),
+                ("t2_us", Some(r.t2_us)),
+                ("t3_us", Some(r.t3_us)),
+            ]),
+            ToClient::BerkeleyPoll(_) => Ok(()),
+            ToClient::BerkeleyAdjust(a) => times(&[("adjust_us", Some(a.adjust_us))]),
+        }
+    }
+}
+
+impl Checked for ToServer {
+    fn check(&self) -> Result<(), DecodeError> {
+        match self {
+            ToServer::Probe(p) => times(&[("t1_us", Some(p.t1_us))]),
+            ToServer::BerkeleyReading(r) => times(&[
+                ("time_us", Some(r.time_us)),
+                ("ref_offset_us", r.ref_offset_us),
+            ]),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -392,6 +470,27 @@ mod tests {
             t1_us: 5,
         });
         assert_eq!(decode::<ToServer>(&encode(&p)).unwrap(), p);
+    }
+
+    #[test]
+    fn rejects_times_out_of_range() {
+        let mut r = report();
+        r.time_us = i64::MAX;
+        assert_eq!(
+            decode::<TimeReport>(&encode(&r)).unwrap_err().kind(),
+            "malformed"
+        );
+        let mut r = report();
+        r.ref_freq_ppm = Some(1e300);
+        assert!(decode::<TimeReport>(&encode(&r)).is_err());
+        let adj = ToClient::BerkeleyAdjust(BerkeleyAdjust {
+            v: PROTOCOL_VERSION,
+            server_id: Uuid::from_u128(1),
+            round: 1,
+            adjust_us: i64::MIN,
+            outlier: false,
+        });
+        assert!(decode::<ToClient>(&encode(&adj)).is_err());
     }
 
     #[test]

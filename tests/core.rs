@@ -222,7 +222,8 @@ async fn garbage_flood_rejected_counted_and_sync_continues() {
         "client rejecting bad updates and applying good ones",
         || async {
             let text = std::fs::read_to_string(&flog).unwrap();
-            (text.contains("rejected update") && applied(&text) >= applied_before + 2).then_some(())
+            (text.contains("rejected message") && applied(&text) >= applied_before + 2)
+                .then_some(())
         },
     )
     .await;

@@ -210,6 +210,17 @@ impl ClusterConfig {
         if self.server.ttl == 0 {
             return Err(Error::Config("server.ttl must be at least 1".into()));
         }
+        if !(10..=60_000).contains(&self.server.tick_ms) {
+            return Err(Error::Config(
+                "server.tick_ms must be between 10 and 60000".into(),
+            ));
+        }
+        if self.server.berkeley_interval_ms <= crate::config::DEFAULT_BERKELEY_COLLECT_MS {
+            return Err(Error::Config(format!(
+                "server.berkeley_interval_ms must be above {} (the collection window)",
+                crate::config::DEFAULT_BERKELEY_COLLECT_MS
+            )));
+        }
         Ok(())
     }
 

@@ -284,7 +284,16 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
                 }
                 Command::Status => status(&cfg, &state, &rt, &out).await,
                 Command::Wait { timeout, bound_ms } => {
-                    wait(&state, &rt, Duration::from_secs(timeout), bound_ms, &out).await
+                    let alg = cfg.server.algorithm;
+                    wait(
+                        &state,
+                        &rt,
+                        alg,
+                        Duration::from_secs(timeout),
+                        bound_ms,
+                        &out,
+                    )
+                    .await
                 }
                 Command::Report { duration, plot } => {
                     report(&cfg, &state, &rt, Duration::from_secs(duration), plot, &out).await
@@ -787,6 +796,7 @@ async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out) -> 
 async fn wait(
     state: &State,
     rt: &Runtime,
+    alg: crate::protocol::Algorithm,
     timeout: Duration,
     bound_ms: f64,
     out: &Out,
@@ -797,21 +807,24 @@ async fn wait(
         let s = snapshot(rt, state).await;
         let verdict = match &s {
             Err(f) => Err(f.message.clone()),
-            Ok(s) => synced(s, bound_us),
+            Ok(s) => synced(s, alg, bound_us),
         };
         match verdict {
             Ok(worst) => {
                 let s = s.expect("ok");
-                let m = s.master.expect("synced implies a master");
+                let reference = match (&s.master, alg) {
+                    (_, crate::protocol::Algorithm::Berkeley) | (None, _) => {
+                        "the clients' mean".to_string()
+                    }
+                    (Some(m), _) => format!("master {} ({})", m.id, m.ip),
+                };
                 if out.json {
-                    out.json(json!({"synced": true, "clients": s.rows.len(), "master": m, "max_true_error_us": worst, "seconds": t0.elapsed().as_secs_f64()}));
+                    out.json(json!({"synced": true, "clients": s.rows.len(), "master": s.master, "reference": reference, "max_true_error_us": worst, "seconds": t0.elapsed().as_secs_f64()}));
                 } else {
                     out.line(&format!(
-                        "Clocks synced: {} clients within {} ms of master {} ({}) after {:.1}s",
+                        "Clocks synced: {} clients within {} ms of {reference} after {:.1}s",
                         s.rows.len(),
                         ms(Some(worst)),
-                        m.id,
-                        m.ip,
                         t0.elapsed().as_secs_f64()
                     ));
                 }
@@ -926,8 +939,7 @@ async fn report(
 }
 
 /// `Ok(worst |true error|)` when every running client follows the master within `bound_us`.
-fn synced(s: &Snapshot, bound_us: i64) -> Result<i64, String> {
-    let m = s.master.as_ref().ok_or("no master yet")?;
+fn synced(s: &Snapshot, alg: crate::protocol::Algorithm, bound_us: i64) -> Result<i64, String> {
     let clients: Vec<&ClientRow> = s.rows.iter().filter(|r| r.state == "running").collect();
     if clients.is_empty() {
         return Err("no running clients".into());
@@ -936,14 +948,31 @@ fn synced(s: &Snapshot, bound_us: i64) -> Result<i64, String> {
         return Err("some clients are not running".into());
     }
     let mut worst = 0;
-    for r in clients {
-        if r.master_id != Some(m.id) {
-            return Err(format!("client {} does not follow the master yet", r.id));
+    if alg == crate::protocol::Algorithm::Berkeley {
+        // No master: every clock against the mean of all of them.
+        let offsets: Vec<i64> = clients
+            .iter()
+            .map(|r| {
+                s.reports
+                    .iter()
+                    .find(|x| x.report.id.to_string() == r.id)
+                    .and_then(|x| x.report.true_offset_us)
+                    .ok_or(format!("client {} has not reported yet", r.id))
+            })
+            .collect::<Result<_, _>>()?;
+        let mean = offsets.iter().sum::<i64>() / offsets.len() as i64;
+        worst = offsets.iter().map(|o| (o - mean).abs()).max().unwrap_or(0);
+    } else {
+        let m = s.master.as_ref().ok_or("no master yet")?;
+        for r in clients {
+            if r.master_id != Some(m.id) {
+                return Err(format!("client {} does not follow the master yet", r.id));
+            }
+            let e = r
+                .true_error_us
+                .ok_or(format!("client {} has no error figure yet", r.id))?;
+            worst = worst.max(e.abs());
         }
-        let e = r
-            .true_error_us
-            .ok_or(format!("client {} has no error figure yet", r.id))?;
-        worst = worst.max(e.abs());
     }
     if worst > bound_us {
         return Err(format!(

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 /// Probe period while the estimator has few samples: converge in about a second.
 pub const PROBE_FAST: Duration = Duration::from_millis(100);
-/// Probe period afterwards: 4 a second fills the estimator's 30 s window.
+/// Probe period afterwards: 4 a second fills the estimator's 60 s window.
 pub const PROBE_SLOW: Duration = Duration::from_millis(250);
 /// Samples after which probing slows down.
 pub const FAST_PROBES: usize = 40;

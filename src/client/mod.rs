@@ -157,6 +157,7 @@ async fn session<C: Clock>(
     let mut ticker = tokio::time::interval(cfg.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut next_probe = tokio::time::Instant::now();
+    let mut rejects = crate::logging::RejectLog::new("client".into());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -190,7 +191,7 @@ async fn session<C: Clock>(
                     }
                     Err(e) => {
                         core.lock().expect("not poisoned").stats.updates_rejected += 1;
-                        warn!(reason = e.kind(), bytes = d.data.len(), "rejected update: {e}");
+                        rejects.record(&e, d.data.len());
                         d.acker.reject(BasicRejectOptions { requeue: false }).await?;
                     }
                 }

@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 
-/// Samples kept (4 probes a second for half a minute).
+/// Samples kept (4 probes a second for about a minute; [`MAX_SPAN_US`] caps it at 60 s).
 pub const WINDOW: usize = 256;
 /// Samples older than this (raw µs) before the newest are dropped, so a change of path or of
 /// frequency is followed within the span.

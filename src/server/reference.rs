@@ -83,7 +83,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
         .await?;
     let berkeley = ctx.cfg.algorithm == Algorithm::Berkeley;
     let period = Duration::from_millis(ctx.cfg.berkeley_interval_ms);
-    let mut rejects = super::worker::RejectLog::new("reference".into());
+    let mut rejects = crate::logging::RejectLog::new("reference".into());
     let mut polls = tokio::time::interval(period);
     polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {

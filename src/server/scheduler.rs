@@ -85,6 +85,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
         }
         let master = match decide(current.as_ref(), &live) {
             Decision::NoClients => {
+                self.election_armed = false;
                 if !self.idle {
                     info!("no live clients; nothing to broadcast");
                     self.idle = true;

@@ -27,53 +27,6 @@ use tracing::{info, warn};
 
 /// Pause after a failed Redis write before consuming again.
 pub const STORE_RETRY_DELAY: Duration = Duration::from_millis(500);
-/// At most this many rejected messages are logged in detail per [`REJECT_LOG_WINDOW`].
-pub const REJECT_LOG_BURST: u32 = 10;
-/// Window of the reject log limit.
-pub const REJECT_LOG_WINDOW: Duration = Duration::from_secs(10);
-
-/// Logs the first few rejections of each window and a count of the rest.
-pub(super) struct RejectLog {
-    /// What rejects: `worker 2`, `reference`.
-    source: String,
-    window_start: tokio::time::Instant,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl RejectLog {
-    pub(super) fn new(source: String) -> Self {
-        RejectLog {
-            source,
-            window_start: tokio::time::Instant::now(),
-            logged: 0,
-            suppressed: 0,
-        }
-    }
-
-    pub(super) fn record(&mut self, e: &protocol::DecodeError, len: usize) {
-        if self.window_start.elapsed() >= REJECT_LOG_WINDOW {
-            if self.suppressed > 0 {
-                warn!(
-                    source = %self.source,
-                    suppressed = self.suppressed,
-                    "more messages were rejected than logged in the last {}s",
-                    REJECT_LOG_WINDOW.as_secs()
-                );
-            }
-            self.window_start = tokio::time::Instant::now();
-            self.logged = 0;
-            self.suppressed = 0;
-        }
-        if self.logged < REJECT_LOG_BURST {
-            self.logged += 1;
-            warn!(source = %self.source, reason = e.kind(), bytes = len, "rejected message: {e}");
-        } else {
-            self.suppressed += 1;
-        }
-    }
-}
-
 /// Runs one worker session on `conn` until shutdown (`Ok`) or a broker failure (`Err`).
 pub(super) async fn session<S: ReportStore, C: Clock>(
     idx: usize,
@@ -94,7 +47,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
         )
         .await?;
     info!(worker = idx, "consuming {REPORTS_QUEUE}");
-    let mut rejects = RejectLog::new(format!("worker {idx}"));
+    let mut rejects = crate::logging::RejectLog::new(format!("worker {idx}"));
     let max_batch = usize::from(ctx.cfg.prefetch);
     let mut batch: Vec<(Delivery, i64)> = Vec::with_capacity(max_batch);
     let mut failure = None;
@@ -139,7 +92,7 @@ async fn process<S: ReportStore, C: Clock>(
     idx: usize,
     batch: &mut Vec<(Delivery, i64)>,
     ctx: &ServerContext<S, C>,
-    rejects: &mut RejectLog,
+    rejects: &mut crate::logging::RejectLog,
 ) -> Result<()> {
     let mut good = Vec::with_capacity(batch.len());
     let mut last_good = None;
