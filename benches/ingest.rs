@@ -14,7 +14,7 @@ mod support;
 use std::time::{Duration, Instant};
 use support::Services;
 use time_sync::cache::RedisStore;
-use time_sync::protocol::{self, TimeReport, PROTOCOL_VERSION, REPORTS_QUEUE};
+use time_sync::protocol::{self, TimeReport, REPORTS_QUEUE};
 
 struct Opts {
     reports: usize,
@@ -54,17 +54,13 @@ async fn flood(url: String, first: usize, count: usize, clients: usize) {
     for n in first..first + count {
         let c = n % clients;
         let r = TimeReport {
-            v: PROTOCOL_VERSION,
-            id: ids[c],
-            ip: std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + c as u32)),
-            time_us: 1_700_000_000_000_000 + n as i64,
-            seq: (n / clients) as u64 + 1,
-            master_id: None,
-            master_time_us: None,
             true_offset_us: Some(0),
-            ref_offset_us: None,
-            ref_freq_ppm: None,
-            max_step_us: None,
+            ..TimeReport::new(
+                ids[c],
+                std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + c as u32)),
+                1_700_000_000_000_000 + n as i64,
+                (n / clients) as u64 + 1,
+            )
         };
         time_sync::broker::publish_raw(&ch, "", REPORTS_QUEUE, &protocol::encode(&r), None)
             .await

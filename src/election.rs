@@ -74,7 +74,7 @@ pub fn decide<'a>(current: Option<&MasterRecord>, live: &'a [StoredReport]) -> D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{TimeReport, PROTOCOL_VERSION};
+    use crate::protocol::TimeReport;
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
@@ -116,19 +116,7 @@ mod tests {
 
     fn stored(n: u128, ip: &str) -> StoredReport {
         StoredReport {
-            report: TimeReport {
-                v: PROTOCOL_VERSION,
-                id: id(n),
-                ip: ip.parse().unwrap(),
-                time_us: 0,
-                seq: 1,
-                master_id: None,
-                master_time_us: None,
-                true_offset_us: None,
-                ref_offset_us: None,
-                ref_freq_ppm: None,
-                max_step_us: None,
-            },
+            report: TimeReport::new(id(n), ip.parse().unwrap(), 0, 1),
             received_at_us: 0,
         }
     }

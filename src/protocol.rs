@@ -94,6 +94,26 @@ pub struct StoredReport {
     pub received_at_us: i64,
 }
 
+impl TimeReport {
+    /// A report with no master, no reference estimate and no diagnostics yet; callers set what
+    /// they have with struct update syntax.
+    pub fn new(id: Uuid, ip: IpAddr, time_us: i64, seq: u64) -> Self {
+        TimeReport {
+            v: PROTOCOL_VERSION,
+            id,
+            ip,
+            time_us,
+            seq,
+            master_id: None,
+            master_time_us: None,
+            true_offset_us: None,
+            ref_offset_us: None,
+            ref_freq_ppm: None,
+            max_step_us: None,
+        }
+    }
+}
+
 impl StoredReport {
     /// The client's clock minus the server's, as seen at receipt: the report's transit time is
     /// folded in (a few hundred µs on one host). Used to extrapolate the master's clock to "now".

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use time_sync::protocol::{self, TimeReport, PROTOCOL_VERSION, REPORTS_QUEUE};
+use time_sync::protocol::{self, TimeReport, REPORTS_QUEUE};
 
 /// Clocks must agree with the master within this bound (µs) once converged. Measured spreads on
 /// this machine are quoted in README; the bound leaves room for a loaded CI box.
@@ -120,19 +120,7 @@ async fn garbage_flood_rejected_counted_and_sync_continues() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let good = TimeReport {
-        v: PROTOCOL_VERSION,
-        id: uuid::Uuid::new_v4(),
-        ip: "127.0.0.77".parse().unwrap(),
-        time_us: 0,
-        seq: 1,
-        master_id: None,
-        master_time_us: None,
-        true_offset_us: None,
-        ref_offset_us: None,
-        ref_freq_ppm: None,
-        max_step_us: None,
-    };
+    let good = TimeReport::new(uuid::Uuid::new_v4(), "127.0.0.77".parse().unwrap(), 0, 1);
     let mut wrong_version = serde_json::to_value(&good).unwrap();
     wrong_version["v"] = 99.into();
     let kinds: Vec<Vec<u8>> = vec![

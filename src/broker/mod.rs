@@ -221,12 +221,9 @@ pub fn expiry_for(period: std::time::Duration) -> std::time::Duration {
     (period * 2).max(std::time::Duration::from_secs(1))
 }
 
-/// Closes a channel and its connection politely, ignoring errors: used on the way out, when the
-/// peer may already be gone.
-pub async fn close(ch: Option<&Channel>, conn: &Connection) {
-    if let Some(ch) = ch {
-        let _ = ch.close(200, "bye".into()).await;
-    }
+/// Closes a connection politely, ignoring errors: used on the way out, when the peer may already
+/// be gone. Sessions close their own channels first.
+async fn close(conn: &Connection) {
     let _ = conn.close(200, "bye".into()).await;
 }
 
@@ -255,7 +252,7 @@ pub async fn run_sessions<F, Fut>(
         };
         let conn = std::sync::Arc::new(conn);
         let outcome = session(conn.clone()).await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close(None, &conn)).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close(&conn)).await;
         match outcome {
             Ok(()) => return,
             Err(e) => {

@@ -453,7 +453,7 @@ async fn teardown(
 
 /// Redis as seen from the host, failing fast.
 async fn redis(rt: &Runtime, state: &State) -> CliResult<RedisStore> {
-    let url = rt.endpoints(state).redis_url_from_host;
+    let url = rt.endpoints(state).redis_url;
     let ep = crate::config::endpoint_of(&url);
     let token = CancellationToken::new();
     match tokio::time::timeout(REDIS_TIMEOUT, RedisStore::connect(&url, &token)).await {

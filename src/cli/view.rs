@@ -129,7 +129,7 @@ pub fn ms(us: Option<i64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{TimeReport, PROTOCOL_VERSION};
+    use crate::protocol::TimeReport;
 
     fn node(id: &Uuid, ip: &str) -> Node {
         Node {
@@ -144,17 +144,9 @@ mod tests {
     fn stored(id: Uuid, ip: &str, true_off: i64, transit: i64, at: i64) -> StoredReport {
         StoredReport {
             report: TimeReport {
-                v: PROTOCOL_VERSION,
-                id,
-                ip: ip.parse().unwrap(),
-                time_us: at + true_off,
-                seq: 9,
                 master_id: Some(Uuid::from_u128(1)),
-                master_time_us: None,
                 true_offset_us: Some(true_off),
-                ref_offset_us: None,
-                ref_freq_ppm: None,
-                max_step_us: None,
+                ..TimeReport::new(id, ip.parse().unwrap(), at + true_off, 9)
             },
             received_at_us: at + transit,
         }

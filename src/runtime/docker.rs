@@ -84,8 +84,7 @@ impl DockerRuntime {
                 c.rabbitmq_password,
                 self.ip(RABBITMQ_HOST)
             ),
-            redis_url: redis.clone(),
-            redis_url_from_host: redis,
+            redis_url: redis,
         }
     }
 

@@ -61,8 +61,7 @@ impl LocalRuntime {
                 c.rabbitmq_password,
                 self.vhost()
             ),
-            redis_url: redis.clone(),
-            redis_url_from_host: redis,
+            redis_url: redis,
         }
     }
 

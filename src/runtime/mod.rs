@@ -81,10 +81,9 @@ impl Node {
 pub struct Endpoints {
     /// For `ts-server` and `ts-client` processes (inside the cluster's network).
     pub amqp_url: String,
-    /// For `ts-server` (inside the cluster's network).
+    /// For `ts-server`, and for tsc itself: the host reaches the cluster's bridge network and
+    /// loopback alike, so one URL serves both.
     pub redis_url: String,
-    /// For tsc itself (from the host).
-    pub redis_url_from_host: String,
 }
 
 /// Progress lines for people; `tsc` prints them, tests collect them.

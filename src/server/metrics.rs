@@ -32,6 +32,11 @@ impl Metrics {
         c.fetch_add(1, Relaxed);
     }
 
+    /// Reports stored so far.
+    pub fn stored(&self) -> u64 {
+        self.reports_stored.load(Relaxed)
+    }
+
     /// All rejected messages, whatever the reason.
     pub fn rejected_total(&self) -> u64 {
         self.rejected_malformed.load(Relaxed)

@@ -191,19 +191,7 @@ mod tests {
 
     fn report(n: u128, ip: &str, time_us: i64, received_at_us: i64) -> StoredReport {
         StoredReport {
-            report: TimeReport {
-                v: PROTOCOL_VERSION,
-                id: Uuid::from_u128(n),
-                ip: ip.parse().unwrap(),
-                time_us,
-                seq: 1,
-                master_id: None,
-                master_time_us: None,
-                true_offset_us: None,
-                ref_offset_us: None,
-                ref_freq_ppm: None,
-                max_step_us: None,
-            },
+            report: TimeReport::new(Uuid::from_u128(n), ip.parse().unwrap(), time_us, 1),
             received_at_us,
         }
     }

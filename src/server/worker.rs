@@ -7,7 +7,7 @@
 //! rate limit so a flood cannot fill the disk. If Redis fails, the batch is requeued and the
 //! worker pauses briefly: nothing valid is lost.
 
-use super::{Metrics, ServerContext};
+use super::ServerContext;
 use crate::broker;
 use crate::cache::ReportStore;
 use crate::clock::Clock;
@@ -140,11 +140,4 @@ async fn process<S: ReportStore, C: Clock>(
         }
     }
     Ok(())
-}
-
-impl Metrics {
-    /// Convenience for tests and status output.
-    pub fn stored(&self) -> u64 {
-        self.reports_stored.load(Relaxed)
-    }
 }
