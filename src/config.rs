@@ -34,6 +34,11 @@ pub const DEFAULT_BERKELEY_INTERVAL_MS: u64 = 120_000;
 /// How long the Berkeley coordinator collects readings after a poll.
 pub const DEFAULT_BERKELEY_COLLECT_MS: u64 = 500;
 
+/// Port of each replica's HTTP API.
+pub const DEFAULT_HTTP_PORT: u16 = 8470;
+/// Where a replica's HTTP API listens by default.
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8470";
+
 /// Default server log directory (the seed's).
 pub const DEFAULT_SERVER_LOG_DIR: &str = "/tmp/ts_server_logs";
 /// Default client log directory (the seed's); each client writes `<dir>/<id>`.
@@ -85,7 +90,25 @@ pub struct ServerConfig {
     /// Berkeley: whether the coordinator's (server's) own clock takes part in the average.
     #[arg(long, env = "TS_BERKELEY_INCLUDE_COORDINATOR", default_value_t = crate::clock::berkeley::DEFAULT_INCLUDE_COORDINATOR, action = clap::ArgAction::Set)]
     pub berkeley_include_coordinator: bool,
-    /// Directory of the server log (`server.json`).
+    /// This replica's id (unique among the replicas; ties in priority go to the higher id).
+    #[arg(long, env = "TS_REPLICA_ID", default_value_t = 1)]
+    pub replica_id: u64,
+    /// Election priority: the live replica with the highest (priority, id) leads.
+    #[arg(long, env = "TS_PRIORITY", default_value_t = 0)]
+    pub priority: u64,
+    /// Milliseconds between replica heartbeats.
+    #[arg(long, env = "TS_HEARTBEAT_MS", default_value_t = crate::leader::HEARTBEAT_INTERVAL.as_millis() as u64)]
+    pub heartbeat_ms: u64,
+    /// Milliseconds of leader silence after which followers elect a new one.
+    #[arg(long, env = "TS_LEADER_TIMEOUT_MS", default_value_t = crate::leader::LEADER_TIMEOUT.as_millis() as u64)]
+    pub leader_timeout_ms: u64,
+    /// Milliseconds a candidate waits for an outranking replica to answer before it leads.
+    #[arg(long, env = "TS_ANSWER_TIMEOUT_MS", default_value_t = crate::leader::ANSWER_TIMEOUT.as_millis() as u64)]
+    pub answer_timeout_ms: u64,
+    /// Address of the HTTP API (`ip:port`; port 0 picks a free one, published in Redis).
+    #[arg(long, env = "TS_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: std::net::SocketAddr,
+    /// Directory of the server log (`server-<replica id>.json`).
     #[arg(long, env = "TS_LOG_DIR", default_value = DEFAULT_SERVER_LOG_DIR)]
     pub log_dir: PathBuf,
     /// Log to stderr only.
@@ -122,7 +145,23 @@ impl ServerConfig {
                 "--berkeley-interval-ms must be ≥ 100 and above --berkeley-collect-ms".into(),
             ));
         }
+        self.bully().validate().map_err(|e| Error::Config(format!("election: {e}")))?;
         self.berkeley().validate()
+    }
+
+    /// The leader election settings.
+    pub fn bully(&self) -> crate::leader::BullyConfig {
+        let mut c = crate::leader::BullyConfig::new(self.replica_id, self.priority);
+        c.heartbeat = Duration::from_millis(self.heartbeat_ms);
+        c.leader_timeout = Duration::from_millis(self.leader_timeout_ms);
+        c.answer_timeout = Duration::from_millis(self.answer_timeout_ms);
+        c.coordinator_timeout = c.coordinator_timeout.max(c.answer_timeout * 4);
+        c
+    }
+
+    /// File name of this replica's log.
+    pub fn log_file_name(&self) -> String {
+        format!("server-{}.json", self.replica_id)
     }
 
     /// The Berkeley averaging settings.

@@ -126,6 +126,7 @@ mod tests {
             id: id(n),
             ip: ip.parse().unwrap(),
             elected_at_us: 0,
+            epoch: 1,
         }
     }
 

@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod election;
 pub mod error;
+pub mod leader;
 pub mod logging;
 pub mod protocol;
 pub mod runtime;

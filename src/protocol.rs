@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 /// Version of the message format. Decoders reject any other value: a newer peer's message is
 /// counted as rejected rather than misread.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Durable queue (default exchange, routing key = queue name) that every client publishes its
 /// [`TimeReport`] to and the server's workers consume from.
@@ -28,6 +28,33 @@ pub const UPDATES_EXCHANGE: &str = "ts.master_updates";
 /// Durable queue (default exchange) for requests that must be answered from one reference clock:
 /// offset probes and Berkeley poll answers ([`ToServer`]). One task of the server consumes it.
 pub const RPC_QUEUE: &str = "ts.rpc";
+
+/// Direct exchange of the server replicas' leader election ([`ToReplica`]). Each replica binds
+/// its own exclusive, auto-delete queue with two routing keys: [`CONTROL_ALL`] (broadcasts) and
+/// [`replica_key`] of its own id (messages addressed to it).
+pub const CONTROL_EXCHANGE: &str = "ts.control";
+
+/// Routing key of control messages meant for every replica.
+pub const CONTROL_ALL: &str = "all";
+
+/// Routing key of control messages meant for replica `id` alone.
+pub fn replica_key(id: u64) -> String {
+    format!("replica.{id}")
+}
+
+/// Redis key of the latest leader epoch (an integer). A replica that wins an election takes
+/// `max(this, highest epoch it has seen) + 1` atomically, so every leader term has its own
+/// epoch and epochs only grow.
+pub const EPOCH_KEY: &str = "ts:epoch";
+
+/// Redis key prefix of a replica's self-description: `ts:replica:<id>` holds a
+/// [`ReplicaRecord`] as JSON, rewritten at every heartbeat, expiring when the replica is gone.
+pub const REPLICA_KEY_PREFIX: &str = "ts:replica:";
+
+/// Redis key of a replica's record.
+pub fn replica_record_key(id: u64) -> String {
+    format!("{REPLICA_KEY_PREFIX}{id}")
+}
 
 /// Redis key prefix of a client's latest report: `ts:client:<id>` holds a [`StoredReport`] as
 /// JSON with a TTL (the liveness window).
@@ -83,6 +110,16 @@ pub struct TimeReport {
     /// target (0: none). Shows whether a synced clock ever jumped; slews are not steps.
     #[serde(default)]
     pub max_step_us: Option<i64>,
+    /// The server instance (`server_id`) whose clock `ref_offset_us` is measured against.
+    #[serde(default)]
+    pub ref_server_id: Option<Uuid>,
+    /// The leader epoch the client follows: the highest it has accepted a message from.
+    #[serde(default)]
+    pub epoch: Option<u64>,
+    /// Diagnostic: messages the client ignored because their epoch was lower than `epoch`
+    /// (a deposed leader still talking), since the client started.
+    #[serde(default)]
+    pub stale_epoch_msgs: Option<u64>,
 }
 
 /// What the server stores in Redis for each client: the report plus when the server got it.
@@ -110,6 +147,9 @@ impl TimeReport {
             ref_offset_us: None,
             ref_freq_ppm: None,
             max_step_us: None,
+            ref_server_id: None,
+            epoch: None,
+            stale_epoch_msgs: None,
         }
     }
 }
@@ -129,6 +169,10 @@ pub struct MasterRecord {
     pub ip: IpAddr,
     /// Server clock when this client was elected (µs since epoch).
     pub elected_at_us: i64,
+    /// Epoch of the leader that elected it. A record is only replaced by a leader of the same
+    /// or a later epoch, so a deposed leader cannot re-elect.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// How clients are synchronized; chosen on the server (`--algorithm`), carried in updates.
@@ -164,6 +208,8 @@ pub struct MasterUpdate {
     pub v: u32,
     /// Id of the server process that sent it (new on every server start).
     pub server_id: Uuid,
+    /// Leader epoch of the sender; receivers ignore anything below the highest they have seen.
+    pub epoch: u64,
     /// Per-server counter, +1 per update.
     pub seq: u64,
     pub master_id: Uuid,
@@ -192,6 +238,8 @@ pub struct MasterUpdate {
 pub struct ProbeReply {
     pub v: u32,
     pub server_id: Uuid,
+    /// Leader epoch of the sender; receivers ignore anything below the highest they have seen.
+    pub epoch: u64,
     /// The probe's `seq`, echoed.
     pub seq: u64,
     /// The probe's `t1_us`, echoed.
@@ -208,6 +256,8 @@ pub struct ProbeReply {
 pub struct BerkeleyPoll {
     pub v: u32,
     pub server_id: Uuid,
+    /// Leader epoch of the sender; receivers ignore anything below the highest they have seen.
+    pub epoch: u64,
     pub round: u64,
     /// Which poll of the round (a round sends several; each client's fastest answer counts).
     pub poll: u32,
@@ -219,6 +269,8 @@ pub struct BerkeleyPoll {
 pub struct BerkeleyAdjust {
     pub v: u32,
     pub server_id: Uuid,
+    /// Leader epoch of the sender; receivers ignore anything below the highest they have seen.
+    pub epoch: u64,
     pub round: u64,
     /// Add this to the clock (µs).
     pub adjust_us: i64,
@@ -235,6 +287,141 @@ pub enum ToClient {
     ProbeReply(ProbeReply),
     BerkeleyPoll(BerkeleyPoll),
     BerkeleyAdjust(BerkeleyAdjust),
+}
+
+impl ToClient {
+    /// The sender's leader epoch: every message a client receives carries one.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            ToClient::MasterUpdate(m) => m.epoch,
+            ToClient::ProbeReply(m) => m.epoch,
+            ToClient::BerkeleyPoll(m) => m.epoch,
+            ToClient::BerkeleyAdjust(m) => m.epoch,
+        }
+    }
+}
+
+/// What a server replica is doing in the leader election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaRole {
+    /// Follows a leader (or has not found one yet).
+    #[default]
+    Follower,
+    /// Runs an election: waiting for answers, for a coordinator, or for its epoch.
+    Candidate,
+    /// Runs the scheduler and the reference clock, and broadcasts.
+    Leader,
+}
+
+impl ReplicaRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaRole::Follower => "follower",
+            ReplicaRole::Candidate => "candidate",
+            ReplicaRole::Leader => "leader",
+        }
+    }
+}
+
+/// Bully: "I am starting an election", broadcast to every replica. Every live replica that
+/// outranks the sender answers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Election {
+    pub v: u32,
+    pub from: u64,
+    pub priority: u64,
+}
+
+/// Bully: "I outrank you and I am alive; stand down", sent to the candidate alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    pub v: u32,
+    pub from: u64,
+    pub priority: u64,
+}
+
+/// Bully: "I am the leader of `epoch`", broadcast when a replica takes office, and again to
+/// correct a replica that shows a stale view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coordinator {
+    pub v: u32,
+    pub from: u64,
+    pub priority: u64,
+    pub epoch: u64,
+}
+
+/// Every replica's periodic "alive" broadcast; the leader's doubles as its lease renewal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub v: u32,
+    pub from: u64,
+    pub priority: u64,
+    pub role: ReplicaRole,
+    /// A leader's own epoch; otherwise the epoch of the leader it follows (0: none).
+    pub epoch: u64,
+    /// The leader it follows (itself if leader).
+    pub leader: Option<u64>,
+}
+
+/// A leader's goodbye on a clean shutdown: followers elect at once instead of waiting out the
+/// heartbeat timeout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resign {
+    pub v: u32,
+    pub from: u64,
+    pub epoch: u64,
+}
+
+/// Every message on [`CONTROL_EXCHANGE`], told apart by `"type"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToReplica {
+    Election(Election),
+    Answer(Answer),
+    Coordinator(Coordinator),
+    Heartbeat(Heartbeat),
+    Resign(Resign),
+}
+
+impl ToReplica {
+    /// The replica that sent it.
+    pub fn from(&self) -> u64 {
+        match self {
+            ToReplica::Election(m) => m.from,
+            ToReplica::Answer(m) => m.from,
+            ToReplica::Coordinator(m) => m.from,
+            ToReplica::Heartbeat(m) => m.from,
+            ToReplica::Resign(m) => m.from,
+        }
+    }
+}
+
+/// A replica's self-description under `ts:replica:<id>`, for `tsc servers list` and `/nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    pub id: u64,
+    pub priority: u64,
+    /// This process's `server_id` (new on every start).
+    pub server_id: Uuid,
+    pub role: ReplicaRole,
+    /// Own epoch if leader, else the followed leader's (0: none).
+    pub epoch: u64,
+    pub leader: Option<u64>,
+    /// Whether an election is running on this replica.
+    pub electing: bool,
+    /// Elections this replica started since it started.
+    pub elections: u64,
+    /// The address of its HTTP API (`ip:port`).
+    pub http: String,
+    /// When this record was written (replica clock, µs since epoch): its heartbeat.
+    pub heartbeat_at_us: i64,
+    pub started_at_us: i64,
 }
 
 /// An offset probe: "what time is it on the reference clock?", published to [`RPC_QUEUE`] with
@@ -256,6 +443,8 @@ pub struct Probe {
 pub struct BerkeleyReading {
     pub v: u32,
     pub id: Uuid,
+    /// The poll's `epoch`, echoed: a new leader ignores answers to its predecessor's polls.
+    pub epoch: u64,
     pub round: u64,
     /// The poll's `poll`, echoed.
     pub poll: u32,
@@ -406,6 +595,12 @@ impl Checked for ToServer {
     }
 }
 
+impl Checked for ToReplica {
+    fn check(&self) -> Result<(), DecodeError> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,9 +615,7 @@ mod tests {
             master_id: None,
             master_time_us: None,
             true_offset_us: Some(-12),
-            ref_offset_us: None,
-            ref_freq_ppm: None,
-            max_step_us: None,
+            ..TimeReport::new(Uuid::from_u128(7), "10.0.0.7".parse().unwrap(), 0, 0)
         }
     }
 
@@ -440,7 +633,7 @@ mod tests {
             (b"[1,2]", "malformed"),
             (b"{\"v\":1,\"id\":1}", "bad_version"),
             (b"{\"v\":\"1\"}", "malformed"),
-            (b"{\"v\":2,\"id\":\"nope\"}", "malformed"),
+            (b"{\"v\":3,\"id\":\"nope\"}", "malformed"),
         ];
         for (bytes, kind) in cases {
             let err = decode::<TimeReport>(bytes).unwrap_err();
@@ -464,6 +657,7 @@ mod tests {
         let m = ToClient::ProbeReply(ProbeReply {
             v: PROTOCOL_VERSION,
             server_id: Uuid::from_u128(1),
+            epoch: 1,
             seq: 4,
             t1_us: 1,
             t2_us: 2,
@@ -506,11 +700,39 @@ mod tests {
         let adj = ToClient::BerkeleyAdjust(BerkeleyAdjust {
             v: PROTOCOL_VERSION,
             server_id: Uuid::from_u128(1),
+            epoch: 1,
             round: 1,
             adjust_us: i64::MIN,
             outlier: false,
         });
         assert!(decode::<ToClient>(&encode(&adj)).is_err());
+    }
+
+    #[test]
+    fn control_messages_round_trip_and_carry_their_sender() {
+        let msgs = [
+            ToReplica::Election(Election { v: PROTOCOL_VERSION, from: 10, priority: 2 }),
+            ToReplica::Answer(Answer { v: PROTOCOL_VERSION, from: 11, priority: 0 }),
+            ToReplica::Coordinator(Coordinator { v: PROTOCOL_VERSION, from: 12, priority: 0, epoch: 9 }),
+            ToReplica::Heartbeat(Heartbeat {
+                v: PROTOCOL_VERSION,
+                from: 13,
+                priority: 0,
+                role: ReplicaRole::Leader,
+                epoch: 9,
+                leader: Some(13),
+            }),
+            ToReplica::Resign(Resign { v: PROTOCOL_VERSION, from: 14, epoch: 9 }),
+        ];
+        for (i, m) in msgs.iter().enumerate() {
+            let back: ToReplica = decode(&encode(m)).unwrap();
+            assert_eq!(&back, m);
+            assert_eq!(back.from(), 10 + i as u64);
+        }
+        let json = String::from_utf8(encode(&msgs[3])).unwrap();
+        assert!(json.contains(r#""type":"heartbeat""#) && json.contains(r#""role":"leader""#), "{json}");
+        assert!(decode::<ToReplica>(br#"{"v":3,"type":"election","from":-1,"priority":0}"#).is_err());
+        assert!(decode::<ToReplica>(br#"{"v":3,"type":"coup","from":1}"#).is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
 
 fn run(config: ServerConfig) -> anyhow::Result<()> {
     config.validate()?;
-    let _guard = time_sync::logging::init(config.log_file_dir(), "server.json")
+    let _guard = time_sync::logging::init(config.log_file_dir(), &config.log_file_name())
         .context("cannot open the server log")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -102,9 +102,18 @@ async fn declare_durable_queue(ch: &Channel, name: &str) -> Result<()> {
 
 /// Declares the durable fanout exchange that carries master updates.
 pub async fn declare_updates_exchange(ch: &Channel) -> Result<()> {
+    declare_exchange(ch, UPDATES_EXCHANGE, ExchangeKind::Fanout).await
+}
+
+/// Declares the durable direct exchange of the replicas' leader election.
+pub async fn declare_control_exchange(ch: &Channel) -> Result<()> {
+    declare_exchange(ch, protocol::CONTROL_EXCHANGE, ExchangeKind::Direct).await
+}
+
+async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind) -> Result<()> {
     ch.exchange_declare(
-        UPDATES_EXCHANGE.into(),
-        ExchangeKind::Fanout,
+        name.into(),
+        kind,
         ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -120,6 +129,19 @@ pub async fn declare_updates_exchange(ch: &Channel) -> Result<()> {
 /// nothing behind.
 pub async fn declare_update_listener(ch: &Channel) -> Result<String> {
     declare_updates_exchange(ch).await?;
+    declare_bound_queue(ch, UPDATES_EXCHANGE, &[""]).await
+}
+
+/// Declares replica `id`'s control queue: exclusive and auto-delete like a client's, bound to
+/// the control exchange for broadcasts and for messages addressed to `id`. That the broker
+/// deletes it with the connection is what makes a crashed replica's address unroutable at once.
+pub async fn declare_control_listener(ch: &Channel, id: u64) -> Result<String> {
+    declare_control_exchange(ch).await?;
+    let own = protocol::replica_key(id);
+    declare_bound_queue(ch, protocol::CONTROL_EXCHANGE, &[protocol::CONTROL_ALL, &own]).await
+}
+
+async fn declare_bound_queue(ch: &Channel, exchange: &str, keys: &[&str]) -> Result<String> {
     let q = ch
         .queue_declare(
             "".into(),
@@ -132,15 +154,45 @@ pub async fn declare_update_listener(ch: &Channel) -> Result<String> {
         )
         .await?;
     let name = q.name().to_string();
-    ch.queue_bind(
-        name.as_str().into(),
-        UPDATES_EXCHANGE.into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    for key in keys {
+        ch.queue_bind(
+            name.as_str().into(),
+            exchange.into(),
+            (*key).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
     Ok(name)
+}
+
+/// Publishes a control message to `routing_key` of the control exchange on a channel in
+/// confirm mode; `mandatory` makes the broker return it when no queue has that key. The
+/// returned confirmation resolves to the returned message, if any.
+pub async fn publish_control(
+    ch: &Channel,
+    routing_key: &str,
+    msg: &protocol::ToReplica,
+    mandatory: bool,
+    expire_after: std::time::Duration,
+) -> Result<lapin::PublisherConfirm> {
+    let confirm = ch
+        .basic_publish(
+            protocol::CONTROL_EXCHANGE.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory,
+                ..Default::default()
+            },
+            &protocol::encode(msg),
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(1)
+                .with_expiration(expire_after.as_millis().max(1).to_string().into()),
+        )
+        .await?;
+    Ok(confirm)
 }
 
 /// Publishes a protocol message as transient JSON. Without publisher confirms the returned future

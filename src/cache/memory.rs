@@ -63,9 +63,13 @@ impl<C: Clock + Clone> ReportStore for MemoryStore<C> {
         Ok(self.inner.lock().expect("not poisoned").master.clone())
     }
 
-    async fn set_master(&self, master: &MasterRecord) -> Result<()> {
-        self.inner.lock().expect("not poisoned").master = Some(master.clone());
-        Ok(())
+    async fn set_master(&self, master: &MasterRecord) -> Result<bool> {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        if inner.master.as_ref().is_some_and(|m| m.epoch > master.epoch) {
+            return Ok(false);
+        }
+        inner.master = Some(master.clone());
+        Ok(true)
     }
 
     async fn write_stats(

@@ -35,8 +35,9 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
     /// The current master, if one was ever stored.
     fn master(&self) -> impl Future<Output = Result<Option<MasterRecord>>> + Send;
 
-    /// Replaces the current master.
-    fn set_master(&self, master: &MasterRecord) -> impl Future<Output = Result<()>> + Send;
+    /// Replaces the current master unless the stored record is from a later leader epoch
+    /// (fencing); `false` if it was not replaced.
+    fn set_master(&self, master: &MasterRecord) -> impl Future<Output = Result<bool>> + Send;
 
     /// Publishes a server's counters under `ts:stats:<server_id>`, expiring after `ttl`.
     fn write_stats(

@@ -9,7 +9,8 @@ use crate::backoff::Backoff;
 use crate::config::endpoint_of;
 use crate::error::Result;
 use crate::protocol::{
-    client_key, MasterRecord, StoredReport, CLIENT_KEY_PREFIX, MASTER_KEY, STATS_KEY_PREFIX,
+    client_key, replica_record_key, MasterRecord, ReplicaRecord, StoredReport, CLIENT_KEY_PREFIX,
+    EPOCH_KEY, MASTER_KEY, REPLICA_KEY_PREFIX, STATS_KEY_PREFIX,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
@@ -22,6 +23,26 @@ use tracing::{info, warn};
 pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long connecting to Redis may take.
 pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// `max(stored epoch, ARGV[1]) + 1`, stored and returned atomically.
+const ACQUIRE_EPOCH: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local n = math.max(cur, tonumber(ARGV[1])) + 1
+redis.call('SET', KEYS[1], string.format('%d', n))
+return n
+";
+/// Sets the master record unless the stored one comes from a later epoch (a deposed leader
+/// must not overwrite its successor's choice). Returns 1 if set.
+const SET_MASTER_FENCED: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, rec = pcall(cjson.decode, cur)
+  if ok and type(rec) == 'table' and (tonumber(rec.epoch) or 0) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+";
 /// Keys fetched per `SCAN` step.
 const SCAN_COUNT: usize = 1000;
 
@@ -87,6 +108,50 @@ impl RedisStore {
             .iter()
             .map(|(_, h)| h.get(name).copied().unwrap_or(0))
             .sum())
+    }
+
+    /// A fresh leader epoch above both the stored one and `at_least` (see [`EPOCH_KEY`]).
+    pub async fn acquire_epoch(&self, at_least: u64) -> Result<u64> {
+        let n: u64 = redis::Script::new(ACQUIRE_EPOCH)
+            .key(EPOCH_KEY)
+            .arg(at_least)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n)
+    }
+
+    /// The latest epoch handed out (0: none yet).
+    pub async fn epoch(&self) -> Result<u64> {
+        let n: Option<u64> = self.conn.clone().get(EPOCH_KEY).await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Publishes a replica's self-description, expiring after `ttl` unless rewritten.
+    pub async fn write_replica(&self, r: &ReplicaRecord, ttl: Duration) -> Result<()> {
+        let json = serde_json::to_string(r).expect("replica records serialize");
+        let _: () = self
+            .conn
+            .clone()
+            .set_ex(replica_record_key(r.id), json, ttl.as_secs().max(1))
+            .await?;
+        Ok(())
+    }
+
+    /// Every replica record that has not expired, by id.
+    pub async fn replicas(&self) -> Result<Vec<ReplicaRecord>> {
+        let mut conn = self.conn.clone();
+        let keys = scan(&mut conn, &format!("{REPLICA_KEY_PREFIX}*")).await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let mut out: Vec<ReplicaRecord> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect();
+        out.sort_by_key(|r| r.id);
+        Ok(out)
     }
 
     /// The underlying connection, for callers (tsc, tests) that read other keys.
@@ -162,10 +227,15 @@ impl ReportStore for RedisStore {
         Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
-    async fn set_master(&self, master: &MasterRecord) -> Result<()> {
+    async fn set_master(&self, master: &MasterRecord) -> Result<bool> {
         let json = serde_json::to_string(master).expect("master record serializes");
-        let _: () = self.conn.clone().set(MASTER_KEY, json).await?;
-        Ok(())
+        let set: i64 = redis::Script::new(SET_MASTER_FENCED)
+            .key(MASTER_KEY)
+            .arg(json)
+            .arg(master.epoch)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(set == 1)
     }
 
     async fn write_stats(

@@ -176,6 +176,7 @@ mod tests {
             id: m,
             ip: "10.0.0.20".parse().unwrap(),
             elected_at_us: 0,
+            epoch: 1,
         };
         let rows = client_rows(&nodes, &reports, Some(&master), now);
         let ids: Vec<&str> = rows.iter().map(|r| r.state.as_str()).collect();

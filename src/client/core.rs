@@ -48,6 +48,12 @@ pub const BERKELEY_FREQ_GAIN: f64 = 0.3;
 /// Largest frequency change one Berkeley round may make (ppm).
 pub const BERKELEY_MAX_FREQ_STEP_PPM: f64 = 10.0;
 
+/// How long a client keeps refusing lower epochs after the last message of the epoch it
+/// follows. Fencing only has to outlast a deposed leader's pause while its successor is
+/// talking; if the whole leadership vanishes this long (say every replica restarted on a Redis
+/// that lost its epoch counter), accepting the lower epoch beats waiting forever.
+pub const EPOCH_LEASE: Duration = Duration::from_secs(30);
+
 /// What happened to a message.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum UpdateOutcome {
@@ -69,6 +75,8 @@ pub struct ClientStats {
     pub steps: u64,
     pub updates_ignored: u64,
     pub updates_rejected: u64,
+    /// Messages ignored for coming from a lower epoch than the one followed.
+    pub stale_epoch: u64,
 }
 
 /// One client's clock and sync state.
@@ -95,6 +103,8 @@ pub struct ClientCore {
     /// Host time, coordinator and round of the last Berkeley adjustment.
     last_round: Option<(i64, Uuid, u64)>,
     rng: rand::rngs::SmallRng,
+    /// Leader epoch followed, and host time of its latest message.
+    epoch: Option<(u64, i64)>,
     pub stats: ClientStats,
 }
 
@@ -118,8 +128,30 @@ impl ClientCore {
             max_step_us: 0,
             last_round: None,
             rng: rand::rngs::SmallRng::seed_from_u64(id.as_u128() as u64),
+            epoch: None,
             stats: ClientStats::default(),
         }
+    }
+
+    /// Fencing: whether a message from leader epoch `epoch`, received at host time `host_us`,
+    /// may be acted on. Lower epochs than the one followed are refused (and counted) for
+    /// [`EPOCH_LEASE`] after the followed epoch last spoke; a higher epoch is followed from now
+    /// on. Every message from the server passes here first.
+    pub fn admit(&mut self, epoch: u64, host_us: i64) -> bool {
+        if let Some((current, heard)) = self.epoch {
+            let lease = i64::try_from(EPOCH_LEASE.as_micros()).unwrap_or(i64::MAX);
+            if epoch < current && host_us - heard < lease {
+                self.stats.stale_epoch += 1;
+                return false;
+            }
+        }
+        self.epoch = Some((epoch, host_us));
+        true
+    }
+
+    /// The leader epoch followed.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch.map(|(e, _)| e)
     }
 
     /// The client's clock at host time `host_us`.
@@ -161,6 +193,9 @@ impl ClientCore {
             ref_offset_us: reference.map(|(o, _)| o.round() as i64),
             ref_freq_ppm: reference.and_then(|(_, f)| f),
             max_step_us: self.synced.then_some(self.max_step_us),
+            ref_server_id: reference.and(self.reference),
+            epoch: self.epoch(),
+            stale_epoch_msgs: Some(self.stats.stale_epoch),
         }
     }
 
@@ -294,6 +329,7 @@ impl ClientCore {
         BerkeleyReading {
             v: PROTOCOL_VERSION,
             id: self.id,
+            epoch: p.epoch,
             round: p.round,
             poll: p.poll,
             time_us: self.clock.now_at(host_us),
@@ -350,6 +386,7 @@ mod tests {
         MasterUpdate {
             v: PROTOCOL_VERSION,
             server_id: Uuid::from_u128(SERVER),
+            epoch: 1,
             seq,
             master_id: Uuid::from_u128(master),
             master_ip: "10.0.0.1".parse().unwrap(),
@@ -369,6 +406,7 @@ mod tests {
         let reply = ProbeReply {
             v: PROTOCOL_VERSION,
             server_id: Uuid::from_u128(SERVER),
+            epoch: 1,
             seq: p.seq,
             t1_us: p.t1_us,
             t2_us: t2,
@@ -480,6 +518,21 @@ mod tests {
     }
 
     #[test]
+    fn lower_epochs_are_fenced_off_until_the_lease_runs_out() {
+        let mut c = core(1, 0, 0.0);
+        assert!(c.admit(5, 0));
+        assert!(c.admit(6, S), "a new leader's epoch is followed");
+        assert!(!c.admit(5, 2 * S), "a deposed leader is ignored");
+        assert!(c.admit(6, 3 * S));
+        assert_eq!((c.epoch(), c.stats.stale_epoch), (Some(6), 1));
+        let quiet = 3 * S + EPOCH_LEASE.as_micros() as i64;
+        assert!(!c.admit(5, quiet - 1));
+        assert!(c.admit(5, quiet), "after the lease, a lower epoch is better than none");
+        assert_eq!(c.report(quiet).epoch, Some(5));
+        assert_eq!(c.report(quiet).stale_epoch_msgs, Some(2));
+    }
+
+    #[test]
     fn stale_and_duplicate_updates_ignored() {
         let mut c = core(1, 0, 0.0);
         c.on_update(&update(5, 7, S), S);
@@ -497,6 +550,7 @@ mod tests {
         let mut r = ProbeReply {
             v: PROTOCOL_VERSION,
             server_id: Uuid::from_u128(SERVER),
+            epoch: 1,
             seq: p.seq + 1,
             t1_us: 0,
             t2_us: 100,
@@ -516,6 +570,7 @@ mod tests {
         let adj = |round, us| BerkeleyAdjust {
             v: PROTOCOL_VERSION,
             server_id: Uuid::from_u128(SERVER),
+            epoch: 1,
             round,
             adjust_us: us,
             outlier: false,
@@ -524,6 +579,7 @@ mod tests {
             &BerkeleyPoll {
                 v: PROTOCOL_VERSION,
                 server_id: Uuid::from_u128(SERVER),
+                epoch: 1,
                 round: 1,
                 poll: 3,
             },

@@ -210,6 +210,15 @@ const PROBE_EXPIRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Applies one message; returns the Berkeley reading to send, for a poll.
 fn handle(core: &Mutex<ClientCore>, msg: &ToClient, host_us: i64) -> Option<BerkeleyReading> {
     let mut c = core.lock().expect("not poisoned");
+    if !c.admit(msg.epoch(), host_us) {
+        info!(
+            epoch = msg.epoch(),
+            following = c.epoch(),
+            ignored = c.stats.stale_epoch,
+            "ignored a message from a stale leader epoch"
+        );
+        return None;
+    }
     match msg {
         ToClient::MasterUpdate(u) => {
             let outcome = c.on_update(u, host_us);

@@ -19,6 +19,14 @@ pub struct Metrics {
     pub master_changes: AtomicU64,
     pub probes_answered: AtomicU64,
     pub berkeley_rounds: AtomicU64,
+    /// Elections this replica started.
+    pub elections: AtomicU64,
+    /// Terms this replica led.
+    pub terms_led: AtomicU64,
+    /// Control messages rejected (also counted in the `rejected_*` totals).
+    pub control_rejected: AtomicU64,
+    /// Reports stored per second over the last heartbeat interval (`f64` bits).
+    rate_bits: AtomicU64,
 }
 
 impl Metrics {
@@ -30,6 +38,16 @@ impl Metrics {
             DecodeError::Malformed(_) => &self.rejected_malformed,
         };
         c.fetch_add(1, Relaxed);
+    }
+
+    /// Records the storage rate measured over the last interval.
+    pub fn set_reports_per_second(&self, rate: f64) {
+        self.rate_bits.store(rate.to_bits(), Relaxed);
+    }
+
+    /// The storage rate last recorded.
+    pub fn reports_per_second(&self) -> f64 {
+        f64::from_bits(self.rate_bits.load(Relaxed))
     }
 
     /// Reports stored so far.
@@ -60,6 +78,9 @@ impl Metrics {
             ("master_changes", self.master_changes.load(Relaxed)),
             ("probes_answered", self.probes_answered.load(Relaxed)),
             ("berkeley_rounds", self.berkeley_rounds.load(Relaxed)),
+            ("elections", self.elections.load(Relaxed)),
+            ("terms_led", self.terms_led.load(Relaxed)),
+            ("control_rejected", self.control_rejected.load(Relaxed)),
         ]
     }
 }

@@ -27,6 +27,7 @@ use lapin::{Channel, Connection};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 use uuid::Uuid;
 
@@ -65,6 +66,8 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
     conn: &Connection,
     ctx: &ServerContext<S, C>,
     rounds: &mut Rounds,
+    epoch: u64,
+    stop: &CancellationToken,
 ) -> Result<()> {
     let ch = conn.create_channel().await?;
     broker::declare_rpc_queue(&ch).await?;
@@ -95,7 +98,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
             .map(|o| o.next_poll);
         tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
             next = consumer.next() => {
                 let d = match next {
                     Some(Ok(d)) => d,
@@ -109,6 +112,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
                         let reply = ToClient::ProbeReply(ProbeReply {
                             v: PROTOCOL_VERSION,
                             server_id: ctx.server_id,
+                            epoch,
                             seq: p.seq,
                             t1_us: p.t1_us,
                             t2_us: t2,
@@ -119,7 +123,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
                     }
                     (Ok(ToServer::BerkeleyReading(r)), Some(to)) => {
                         if let Some(open) = rounds.open.as_mut() {
-                            if let (true, Some(sent)) = (r.round == rounds.round, open.sent.get(r.poll as usize)) {
+                            if let (true, Some(sent)) = (r.round == rounds.round && r.epoch == epoch, open.sent.get(r.poll as usize)) {
                                 let (polled, rtt_us) = berkeley::offset_from_poll(*sent, r.time_us, t2);
                                 let offset_us = r.ref_offset_us.unwrap_or(polled);
                                 let faster = open.best.get(&r.id).is_none_or(|(b, _)| rtt_us < b.rtt_us);
@@ -153,6 +157,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
                 let poll = ToClient::BerkeleyPoll(BerkeleyPoll {
                     v: PROTOCOL_VERSION,
                     server_id: ctx.server_id,
+                    epoch,
                     round: rounds.round,
                     poll: open.sent.len() as u32,
                 });
@@ -162,7 +167,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
             }
             _ = sleep_until(close_at), if close_at.is_some() => {
                 let open = rounds.open.take().expect("open round");
-                finish_round(&ch, ctx, rounds.round, open.best.into_values().collect()).await?;
+                finish_round(&ch, ctx, epoch, rounds.round, open.best.into_values().collect()).await?;
             }
         }
     }
@@ -183,6 +188,7 @@ async fn sleep_until(at: Option<Instant>) {
 async fn finish_round<S: ReportStore, C: Clock>(
     ch: &Channel,
     ctx: &ServerContext<S, C>,
+    epoch: u64,
     round: u64,
     readings: Vec<Answer>,
 ) -> Result<()> {
@@ -203,6 +209,7 @@ async fn finish_round<S: ReportStore, C: Clock>(
         let msg = ToClient::BerkeleyAdjust(BerkeleyAdjust {
             v: PROTOCOL_VERSION,
             server_id: ctx.server_id,
+            epoch,
             round,
             adjust_us: *adjust_us,
             outlier: discarded.contains(id),

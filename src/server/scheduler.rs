@@ -15,14 +15,21 @@ use crate::error::Result;
 use crate::protocol::{Algorithm, MasterRecord, MasterUpdate, StoredReport, PROTOCOL_VERSION};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::info;
 use uuid::Uuid;
 
 /// The master's clock minus the reference (this server's clock) at `now`, carried forward from
 /// its last report with the frequency it reported.
-fn master_reference(master: &StoredReport, now: i64) -> Option<(i64, Option<f64>)> {
+fn master_reference(
+    master: &StoredReport,
+    now: i64,
+    server_id: Uuid,
+) -> Option<(i64, Option<f64>)> {
     let r = &master.report;
+    // An offset against another server's clock (the leader before us) is not against ours.
+    if r.ref_server_id.is_some_and(|s| s != server_id) {
+        return None;
+    }
     let off = r.ref_offset_us?;
     let freq = r.ref_freq_ppm;
     // The report's time on the reference clock.
@@ -36,9 +43,10 @@ pub struct Scheduler<S, C> {
     store: S,
     clock: C,
     server_id: Uuid,
+    /// The leader epoch this scheduler broadcasts for (one scheduler per term).
+    epoch: u64,
     seq: u64,
     metrics: Arc<Metrics>,
-    stats_ttl: Duration,
     algorithm: Algorithm,
     idle: bool,
     /// An election is due and was held back one tick (see [`Scheduler::tick`]).
@@ -54,16 +62,16 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
         clock: C,
         server_id: Uuid,
         metrics: Arc<Metrics>,
-        ttl: Duration,
         algorithm: Algorithm,
+        epoch: u64,
     ) -> Self {
         Scheduler {
             store,
             clock,
             server_id,
+            epoch,
             seq: 0,
             metrics,
-            stats_ttl: ttl,
             algorithm,
             idle: false,
             election_armed: false,
@@ -113,8 +121,12 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
                     id: master.report.id,
                     ip: master.report.ip,
                     elected_at_us: self.clock.now_us(),
+                    epoch: self.epoch,
                 };
-                self.store.set_master(&record).await?;
+                if !self.store.set_master(&record).await? {
+                    info!(epoch = self.epoch, "a later leader has chosen the master; not electing");
+                    return Ok(None);
+                }
                 self.metrics.master_changes.fetch_add(1, Relaxed);
                 info!(
                     master_id = %record.id,
@@ -138,13 +150,14 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             // The seed: the master's last reported time, however old.
             Algorithm::Naive => (master.report.time_us, None, None),
             _ => {
-                let (off, freq) = master_reference(master, now).unzip();
+                let (off, freq) = master_reference(master, now, self.server_id).unzip();
                 (now + master_minus_server, off, freq.flatten())
             }
         };
         Ok(Some(MasterUpdate {
             v: PROTOCOL_VERSION,
             server_id: self.server_id,
+            epoch: self.epoch,
             seq: self.seq,
             master_id: master.report.id,
             master_ip: master.report.ip,
@@ -170,13 +183,6 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
         self.filtered = Some((id, seq));
         self.filter.push(master.offset_to_server_us())
     }
-
-    /// Publishes the counters to the store.
-    pub async fn write_stats(&self) -> Result<()> {
-        self.store
-            .write_stats(&self.server_id, &self.metrics.snapshot(), self.stats_ttl)
-            .await
-    }
 }
 
 #[cfg(test)]
@@ -185,6 +191,7 @@ mod tests {
     use crate::cache::MemoryStore;
     use crate::clock::ManualClock;
     use crate::protocol::TimeReport;
+    use std::time::Duration;
 
     const S: i64 = 1_000_000;
     const TTL: Duration = Duration::from_secs(3);
@@ -208,8 +215,8 @@ mod tests {
             clock.clone(),
             Uuid::from_u128(99),
             Arc::default(),
-            TTL,
             Algorithm::Master,
+            1,
         );
         (clock, store, sched)
     }

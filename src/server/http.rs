@@ -1,0 +1,284 @@
+//! The replica's HTTP API (axum): status, the election, the cluster as this replica sees it,
+//! and Prometheus metrics. Every replica serves it; bodies are documented in
+//! `docs/PROTOCOL.md` §HTTP API.
+//!
+//! Errors are JSON (`{"error": "..."}`) with a 4xx/5xx status, including unknown paths (404)
+//! and wrong methods (405): a script talking to the API never has to parse HTML or an empty
+//! body.
+
+use super::replica::Replica;
+use super::ServerContext;
+use crate::cache::{RedisStore, ReportStore};
+use crate::clock::{Clock, SystemClock};
+use crate::leader::ElectionStatus;
+use crate::protocol::{ReplicaRole, StoredReport, PROTOCOL_VERSION};
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+type Ctx = Arc<ServerContext<RedisStore, SystemClock>>;
+
+#[derive(Clone)]
+struct Api {
+    ctx: Ctx,
+    replica: Arc<Replica>,
+}
+
+/// An error body with its status.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<crate::Error> for ApiError {
+    fn from(e: crate::Error) -> Self {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read Redis: {e}"),
+        )
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Serves the API on `listener` until shutdown.
+pub(super) async fn serve(listener: TcpListener, ctx: Ctx, replica: Arc<Replica>) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "HTTP API listening");
+        *replica.http_addr.lock().expect("not poisoned") = Some(addr);
+    }
+    let shutdown = ctx.shutdown.clone();
+    let app = router(Api { ctx, replica });
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        warn!(error = %e, "HTTP API stopped");
+    }
+}
+
+fn router(api: Api) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/id", get(id))
+        .route("/leader", get(leader))
+        .route("/electionStatus", get(election_status))
+        .route("/election", post(start_election))
+        .route("/nodes", get(nodes))
+        .route("/clients", get(clients))
+        .route("/master", get(master))
+        .route("/metrics", get(metrics))
+        .fallback(|uri: Uri| async move {
+            ApiError(StatusCode::NOT_FOUND, format!("no such endpoint: {uri}"))
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed here (POST /election; everything else is GET)".into(),
+            )
+        })
+        .with_state(api)
+}
+
+/// This replica's view of the election, read under one lock.
+#[derive(Serialize)]
+struct View {
+    id: u64,
+    priority: u64,
+    server_id: uuid::Uuid,
+    role: ReplicaRole,
+    epoch: u64,
+    leader: Option<u64>,
+    leader_heartbeat_age_ms: Option<u64>,
+    /// Whether this replica has a broker session (without one it takes no part).
+    connected: bool,
+}
+
+impl Api {
+    fn view(&self) -> View {
+        let now = self.replica.now();
+        let guard = self.replica.bully.lock().expect("not poisoned");
+        let b = guard.as_ref();
+        View {
+            id: self.ctx.cfg.replica_id,
+            priority: self.ctx.cfg.priority,
+            server_id: self.ctx.server_id,
+            role: b.map(|b| b.role()).unwrap_or_default(),
+            epoch: b.map_or(0, |b| b.epoch()),
+            leader: b.and_then(|b| b.leader()),
+            leader_heartbeat_age_ms: b
+                .and_then(|b| b.leader_age(now))
+                .map(|d| d.as_millis() as u64),
+            connected: b.is_some(),
+        }
+    }
+
+    fn election(&self) -> Option<ElectionStatus> {
+        let now = self.replica.now();
+        let guard = self.replica.bully.lock().expect("not poisoned");
+        guard.as_ref().map(|b| b.election_status(now))
+    }
+}
+
+async fn status(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
+    let clients_live = api.ctx.store.live_reports().await?.len();
+    let master = api.ctx.store.master().await?.map(|m| m.id);
+    let uptime_s = (api.ctx.clock.now_us() - api.replica.started_at_us) as f64 / 1e6;
+    Ok(Json(json!({
+        "replica": api.view(),
+        "election": api.election(),
+        "algorithm": api.ctx.cfg.algorithm.as_str(),
+        "protocol": PROTOCOL_VERSION,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": uptime_s,
+        "clients_live": clients_live,
+        "master_id": master,
+    })))
+}
+
+async fn id(State(api): State<Api>) -> Json<serde_json::Value> {
+    Json(json!({
+        "id": api.ctx.cfg.replica_id,
+        "priority": api.ctx.cfg.priority,
+        "server_id": api.ctx.server_id,
+    }))
+}
+
+async fn leader(State(api): State<Api>) -> Json<serde_json::Value> {
+    let v = api.view();
+    Json(json!({
+        "leader": v.leader,
+        "epoch": v.epoch,
+        "heartbeat_age_ms": v.leader_heartbeat_age_ms,
+        "is_self": v.leader == Some(v.id),
+    }))
+}
+
+async fn election_status(State(api): State<Api>) -> ApiResult<Json<ElectionStatus>> {
+    api.election().map(Json).ok_or(ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no broker session: this replica takes no part in elections right now".into(),
+    ))
+}
+
+async fn start_election(State(api): State<Api>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    match api.replica.request_election().await {
+        Some(true) => Ok((StatusCode::ACCEPTED, Json(json!({ "started": true })))),
+        Some(false) => Err(ApiError(
+            StatusCode::CONFLICT,
+            "an election is already in progress".into(),
+        )),
+        None => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no broker session: cannot run an election".into(),
+        )),
+    }
+}
+
+/// One replica as this one knows it.
+#[derive(Serialize)]
+struct NodeView {
+    id: u64,
+    priority: u64,
+    role: ReplicaRole,
+    epoch: u64,
+    leader: Option<u64>,
+    heartbeat_age_ms: u64,
+    alive: bool,
+    is_self: bool,
+}
+
+async fn nodes(State(api): State<Api>) -> Json<serde_json::Value> {
+    let v = api.view();
+    let mut out = vec![NodeView {
+        id: v.id,
+        priority: v.priority,
+        role: v.role,
+        epoch: v.epoch,
+        leader: v.leader,
+        heartbeat_age_ms: 0,
+        alive: v.connected,
+        is_self: true,
+    }];
+    let now = api.replica.now();
+    if let Some(b) = api.replica.bully.lock().expect("not poisoned").as_ref() {
+        out.extend(b.peers().map(|p| NodeView {
+            id: p.id,
+            priority: p.priority,
+            role: p.role,
+            epoch: p.epoch,
+            leader: p.leader,
+            heartbeat_age_ms: now.saturating_sub(p.last_heard).as_millis() as u64,
+            alive: b.is_alive(p.last_heard, now),
+            is_self: false,
+        }));
+    }
+    out.sort_by_key(|n| n.id);
+    Json(json!({ "nodes": out }))
+}
+
+async fn clients(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
+    let mut reports: Vec<StoredReport> = api.ctx.store.live_reports().await?;
+    reports.sort_by_key(|r| crate::election::ip_rank(&r.report.ip));
+    Ok(Json(json!({ "clients": reports })))
+}
+
+async fn master(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
+    let Some(m) = api.ctx.store.master().await? else {
+        return Err(ApiError(StatusCode::NOT_FOUND, "no master elected".into()));
+    };
+    let report = api.ctx.store.report(&m.id).await?;
+    Ok(Json(json!({ "master": m, "report": report })))
+}
+
+async fn metrics(State(api): State<Api>) -> ApiResult<Response> {
+    let live = api.ctx.store.live_reports().await?.len();
+    let v = api.view();
+    let m = &api.ctx.metrics;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let c = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed) as f64;
+    metric("ts_reports_stored_total", "counter", "Reports stored in Redis by this replica.", &[("", c(&m.reports_stored))]);
+    metric("ts_reports_per_second", "gauge", "Reports stored per second by this replica, over the last heartbeat interval.", &[("", m.reports_per_second())]);
+    metric(
+        "ts_rejected_messages_total",
+        "counter",
+        "Messages rejected by this replica, by reason.",
+        &[
+            ("{reason=\"malformed\"}", c(&m.rejected_malformed)),
+            ("{reason=\"too_large\"}", c(&m.rejected_too_large)),
+            ("{reason=\"bad_version\"}", c(&m.rejected_bad_version)),
+        ],
+    );
+    metric("ts_store_errors_total", "counter", "Failed Redis writes.", &[("", c(&m.store_errors))]);
+    metric("ts_clients_live", "gauge", "Clients with a live report in Redis.", &[("", live as f64)]);
+    metric("ts_master_changes_total", "counter", "Master elections made by this replica while leading.", &[("", c(&m.master_changes))]);
+    metric("ts_updates_published_total", "counter", "Master updates broadcast by this replica.", &[("", c(&m.updates_published))]);
+    metric("ts_probes_answered_total", "counter", "Offset probes answered by this replica.", &[("", c(&m.probes_answered))]);
+    metric("ts_elections_total", "counter", "Leader elections this replica started.", &[("", c(&m.elections))]);
+    metric("ts_terms_led_total", "counter", "Leader terms this replica won.", &[("", c(&m.terms_led))]);
+    metric("ts_epoch", "gauge", "Leader epoch this replica is in (own if leading).", &[("", v.epoch as f64)]);
+    metric("ts_is_leader", "gauge", "1 if this replica leads.", &[("", f64::from(u8::from(v.role == ReplicaRole::Leader)))]);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        out,
+    )
+        .into_response())
+}

@@ -1,0 +1,344 @@
+//! The replica's election driver: carries [`Bully`]'s messages over the broker and takes its
+//! epochs from Redis.
+//!
+//! One task owns the state machine for the life of a broker session. It feeds it time (every
+//! [`TICK`]), the control queue's messages, the epoch store's answers and the broker's returns
+//! of unroutable direct sends, and carries out what it asks. Leadership is published on a
+//! `watch` channel that the scheduler and the reference task follow ([`super::per_term`]).
+//!
+//! A replica that loses its broker session cannot hear the others, so it stops leading at once
+//! and starts over (a fresh election) when it is back; the highest epoch it saw is kept, so
+//! its next claim is above it. On shutdown a leader resigns, so the others elect at once.
+
+use super::ServerContext;
+use crate::broker;
+use crate::cache::{RedisStore, ReportStore};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::leader::{Bully, Output};
+use crate::protocol::{self, ReplicaRecord, ToReplica, CONTROL_ALL};
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// How often the state machine is ticked: the resolution of every election timeout.
+pub const TICK: Duration = Duration::from_millis(20);
+/// A replica record outlives its last heartbeat by this many heartbeats, so `tsc servers list`
+/// shows a stopped replica's last words for a while.
+const RECORD_TTL_HEARTBEATS: u32 = 30;
+
+/// Requests from the HTTP API.
+pub(crate) enum Command {
+    Elect(oneshot::Sender<bool>),
+}
+
+/// What the driver learns asynchronously.
+enum Event {
+    Epoch(u64),
+    Unreachable(u64),
+}
+
+/// The replica's election state, shared with the HTTP API.
+pub(crate) struct Replica {
+    origin: Instant,
+    pub started_at_us: i64,
+    /// `None` while there is no broker session.
+    pub bully: Mutex<Option<Bully>>,
+    pub http_addr: Mutex<Option<SocketAddr>>,
+    lead_tx: watch::Sender<Option<u64>>,
+    commands_tx: mpsc::UnboundedSender<Command>,
+    commands_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Command>>,
+    /// Highest epoch seen, carried across sessions.
+    seen_epoch: AtomicU64,
+    /// Elections started in earlier sessions.
+    elections_before: AtomicU64,
+}
+
+impl Replica {
+    pub fn new(started_at_us: i64) -> Self {
+        let (lead_tx, _) = watch::channel(None);
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        Replica {
+            origin: Instant::now(),
+            started_at_us,
+            bully: Mutex::new(None),
+            http_addr: Mutex::new(None),
+            lead_tx,
+            commands_tx,
+            commands_rx: tokio::sync::Mutex::new(commands_rx),
+            seen_epoch: AtomicU64::new(0),
+            elections_before: AtomicU64::new(0),
+        }
+    }
+
+    /// The state machine's time: monotonic, from this replica's start.
+    pub fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// `Some(epoch)` while this replica leads.
+    pub fn leading(&self) -> watch::Receiver<Option<u64>> {
+        self.lead_tx.subscribe()
+    }
+
+    /// Starts an election; `None` when there is no broker session to run one on.
+    pub async fn request_election(&self) -> Option<bool> {
+        let (tx, rx) = oneshot::channel();
+        self.commands_tx.send(Command::Elect(tx)).ok()?;
+        // The driver answers within a tick while it has a session.
+        tokio::time::timeout(Duration::from_secs(2), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Elections started since the process started.
+    pub fn elections(&self) -> u64 {
+        let now = self.bully.lock().expect("not poisoned");
+        self.elections_before.load(Relaxed)
+            + now
+                .as_ref()
+                .map_or(0, |b| b.election_status(self.now()).started)
+    }
+
+    fn record<S, C: Clock>(&self, ctx: &ServerContext<S, C>) -> ReplicaRecord {
+        let guard = self.bully.lock().expect("not poisoned");
+        let now = self.now();
+        let http = self
+            .http_addr
+            .lock()
+            .expect("not poisoned")
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        ReplicaRecord {
+            id: ctx.cfg.replica_id,
+            priority: ctx.cfg.priority,
+            server_id: ctx.server_id,
+            role: guard.as_ref().map(|b| b.role()).unwrap_or_default(),
+            epoch: guard.as_ref().map_or(0, |b| b.epoch()),
+            leader: guard.as_ref().and_then(|b| b.leader()),
+            electing: guard
+                .as_ref()
+                .is_some_and(|b| b.election_status(now).in_progress),
+            elections: self.elections_before.load(Relaxed)
+                + guard
+                    .as_ref()
+                    .map_or(0, |b| b.election_status(now).started),
+            http,
+            heartbeat_at_us: ctx.clock.now_us(),
+            started_at_us: self.started_at_us,
+        }
+    }
+}
+
+/// Runs the election driver until shutdown.
+pub(crate) async fn run<C: Clock>(ctx: Arc<ServerContext<RedisStore, C>>, replica: Arc<Replica>) {
+    let name = format!("ts-server replica {} control", ctx.cfg.replica_id);
+    broker::run_sessions(&ctx.cfg.endpoints.amqp_url, &name, &ctx.shutdown, |conn| {
+        let (ctx, replica) = (ctx.clone(), replica.clone());
+        async move {
+            let outcome = session(&conn, &ctx, &replica).await;
+            // Without a session we hear nobody: stop leading, keep what we learnt.
+            replica.lead_tx.send_replace(None);
+            if let Some(b) = replica.bully.lock().expect("not poisoned").take() {
+                replica.seen_epoch.fetch_max(b.max_epoch(), Relaxed);
+                replica
+                    .elections_before
+                    .fetch_add(b.election_status(replica.now()).started, Relaxed);
+            }
+            outcome
+        }
+    })
+    .await;
+}
+
+async fn session<C: Clock>(
+    conn: &Connection,
+    ctx: &ServerContext<RedisStore, C>,
+    replica: &Replica,
+) -> Result<()> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let queue = broker::declare_control_listener(&ch, ctx.cfg.replica_id).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            format!("ts-server-replica-{}", ctx.cfg.replica_id)
+                .as_str()
+                .into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let cfg = ctx.cfg.bully();
+    let expiry = cfg.leader_timeout;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let io = Io {
+        ch: &ch,
+        ctx,
+        replica,
+        events: events_tx,
+        expiry,
+    };
+    let first = {
+        let b = Bully::new(cfg.clone(), replica.now(), replica.seen_epoch.load(Relaxed));
+        let mut guard = replica.bully.lock().expect("not poisoned");
+        guard.insert(b).drain()
+    };
+    info!(
+        replica = ctx.cfg.replica_id,
+        priority = ctx.cfg.priority,
+        "joined the replicas' election"
+    );
+    io.execute(first).await?;
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut records = tokio::time::interval(cfg.heartbeat);
+    records.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut commands = replica.commands_rx.lock().await;
+    let mut rejects = crate::logging::RejectLog::new("control".into());
+    let record_ttl = cfg.heartbeat * RECORD_TTL_HEARTBEATS;
+    let mut rate_from = (Instant::now(), ctx.metrics.stored());
+    loop {
+        // Each branch runs the state machine under the lock and hands back its outputs.
+        let outs = tokio::select! {
+            _ = ctx.shutdown.cancelled() => {
+                let outs = replica.with(|b, _| b.resign());
+                io.execute(outs).await?;
+                let _ = ch.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
+            _ = ticker.tick() => replica.with(|b, now| b.tick(now)),
+            _ = records.tick() => {
+                let (at, stored) = (Instant::now(), ctx.metrics.stored());
+                let secs = at.duration_since(rate_from.0).as_secs_f64();
+                if secs > 0.0 {
+                    ctx.metrics.set_reports_per_second((stored - rate_from.1) as f64 / secs);
+                }
+                rate_from = (at, stored);
+                let record = replica.record(ctx);
+                if let Err(e) = ctx.store.write_replica(&record, record_ttl).await {
+                    warn!(error = %e, "cannot write the replica record");
+                }
+                if let Err(e) = ctx.store.write_stats(&ctx.server_id, &ctx.metrics.snapshot(), record_ttl).await {
+                    warn!(error = %e, "cannot write server stats");
+                }
+                continue;
+            }
+            d = consumer.next() => match d {
+                Some(Ok(d)) => match protocol::decode::<ToReplica>(&d.data) {
+                    Ok(msg) => replica.with(|b, now| b.step(&msg, now)),
+                    Err(e) => {
+                        ctx.metrics.rejected(&e);
+                        ctx.metrics.control_rejected.fetch_add(1, Relaxed);
+                        rejects.record(&e, d.data.len());
+                        continue;
+                    }
+                },
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(Error::Runtime("the broker cancelled the control consumer".into())),
+            },
+            Some(ev) = events.recv() => match ev {
+                Event::Epoch(e) => replica.with(|b, now| b.on_epoch(e, now)),
+                Event::Unreachable(id) => {
+                    info!(replica = id, "replica unreachable (its queue is gone)");
+                    replica.with(|b, now| b.on_unreachable(id, now))
+                }
+            },
+            Some(Command::Elect(reply)) = commands.recv() => {
+                let mut started = false;
+                let outs = replica.with(|b, now| started = b.request_election(now));
+                let _ = reply.send(started);
+                outs
+            }
+        };
+        io.execute(outs).await?;
+    }
+}
+
+impl Replica {
+    /// Runs `f` on the state machine and returns what it asks for.
+    fn with(&self, f: impl FnOnce(&mut Bully, Duration)) -> Vec<Output> {
+        let now = self.now();
+        let mut guard = self.bully.lock().expect("not poisoned");
+        match guard.as_mut() {
+            Some(b) => {
+                f(b, now);
+                b.drain()
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+/// What executing outputs needs.
+struct Io<'a, C> {
+    ch: &'a Channel,
+    ctx: &'a ServerContext<RedisStore, C>,
+    replica: &'a Replica,
+    events: mpsc::UnboundedSender<Event>,
+    expiry: Duration,
+}
+
+impl<C: Clock> Io<'_, C> {
+    async fn execute(&self, outs: Vec<Output>) -> Result<()> {
+        for out in outs {
+            match out {
+                Output::Broadcast(msg) => {
+                    // Confirmations of broadcasts carry nothing we act on.
+                    drop(broker::publish_control(self.ch, CONTROL_ALL, &msg, false, self.expiry).await?);
+                }
+                Output::Send(to, msg) => {
+                    let key = protocol::replica_key(to);
+                    let confirm = broker::publish_control(self.ch, &key, &msg, true, self.expiry).await?;
+                    let events = self.events.clone();
+                    tokio::spawn(async move {
+                        if let Ok(c) = confirm.await {
+                            if c.take_message().is_some() {
+                                let _ = events.send(Event::Unreachable(to));
+                            }
+                        }
+                    });
+                }
+                Output::AcquireEpoch { at_least } => {
+                    let (store, events) = (self.ctx.store.clone(), self.events.clone());
+                    tokio::spawn(async move {
+                        match store.acquire_epoch(at_least).await {
+                            Ok(e) => {
+                                let _ = events.send(Event::Epoch(e));
+                            }
+                            // The claim times out and the election starts over.
+                            Err(e) => warn!(error = %e, "cannot take an epoch from Redis"),
+                        }
+                    });
+                }
+                Output::Lead(epoch) => {
+                    self.ctx.metrics.terms_led.fetch_add(1, Relaxed);
+                    info!(replica = self.ctx.cfg.replica_id, epoch, "leading");
+                    self.replica.lead_tx.send_replace(Some(epoch));
+                }
+                Output::StepDown => {
+                    if self.replica.lead_tx.send_replace(None).is_some() {
+                        info!(replica = self.ctx.cfg.replica_id, "no longer leading");
+                    }
+                }
+            }
+        }
+        self.ctx
+            .metrics
+            .elections
+            .store(self.replica.elections(), Relaxed);
+        Ok(())
+    }
+}
