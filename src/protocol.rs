@@ -42,6 +42,11 @@ pub fn replica_key(id: u64) -> String {
     format!("replica.{id}")
 }
 
+/// Name of replica `id`'s control queue.
+pub fn replica_queue(id: u64) -> String {
+    format!("ts.replica.{id}")
+}
+
 /// Redis key of the latest leader epoch (an integer). A replica that wins an election takes
 /// `max(this, highest epoch it has seen) + 1` atomically, so every leader term has its own
 /// epoch and epochs only grow.

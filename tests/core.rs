@@ -126,7 +126,7 @@ async fn garbage_flood_rejected_counted_and_sync_continues() {
     let kinds: Vec<Vec<u8>> = vec![
         b"not json".to_vec(),
         b"\x80\x02}q\x00(U\x02idq\x01".to_vec(), // a pickle, as the seed sent
-        b"{\"v\":2}".to_vec(),                   // right version, missing fields
+        format!("{{\"v\":{}}}", protocol::PROTOCOL_VERSION).into_bytes(), // right version, missing fields
         serde_json::to_vec(&wrong_version).unwrap(),
         vec![b'{'; protocol::MAX_MESSAGE_BYTES + 10],
     ];
@@ -220,7 +220,7 @@ async fn garbage_flood_rejected_counted_and_sync_continues() {
         "every process survived"
     );
 
-    let log = std::fs::read_to_string(env.path().join("server").join("server.json")).unwrap();
+    let log = std::fs::read_to_string(env.path().join("server").join("server-1.json")).unwrap();
     assert!(
         log.contains("rejected message"),
         "rejections are logged with a reason"

@@ -129,22 +129,33 @@ async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind) -> Resul
 /// nothing behind.
 pub async fn declare_update_listener(ch: &Channel) -> Result<String> {
     declare_updates_exchange(ch).await?;
-    declare_bound_queue(ch, UPDATES_EXCHANGE, &[""]).await
+    declare_bound_queue(ch, "", UPDATES_EXCHANGE, &[""]).await
 }
 
-/// Declares replica `id`'s control queue: exclusive and auto-delete like a client's, bound to
-/// the control exchange for broadcasts and for messages addressed to `id`. That the broker
-/// deletes it with the connection is what makes a crashed replica's address unroutable at once.
+/// Declares replica `id`'s control queue, `ts.replica.<id>`: exclusive and auto-delete like a
+/// client's, bound to the control exchange for broadcasts and for messages addressed to `id`.
+/// That the broker deletes it with the connection is what makes a crashed replica's address
+/// unroutable at once; that it is exclusive makes a second live replica with the same id fail
+/// to declare it (`RESOURCE_LOCKED`) instead of silently sharing its messages.
 pub async fn declare_control_listener(ch: &Channel, id: u64) -> Result<String> {
     declare_control_exchange(ch).await?;
     let own = protocol::replica_key(id);
-    declare_bound_queue(ch, protocol::CONTROL_EXCHANGE, &[protocol::CONTROL_ALL, &own]).await
+    let name = protocol::replica_queue(id);
+    declare_bound_queue(ch, &name, protocol::CONTROL_EXCHANGE, &[protocol::CONTROL_ALL, &own])
+        .await
 }
 
-async fn declare_bound_queue(ch: &Channel, exchange: &str, keys: &[&str]) -> Result<String> {
+/// Declares an exclusive, auto-delete queue (`name`, or server-named if empty) bound to
+/// `exchange` with each of `keys`, and returns its name.
+async fn declare_bound_queue(
+    ch: &Channel,
+    name: &str,
+    exchange: &str,
+    keys: &[&str],
+) -> Result<String> {
     let q = ch
         .queue_declare(
-            "".into(),
+            name.into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,

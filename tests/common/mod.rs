@@ -333,6 +333,10 @@ impl TestEnv {
             "--log-dir".into(),
             self.path().join("server").display().to_string(),
         ];
+        if !extra.contains(&"--http-addr") {
+            // Tests run in parallel: each API on a port of its own, published in Redis.
+            args.extend(["--http-addr".into(), "127.0.0.1:0".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.path().join(format!("server-{}.out", self.procs.len()));
         self.procs
