@@ -251,6 +251,9 @@ pub struct LocalNode {
     pub id: String,
     pub ip: IpAddr,
     pub pid: u32,
+    /// The program and arguments it was started with, so `start` can bring it back.
+    #[serde(default)]
+    pub command: Vec<String>,
 }
 
 /// Local-runtime bookkeeping.

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod plot;
 pub mod report;
+pub mod servers;
 mod tail;
 pub mod view;
 
@@ -69,12 +70,15 @@ pub enum Command {
         #[arg(short = 'p', long = "path")]
         path: Option<PathBuf>,
     },
-    /// Build images if needed, start Redis, RabbitMQ, the server and N clients.
+    /// Build images if needed, start Redis, RabbitMQ, the server replicas and N clients.
     Bootstrap {
         /// Number of clients.
         #[arg(short = 'c', long = "clients", default_value_t = 4)]
         clients: usize,
-        /// Server workers.
+        /// Number of server replicas (one leads, elected by Bully; up to 10).
+        #[arg(short = 's', long = "servers", default_value_t = 1)]
+        servers: u64,
+        /// Workers per server replica.
         #[arg(short = 'w', long = "workers", default_value_t = 4)]
         workers: usize,
     },
@@ -83,10 +87,15 @@ pub enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
-    /// Inspect the server.
+    /// Inspect a server replica's log.
     Server {
         #[command(subcommand)]
         command: ServerCommand,
+    },
+    /// Inspect and manage the server replicas (leader election, failures).
+    Servers {
+        #[command(subcommand)]
+        command: servers::ServersCommand,
     },
     /// Services, server, clients, master and health; exit code 6 when unhealthy.
     Status,
@@ -146,7 +155,7 @@ pub enum ClientsCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
-    /// Show the server's log.
+    /// Show a server replica's log (default: the leader's).
     Tail(ServerTailArgs),
 }
 
@@ -160,6 +169,9 @@ pub struct TailArgs {
 
 #[derive(Args, Debug)]
 pub struct ServerTailArgs {
+    /// Replica id (`2` or `server-2`); default: the current leader.
+    #[arg(short = 's', long = "server")]
+    server: Option<String>,
     #[command(flatten)]
     opts: TailOpts,
 }
@@ -185,7 +197,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    pub(super) fn new(code: u8, message: impl Into<String>) -> Self {
         Failure {
             code,
             message: message.into(),
@@ -203,22 +215,22 @@ impl From<Error> for Failure {
     }
 }
 
-type CliResult<T = ()> = Result<T, Failure>;
+pub(super) type CliResult<T = ()> = Result<T, Failure>;
 
 /// What a command prints: lines for people, or one JSON value.
-struct Out {
+pub(super) struct Out {
     json: bool,
 }
 
 impl Out {
-    fn line(&self, s: &str) {
+    pub(super) fn line(&self, s: &str) {
         if self.json {
             eprintln!("{s}");
         } else {
             println!("{s}");
         }
     }
-    fn json(&self, v: serde_json::Value) {
+    pub(super) fn json(&self, v: serde_json::Value) {
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
     }
 }
@@ -263,8 +275,17 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
     let mut state = State::load(&cfg.home)?;
     match cli.command {
         Command::Init { .. } => unreachable!("handled above"),
-        Command::Bootstrap { clients, workers } => {
-            bootstrap(&cfg, &mut state, cli.runtime, clients, workers, &out).await?;
+        Command::Bootstrap {
+            clients,
+            servers,
+            workers,
+        } => {
+            let n = Sizes {
+                clients,
+                servers,
+                workers,
+            };
+            bootstrap(&cfg, &mut state, cli.runtime, n, &out).await?;
             Ok(0)
         }
         Command::Teardown => {
@@ -278,9 +299,13 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
                 Command::Server {
                     command: ServerCommand::Tail(a),
                 } => {
-                    let path = cfg.server_log_dir.join("server.json");
+                    let id = server_to_tail(&rt, &state, a.server.as_deref()).await?;
+                    let path = cfg.server_log_dir.join(format!("server-{id}.json"));
                     tail_file(&path, &a.opts).await?;
                     Ok(0)
+                }
+                Command::Servers { command } => {
+                    servers::servers(&cfg, &mut state, &rt, command, &out).await
                 }
                 Command::Status => status(&cfg, &state, &rt, &out).await,
                 Command::Wait { timeout, bound_ms } => {
@@ -315,14 +340,57 @@ async fn open(cfg: &ClusterConfig, state: &State) -> CliResult<Runtime> {
     Ok(Runtime::open(cfg, kind).await?)
 }
 
+/// How big a cluster `bootstrap` makes.
+struct Sizes {
+    clients: usize,
+    servers: u64,
+    workers: usize,
+}
+
+/// The replica whose log `server tail` shows: the one named, else the leader, else the lowest.
+async fn server_to_tail(rt: &Runtime, state: &State, arg: Option<&str>) -> CliResult<u64> {
+    let rows = servers::rows(rt, state).await?;
+    let id = match arg {
+        Some(a) => {
+            let want = a.strip_prefix("server-").unwrap_or(a);
+            rows.iter().find(|r| r.id.to_string() == want).map(|r| r.id)
+        }
+        None => servers::current_leader(&rows)
+            .or(rows.first())
+            .map(|r| r.id),
+    };
+    id.ok_or_else(|| {
+        Failure::new(
+            exit::NOT_FOUND,
+            match arg {
+                Some(a) => format!("no server replica {a:?} in this cluster (see `tsc servers list`)"),
+                None => "no server replica in this cluster".into(),
+            },
+        )
+    })
+}
+
 async fn bootstrap(
     cfg: &ClusterConfig,
     state: &mut State,
     flag: Option<RuntimeKind>,
-    clients: usize,
-    workers: usize,
+    n: Sizes,
     out: &Out,
 ) -> CliResult {
+    let Sizes {
+        clients,
+        servers,
+        workers,
+    } = n;
+    if !(1..=crate::runtime::MAX_REPLICAS).contains(&servers) {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "--servers must be between 1 and {}",
+                crate::runtime::MAX_REPLICAS
+            ),
+        ));
+    }
     if !(1..=256).contains(&workers) {
         return Err(Failure::new(
             exit::USAGE,
@@ -381,10 +449,10 @@ async fn bootstrap(
         .await
         .map_err(fail)?;
     state.save(&cfg.home)?;
-    out.line(&format!("Starting server ({workers} workers).."));
-    let s = rt.start_server(state, workers).await.map_err(fail)?;
-    out.line(&format!("Started server at {}", s.ip));
-    add_clients(&rt, state, clients, out).await.map_err(|f| {
+    out.line(&format!(
+        "Starting {servers} server replica(s) ({workers} workers each).."
+    ));
+    let unfinished = |f: Failure| {
         Failure::new(
             f.code,
             format!(
@@ -392,7 +460,14 @@ async fn bootstrap(
                 f.message
             ),
         )
-    })?;
+    };
+    servers::add_servers(&rt, state, servers, workers, out)
+        .await
+        .map_err(unfinished)?;
+    state.save(&cfg.home)?;
+    add_clients(&rt, state, clients, out)
+        .await
+        .map_err(unfinished)?;
     state.save(&cfg.home)?;
     let secs = t0.elapsed().as_secs_f64();
     if out.json {
@@ -405,7 +480,7 @@ async fn bootstrap(
     Ok(())
 }
 
-fn kind_name(k: RuntimeKind) -> &'static str {
+pub(super) fn kind_name(k: RuntimeKind) -> &'static str {
     match k {
         RuntimeKind::Docker => "docker",
         RuntimeKind::Local => "local",
@@ -452,7 +527,7 @@ async fn teardown(
 }
 
 /// Redis as seen from the host, failing fast.
-async fn redis(rt: &Runtime, state: &State) -> CliResult<RedisStore> {
+pub(super) async fn redis(rt: &Runtime, state: &State) -> CliResult<RedisStore> {
     let url = rt.endpoints(state).redis_url;
     let ep = crate::config::endpoint_of(&url);
     let token = CancellationToken::new();
@@ -728,7 +803,12 @@ async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out) -> 
         }
         Err(_) => (client_rows(&nodes, &[], None, 0), None, vec![]),
     };
+    let replicas = servers::rows(rt, state).await?;
+    let leader = servers::current_leader(&replicas).map(|r| r.id);
     let mut problems = health(&nodes, &rows, master.as_ref(), stats.len());
+    if leader.is_none() && replicas.iter().any(|r| r.state == "running") {
+        problems.push("no server replica leads".into());
+    }
     if let Err(f) = &redis_ok {
         problems.insert(0, f.message.clone());
     }
@@ -744,7 +824,7 @@ async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out) -> 
     if out.json {
         out.json(json!({
             "runtime": kind_name(rt.kind()), "cluster_id": cfg.cluster_id, "nodes": nodes,
-            "clients": rows, "master": master,
+            "clients": rows, "master": master, "replicas": replicas, "leader": leader,
             "servers": stats.iter().map(|(id, h)| json!({"id": id, "stats": h})).collect::<Vec<_>>(),
             "max_true_error_us": max_err, "healthy": problems.is_empty(), "problems": problems,
         }));
@@ -755,13 +835,28 @@ async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out) -> 
         kind_name(rt.kind()),
         cfg.cluster_id
     ));
-    for n in nodes.iter().filter(|n| n.role != Role::Client) {
+    for n in nodes
+        .iter()
+        .filter(|n| n.role != Role::Client && n.role != Role::Server)
+    {
         out.line(&format!(
             "{:<9} {:<15} {:<8} {}",
             format!("{}:", n.role.as_str()),
             n.ip,
             n.state,
             n.handle
+        ));
+    }
+    for r in &replicas {
+        out.line(&format!(
+            "{:<9} {:<15} {:<8} {} epoch {}{}",
+            format!("server {}:", r.id),
+            r.ip,
+            r.state,
+            r.role,
+            r.epoch.map_or_else(|| "-".into(), |e| e.to_string()),
+            r.heartbeat_age_ms
+                .map_or_else(String::new, |a| format!(", heartbeat {:.1}s ago", a as f64 / 1000.0))
         ));
     }
     for (id, h) in &stats {

@@ -63,7 +63,14 @@ pub enum UpdateOutcome {
     Applied { offset_us: i64, action: Action },
     /// A duplicate or older message from the same server; ignored.
     Stale,
+    /// Not corrected: the client is synced and its master probes, but their offsets are not
+    /// against one reference right now (the leader, and with it the reference clock, just
+    /// changed). Keeping the current frequency beats the coarser fallback for those seconds.
+    Held,
 }
+
+/// Longest hold-over before a client falls back to the filtered master time.
+pub const MAX_HOLDOVER: Duration = Duration::from_secs(10);
 
 /// Counters a client keeps about itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,6 +84,8 @@ pub struct ClientStats {
     pub updates_rejected: u64,
     /// Messages ignored for coming from a lower epoch than the one followed.
     pub stale_epoch: u64,
+    /// Updates not applied while holding over a change of reference.
+    pub holdovers: u64,
 }
 
 /// One client's clock and sync state.
@@ -105,6 +114,8 @@ pub struct ClientCore {
     rng: rand::rngs::SmallRng,
     /// Leader epoch followed, and host time of its latest message.
     epoch: Option<(u64, i64)>,
+    /// Master whose reference offset was last used, and when (host µs): hold-over applies to it.
+    last_ref_sync: Option<(Uuid, i64)>,
     pub stats: ClientStats,
 }
 
@@ -129,6 +140,7 @@ impl ClientCore {
             last_round: None,
             rng: rand::rngs::SmallRng::seed_from_u64(id.as_u128() as u64),
             epoch: None,
+            last_ref_sync: None,
             stats: ClientStats::default(),
         }
     }
@@ -264,7 +276,14 @@ impl ClientCore {
                 return self.apply(host_us, offset, Action::Step(offset));
             }
             Algorithm::Master | Algorithm::Berkeley => match self.master_offset(u, host_us) {
-                Some(offset) => offset,
+                Some(offset) => {
+                    self.last_ref_sync = Some((u.master_id, host_us));
+                    offset
+                }
+                None if self.holding_over(u, host_us) => {
+                    self.stats.holdovers += 1;
+                    return UpdateOutcome::Held;
+                }
                 None => self.filtered_offset(u, host_us),
             },
         };
@@ -290,6 +309,16 @@ impl ClientCore {
             self.clock.set_freq(host_us, m_freq - f);
         }
         Some((target - own).round() as i64)
+    }
+
+    /// Whether to skip a correction that only the fallback could make: synced, same master as
+    /// the last reference-offset correction, and not for long.
+    fn holding_over(&self, u: &MasterUpdate, host_us: i64) -> bool {
+        let max = MAX_HOLDOVER.as_micros() as i64;
+        self.synced
+            && self
+                .last_ref_sync
+                .is_some_and(|(m, at)| m == u.master_id && host_us - at < max)
     }
 
     /// Fallback without reference offsets: the master time through a min-delay filter, kept
@@ -515,6 +544,30 @@ mod tests {
         );
         assert_eq!(c.now_at(S), S + 123);
         assert_eq!(c.report(S).master_id, Some(Uuid::from_u128(7)));
+    }
+
+    #[test]
+    fn holds_over_a_change_of_reference_instead_of_falling_back() {
+        let mut c = core(1, 0, 0.0);
+        // Synced against server SERVER with a probing master.
+        for i in 0..10 {
+            probe_round(&mut c, i * S / 10, 100, 100);
+        }
+        let mut u = update(1, 2, 0);
+        u.master_ref_offset_us = Some(0);
+        u.server_time_us = S;
+        assert!(matches!(c.on_update(&u, S), UpdateOutcome::Applied { .. }));
+        // A new leader: its updates name another server, whose clock we have no samples of.
+        let mut v = update(2, 2, 5_000);
+        v.server_id = Uuid::from_u128(SERVER + 7);
+        v.master_ref_offset_us = Some(0);
+        let before = (c.now_at(2 * S), c.now_at(3 * S));
+        assert_eq!(c.on_update(&v, 2 * S), UpdateOutcome::Held);
+        assert_eq!((c.now_at(2 * S), c.now_at(3 * S)), before, "clock untouched");
+        // Too long without a usable reference: the fallback takes over.
+        v.seq = 3;
+        let late = S + MAX_HOLDOVER.as_micros() as i64;
+        assert!(matches!(c.on_update(&v, late), UpdateOutcome::Applied { .. }));
     }
 
     #[test]

@@ -259,5 +259,6 @@ fn log_outcome(target: &str, seq: u64, outcome: UpdateOutcome) {
             info!(target, offset_us, "slewing toward master")
         }
         UpdateOutcome::Stale => debug!(seq, "ignored stale update"),
+        UpdateOutcome::Held => debug!(seq, "holding over a change of reference"),
     }
 }

@@ -7,7 +7,8 @@
 //! `tsc ... tail` reads them.
 
 use super::{
-    client_args, images, labels, next_free_ip, server_args, Endpoints, Node, Progress, Role,
+    client_args, images, labels, next_free_ip, server_args, server_host, server_node_id,
+    Endpoints, Node, Progress, Role, MAX_REPLICAS,
 };
 use crate::backoff::Backoff;
 use crate::cli::cluster::ClusterConfig;
@@ -24,14 +25,13 @@ use bollard::Docker;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
+use crate::config::DEFAULT_HTTP_PORT;
 use uuid::Uuid;
 
 /// Host number of Redis in the subnet.
 pub const REDIS_HOST: u8 = 2;
 /// Host number of RabbitMQ in the subnet.
 pub const RABBITMQ_HOST: u8 = 3;
-/// Host numbers of servers.
-pub const SERVER_HOSTS: (u8, u8) = (10, 19);
 /// Host numbers of clients.
 pub const CLIENT_HOSTS: (u8, u8) = (20, 254);
 /// How long bootstrap waits for a service port. RabbitMQ takes 10–15 s in a container here.
@@ -282,14 +282,16 @@ impl DockerRuntime {
         wait_port("rabbitmq", rabbit_ip, 5672, p).await
     }
 
-    pub async fn start_server(&self, ep: &Endpoints, workers: usize) -> Result<Node> {
-        let taken: Vec<IpAddr> = self.nodes().await?.iter().map(|n| n.ip).collect();
-        let ip = next_free_ip(self.base, SERVER_HOSTS.0, SERVER_HOSTS.1, &taken)
-            .ok_or_else(|| Error::Runtime("no free server address in the subnet".into()))?;
+    pub async fn start_server(&self, ep: &Endpoints, workers: usize, replica: u64) -> Result<Node> {
+        let host = server_host(replica).ok_or_else(|| {
+            Error::Runtime(format!("replica ids go from 1 to {MAX_REPLICAS}"))
+        })?;
+        let ip = self.ip(host);
         let dir = self.cfg.server_log_dir.display().to_string();
-        let id = format!("server-{}", Uuid::new_v4().simple());
+        let id = server_node_id(replica);
+        let http = std::net::SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_HTTP_PORT);
         let mut cmd = vec!["ts-server".to_string()];
-        cmd.extend(server_args(&self.cfg, ep, workers));
+        cmd.extend(server_args(&self.cfg, ep, workers, replica, http));
         let image = self.cfg.docker.image.clone();
         self.run(
             Role::Server,
@@ -325,6 +327,45 @@ impl DockerRuntime {
             vec![format!("{dir}:{dir}")],
         )
         .await
+    }
+
+    /// `docker stop` (SIGTERM, then SIGKILL after the grace period); the container stays.
+    pub async fn stop(&self, node: &Node) -> Result<()> {
+        self.docker
+            .stop_container(
+                &node.handle,
+                Some(
+                    StopContainerOptionsBuilder::default()
+                        .t(STOP_GRACE_SECS)
+                        .build(),
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `docker kill` (SIGKILL); the container stays.
+    pub async fn kill(&self, node: &Node) -> Result<()> {
+        self.docker
+            .kill_container(&node.handle, None::<bollard::query_parameters::KillContainerOptions>)
+            .await?;
+        Ok(())
+    }
+
+    /// `docker start` of a stopped container.
+    pub async fn start(&self, node: &Node) -> Result<()> {
+        self.docker.start_container(&node.handle, None).await?;
+        Ok(())
+    }
+
+    /// `docker pause` / `docker unpause` (the freezer cgroup: the processes stop at once).
+    pub async fn pause(&self, node: &Node, pause: bool) -> Result<()> {
+        if pause {
+            self.docker.pause_container(&node.handle).await?;
+        } else {
+            self.docker.unpause_container(&node.handle).await?;
+        }
+        Ok(())
     }
 
     pub async fn remove(&self, node: &Node) -> Result<()> {

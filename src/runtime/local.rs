@@ -9,7 +9,11 @@
 //! node, so a reused PID is never signalled.
 
 use super::docker::wait_port;
-use super::{client_args, images, next_free_ip, server_args, Endpoints, Node, Progress, Role};
+use super::{
+    client_args, images, next_free_ip, server_args, server_host, server_node_id, Endpoints, Node,
+    Progress, Role, MAX_REPLICAS,
+};
+use crate::config::DEFAULT_HTTP_PORT;
 use crate::cli::cluster::{ClusterConfig, LocalNode, State};
 use crate::error::{Error, Result};
 use std::net::{IpAddr, Ipv4Addr};
@@ -74,7 +78,12 @@ impl LocalRuntime {
                 role: n.role,
                 id: n.id.clone(),
                 ip: n.ip,
-                state: if alive(n) { "running" } else { "exited" }.into(),
+                state: match (alive(n), stopped(n)) {
+                    (false, _) => "exited",
+                    (true, true) => "paused",
+                    (true, false) => "running",
+                }
+                .into(),
                 handle: format!("pid {}", n.pid),
             })
             .collect();
@@ -142,6 +151,7 @@ impl LocalRuntime {
             id: "redis".into(),
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             pid,
+            command: Vec::new(),
         });
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         wait_port("redis", lo, port, p).await?;
@@ -175,17 +185,25 @@ impl LocalRuntime {
         Ok(())
     }
 
-    pub fn start_server(&self, state: &mut State, ep: &Endpoints, workers: usize) -> Result<Node> {
-        let id = format!("server-{}", Uuid::new_v4().simple());
-        let args = server_args(&self.cfg, ep, workers);
-        let pid = self.spawn(&id, &images::binary("ts-server")?, &args)?;
-        self.record(
-            state,
-            Role::Server,
-            id,
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            pid,
-        )
+    /// Starts replica `replica` on its own loopback address (`127.0.0.10` for 1), where its
+    /// HTTP API listens.
+    pub fn start_server(
+        &self,
+        state: &mut State,
+        ep: &Endpoints,
+        workers: usize,
+        replica: u64,
+    ) -> Result<Node> {
+        let host = server_host(replica).ok_or_else(|| {
+            Error::Runtime(format!("replica ids go from 1 to {MAX_REPLICAS}"))
+        })?;
+        let ip = Ipv4Addr::new(127, 0, 0, host);
+        let http = std::net::SocketAddr::new(ip.into(), DEFAULT_HTTP_PORT);
+        let args = server_args(&self.cfg, ep, workers, replica, http);
+        let program = images::binary("ts-server")?;
+        let id = server_node_id(replica);
+        let pid = self.spawn(&id, &program, &args)?;
+        self.record(state, Role::Server, id, ip.into(), pid, command(&program, args))
     }
 
     pub fn start_client(&self, state: &mut State, ep: &Endpoints, id: Uuid) -> Result<Node> {
@@ -193,8 +211,54 @@ impl LocalRuntime {
         let ip = next_free_ip(LOOPBACK, CLIENT_HOSTS.0, CLIENT_HOSTS.1, &taken)
             .ok_or_else(|| Error::Runtime("no free loopback address for a client".into()))?;
         let args = client_args(&self.cfg, ep, id, Some(ip));
-        let pid = self.spawn(&id.to_string(), &images::binary("ts-client")?, &args)?;
-        self.record(state, Role::Client, id.to_string(), ip, pid)
+        let program = images::binary("ts-client")?;
+        let pid = self.spawn(&id.to_string(), &program, &args)?;
+        self.record(state, Role::Client, id.to_string(), ip, pid, command(&program, args))
+    }
+
+    /// SIGTERM (then SIGKILL after the grace period); the node stays recorded, as exited.
+    pub fn stop(&self, state: &mut State, node: &Node) -> Result<()> {
+        let n = find(state, node)?;
+        stop(n);
+        Ok(())
+    }
+
+    /// SIGKILL: no goodbye, as in a crash.
+    pub fn kill(&self, state: &State, node: &Node) -> Result<()> {
+        let n = find(state, node)?;
+        if alive(n) {
+            // SAFETY: kill(2) with a PID we verified is our live process.
+            unsafe { libc::kill(n.pid as libc::pid_t, libc::SIGKILL) };
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped node again with the command it was first started with.
+    pub fn start(&self, state: &mut State, node: &Node) -> Result<()> {
+        let n = find(state, node)?.clone();
+        if alive(&n) {
+            return Err(Error::Runtime(format!("{} is already running", n.id)));
+        }
+        let (program, args) = n.command.split_first().ok_or_else(|| {
+            Error::Runtime(format!("{} was recorded without its command", n.id))
+        })?;
+        let pid = self.spawn(&n.id, std::path::Path::new(program), args)?;
+        if let Some(rec) = state.local.nodes.iter_mut().find(|x| x.id == n.id && x.role == n.role) {
+            rec.pid = pid;
+        }
+        state.save(&self.cfg.home)
+    }
+
+    /// SIGSTOP / SIGCONT.
+    pub fn pause(&self, state: &State, node: &Node, pause: bool) -> Result<()> {
+        let n = find(state, node)?;
+        if !alive(n) {
+            return Err(Error::Runtime(format!("{} is not running", n.id)));
+        }
+        let sig = if pause { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) with a PID we verified is our live process.
+        unsafe { libc::kill(n.pid as libc::pid_t, sig) };
+        Ok(())
     }
 
     fn record(
@@ -204,12 +268,14 @@ impl LocalRuntime {
         id: String,
         ip: IpAddr,
         pid: u32,
+        command: Vec<String>,
     ) -> Result<Node> {
         state.local.nodes.push(LocalNode {
             role,
             id: id.clone(),
             ip,
             pid,
+            command,
         });
         state.save(&self.cfg.home)?;
         Ok(Node {
@@ -286,19 +352,41 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+fn command(program: &std::path::Path, args: Vec<String>) -> Vec<String> {
+    std::iter::once(program.display().to_string())
+        .chain(args)
+        .collect()
+}
+
+fn find<'a>(state: &'a State, node: &Node) -> Result<&'a LocalNode> {
+    state
+        .local
+        .nodes
+        .iter()
+        .find(|n| n.id == node.id && n.role == node.role)
+        .ok_or_else(|| Error::NotFound(format!("{} {}", node.role.as_str(), node.id)))
+}
+
+/// The process state letter from `/proc/<pid>/stat` (field 3, after the parenthesised name).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// Whether the process is stopped by a signal (SIGSTOP): `T`.
+fn stopped(n: &LocalNode) -> bool {
+    proc_state(n.pid) == Some('T')
+}
+
 /// Whether the recorded process still runs and is still ours (its command line names it).
 fn alive(n: &LocalNode) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", n.pid)).unwrap_or_default();
-    // Field 3, after the parenthesised command name, is the state; Z is a zombie.
-    let running = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|s| s != "Z" && s != "X");
+    // Z is a zombie, X dead.
+    let running = proc_state(n.pid).is_some_and(|s| s != 'Z' && s != 'X');
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", n.pid)).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline);
     let ours = match n.role {
         Role::Client => cmdline.contains(&n.id),
-        Role::Server => cmdline.contains("ts-server"),
+        Role::Server => cmdline.contains("ts-server") && cmdline.contains("--replica-id"),
         Role::Redis => cmdline.contains("redis-server"),
         Role::Rabbitmq => true,
     };
@@ -311,8 +399,12 @@ fn stop(n: &LocalNode) {
         return;
     }
     let pid = n.pid as libc::pid_t;
-    // SAFETY: kill(2) with a PID we verified is our live process.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // SAFETY: kill(2) with a PID we verified is our live process. SIGCONT lets a paused
+    // (SIGSTOPped) process act on the SIGTERM.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid, libc::SIGCONT);
+    }
     let deadline = Instant::now() + STOP_GRACE;
     while alive(n) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

@@ -139,11 +139,58 @@ impl Runtime {
         }
     }
 
-    pub async fn start_server(&self, state: &mut State, workers: usize) -> Result<Node> {
+    /// Starts server replica `replica` (its id and election rank; see [`server_node_id`]).
+    pub async fn start_server(
+        &self,
+        state: &mut State,
+        workers: usize,
+        replica: u64,
+    ) -> Result<Node> {
         let ep = self.endpoints(state);
         match self {
-            Runtime::Docker(d) => d.start_server(&ep, workers).await,
-            Runtime::Local(l) => l.start_server(state, &ep, workers),
+            Runtime::Docker(d) => d.start_server(&ep, workers, replica).await,
+            Runtime::Local(l) => l.start_server(state, &ep, workers, replica),
+        }
+    }
+
+    /// Stops a node and keeps it (`start` brings it back as it was): seed 004's "shut off".
+    pub async fn stop(&self, state: &mut State, node: &Node) -> Result<()> {
+        match self {
+            Runtime::Docker(d) => d.stop(node).await,
+            Runtime::Local(l) => l.stop(state, node),
+        }
+    }
+
+    /// Kills a node at once (SIGKILL, `docker kill`), keeping it for `start`: a crash.
+    pub async fn kill(&self, state: &State, node: &Node) -> Result<()> {
+        match self {
+            Runtime::Docker(d) => d.kill(node).await,
+            Runtime::Local(l) => l.kill(state, node),
+        }
+    }
+
+    /// Starts a stopped node again.
+    pub async fn start(&self, state: &mut State, node: &Node) -> Result<()> {
+        match self {
+            Runtime::Docker(d) => d.start(node).await,
+            Runtime::Local(l) => l.start(state, node),
+        }
+    }
+
+    /// Freezes a node's processes (`docker pause`, SIGSTOP): it keeps its connections but says
+    /// nothing, as a stalled machine would.
+    pub async fn pause(&self, state: &State, node: &Node) -> Result<()> {
+        match self {
+            Runtime::Docker(d) => d.pause(node, true).await,
+            Runtime::Local(l) => l.pause(state, node, true),
+        }
+    }
+
+    /// Thaws a paused node.
+    pub async fn resume(&self, state: &State, node: &Node) -> Result<()> {
+        match self {
+            Runtime::Docker(d) => d.pause(node, false).await,
+            Runtime::Local(l) => l.pause(state, node, false),
         }
     }
 
@@ -173,10 +220,41 @@ impl Runtime {
     }
 }
 
+/// Most server replicas a cluster can have: they take host numbers `.10`–`.19`.
+pub const MAX_REPLICAS: u64 = 10;
+
+/// Node id of server replica `replica`.
+pub fn server_node_id(replica: u64) -> String {
+    format!("server-{replica}")
+}
+
+/// The replica id in a server node id (`server-3` → 3).
+pub fn replica_of(node_id: &str) -> Option<u64> {
+    node_id.strip_prefix("server-")?.parse().ok()
+}
+
+/// Host number of replica `replica` in the cluster's subnet (and on loopback): `.10` for 1.
+pub fn server_host(replica: u64) -> Option<u8> {
+    (1..=MAX_REPLICAS)
+        .contains(&replica)
+        .then(|| 9 + replica as u8)
+}
+
 /// Command-line arguments of a `ts-server` in this cluster (both runtimes start it this way).
-pub fn server_args(cfg: &ClusterConfig, ep: &Endpoints, workers: usize) -> Vec<String> {
+/// `http` is where its API listens (inside the container: every address).
+pub fn server_args(
+    cfg: &ClusterConfig,
+    ep: &Endpoints,
+    workers: usize,
+    replica: u64,
+    http: std::net::SocketAddr,
+) -> Vec<String> {
     let s = &cfg.server;
     vec![
+        "--replica-id".into(),
+        replica.to_string(),
+        "--http-addr".into(),
+        http.to_string(),
         "--amqp-url".into(),
         ep.amqp_url.clone(),
         "--redis-url".into(),
@@ -259,6 +337,18 @@ mod tests {
             next_free_ip(base, 23, 254, &[]),
             Some("10.251.0.23".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn replica_ids_and_addresses() {
+        assert_eq!(server_node_id(3), "server-3");
+        assert_eq!(replica_of("server-3"), Some(3));
+        assert_eq!(replica_of("server-x"), None);
+        assert_eq!(replica_of("client-3"), None);
+        assert_eq!(server_host(1), Some(10));
+        assert_eq!(server_host(10), Some(19));
+        assert_eq!(server_host(0), None);
+        assert_eq!(server_host(11), None);
     }
 
     #[test]
