@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A minimal time-sync client in Python (protocol v2), written from docs/PROTOCOL.md alone.
+"""A minimal time-sync client in Python (protocol v3), written from docs/PROTOCOL.md alone.
 
 It exists to prove that the protocol document is enough to write a compatible client without
 reading the Rust code. It takes part in a cluster like `ts-client` does: it reports its virtual
@@ -21,6 +21,11 @@ What it keeps from the reference client, and what it leaves out on purpose:
   coordinator uses the poll's round trip) and applies `berkeley_adjust` by adding `adjust_us` to
   its offset. It learns no frequency (its clock does not drift).
 * `probe_reply` messages are acknowledged and ignored (it sends no probes, so none should come).
+* Epoch fencing (PROTOCOL.md §9.8, §10.4), exactly as `ts-client`: every message carries the
+  epoch of the server replica that led when it was sent. A message from a lower epoch than the
+  one followed is acknowledged and ignored (and counted) unless the followed epoch has been
+  silent for 30 s; any other message makes its epoch the followed one. Reports carry the
+  followed `epoch` and the count, `stale_epoch_msgs`; Berkeley readings echo the poll's epoch.
 * Correction is simpler than `ts-client`: every correction is applied at once (the offset is
   just set), above and below the 128 ms step threshold, instead of being slewed at 500 ppm. So
   this clock can jump and can run backwards; that is fine for a demonstration, not for a clock
@@ -46,7 +51,7 @@ from collections import deque
 
 import pika
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 REPORTS_QUEUE = "ts.reports"
 UPDATES_EXCHANGE = "ts.master_updates"
 RPC_QUEUE = "ts.rpc"
@@ -55,6 +60,7 @@ REPORT_INTERVAL_S = 1.0
 STEP_THRESHOLD_US = 128_000
 SYNCED_US = 1000  # within this of the target once = synced (max_step_us counts from then on)
 FILTER_WINDOW = 8
+EPOCH_LEASE_US = 30_000_000  # a lower epoch is refused until the followed one is silent this long
 ALGORITHMS = ("master", "naive", "berkeley")
 
 # Schemas of the messages a client receives (PROTOCOL.md §4, §6): field -> (kind, required).
@@ -62,6 +68,7 @@ ALGORITHMS = ("master", "naive", "berkeley")
 TO_CLIENT = {
     "master_update": {
         "server_id": ("uuid", True),
+        "epoch": ("uint", True),
         "seq": ("uint", True),
         "master_id": ("uuid", True),
         "master_ip": ("str", True),
@@ -73,6 +80,7 @@ TO_CLIENT = {
     },
     "probe_reply": {
         "server_id": ("uuid", True),
+        "epoch": ("uint", True),
         "seq": ("uint", True),
         "t1_us": ("int", True),
         "t2_us": ("int", True),
@@ -80,11 +88,13 @@ TO_CLIENT = {
     },
     "berkeley_poll": {
         "server_id": ("uuid", True),
+        "epoch": ("uint", True),
         "round": ("uint", True),
         "poll": ("uint", True),
     },
     "berkeley_adjust": {
         "server_id": ("uuid", True),
+        "epoch": ("uint", True),
         "round": ("uint", True),
         "adjust_us": ("int", True),
         "outlier": ("bool", True),
@@ -195,6 +205,20 @@ class Client:
         self.adjusts_applied = 0
         self.ignored = 0
         self.steps = 0
+        self.epoch = None  # (epoch followed, host time of its latest accepted message)
+        self.stale_epoch_msgs = 0
+
+    def admit(self, epoch, h):
+        """Fencing: whether a message of leader epoch `epoch`, received at host time `h`, may be
+        acted on. Lower epochs are refused (and counted) until the followed epoch has been
+        silent for EPOCH_LEASE_US; anything else is accepted and its epoch followed from now."""
+        if self.epoch is not None:
+            current, heard = self.epoch
+            if epoch < current and h - heard < EPOCH_LEASE_US:
+                self.stale_epoch_msgs += 1
+                return False
+        self.epoch = (epoch, h)
+        return True
 
     def now_us(self, h=None):
         return (host_us() if h is None else h) + self.offset_us
@@ -216,6 +240,9 @@ class Client:
             "ref_offset_us": None,
             "ref_freq_ppm": None,
             "max_step_us": self.max_step_us if self.synced else None,
+            "ref_server_id": None,
+            "epoch": self.epoch[0] if self.epoch else None,
+            "stale_epoch_msgs": self.stale_epoch_msgs,
         }
 
     def correct(self, offset):
@@ -260,6 +287,7 @@ class Client:
             "v": PROTOCOL_VERSION,
             "type": "berkeley_reading",
             "id": str(self.id),
+            "epoch": p["epoch"],
             "round": p["round"],
             "poll": p["poll"],
             "time_us": self.now_us(),
@@ -297,6 +325,12 @@ def session(conn, client, deadline):
             client.updates_rejected += 1
             print(f"rejected message: {e}", file=sys.stderr)
             channel.basic_reject(method.delivery_tag, requeue=False)
+            return
+        if not client.admit(m["epoch"], h):
+            # A deposed leader still talking: acknowledged, counted, otherwise ignored.
+            print(f"ignored {m['type']} of stale epoch {m['epoch']} "
+                  f"(following {client.epoch[0]})", file=sys.stderr)
+            channel.basic_ack(method.delivery_tag)
             return
         kind = m["type"]
         reading = None
@@ -375,6 +409,8 @@ def main():
         "messages_rejected": client.updates_rejected,
         "messages_ignored": client.ignored,
         "max_step_us": client.max_step_us if client.synced else None,
+        "epoch": client.epoch[0] if client.epoch else None,
+        "stale_epoch_msgs": client.stale_epoch_msgs,
     }))
 
 

@@ -10,103 +10,7 @@ use serde_json::Value;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use time_sync::cli::cluster::{ClusterConfig, RuntimeKind};
-
-/// Shortened TTL so that failover after removing the master takes seconds.
-const TTL_S: u64 = 3;
-
-struct Tsc {
-    home: tempdir::Dir,
-    runtime: &'static str,
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
-    }
-}
-
-impl Tsc {
-    fn new(runtime: &'static str, subnet: &str) -> Tsc {
-        let t = Tsc {
-            home: tempdir::Dir::new(&format!("tsc-{runtime}")),
-            runtime,
-        };
-        let r = t.run(&["init"]);
-        assert_eq!(r.code, 0, "init: {}", r.stderr);
-        // Short TTL, private log directories and subnet for the test.
-        let mut cfg = ClusterConfig::load(t.home.path()).unwrap();
-        cfg.server.ttl = TTL_S;
-        cfg.docker.subnet = subnet.into();
-        cfg.client_log_dir = t.home.path().join("client_logs");
-        cfg.server_log_dir = t.home.path().join("server_logs");
-        cfg.runtime = if runtime == "docker" {
-            RuntimeKind::Docker
-        } else {
-            RuntimeKind::Local
-        };
-        cfg.save().unwrap();
-        t
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(TSC_BIN)
-            .args(args)
-            .env("TSC_HOME", self.home.path())
-            .output()
-            .unwrap();
-        let r = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        eprintln!(
-            "$ tsc {} -> {}\n{}{}",
-            args.join(" "),
-            r.code,
-            r.stdout,
-            r.stderr
-        );
-        r
-    }
-
-    fn ok(&self, args: &[&str]) -> Run {
-        let r = self.run(args);
-        assert_eq!(r.code, 0, "tsc {args:?} failed: {}", r.stderr);
-        r
-    }
-
-    fn clients(&self) -> Vec<Value> {
-        let v = self.ok(&["--json", "clients", "list"]).json();
-        v["clients"].as_array().unwrap().clone()
-    }
-
-    fn master(&self) -> Option<String> {
-        let r = self.run(&["--json", "clients", "get-master"]);
-        (r.code == 0).then(|| r.json()["master"]["id"].as_str().unwrap().to_string())
-    }
-
-    fn log_dir(&self) -> std::path::PathBuf {
-        self.home.path().join("client_logs")
-    }
-}
-
-impl Drop for Tsc {
-    fn drop(&mut self) {
-        // Never leave a cluster behind, even when an assertion failed.
-        let _ = Command::new(TSC_BIN)
-            .arg("teardown")
-            .env("TSC_HOME", self.home.path())
-            .output();
-    }
-}
+use time_sync::cli::cluster::ClusterConfig;
 
 fn running(clients: &[Value]) -> Vec<&Value> {
     clients.iter().filter(|c| c["state"] == "running").collect()
@@ -217,12 +121,13 @@ async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
         "{qs:?}"
     );
     assert!(qs.iter().any(|q| q.as_str() == "ts.rpc"), "{qs:?}");
+    assert!(qs.iter().any(|q| q.as_str() == "ts.replica.1"), "{qs:?}");
     let own = qs.iter().filter(|q| q.starts_with("amq.gen-")).count();
     assert_eq!(
         own, 6,
         "one queue per running client, none for the removed one: {qs:?}"
     );
-    assert_eq!(qs.len(), 2 + 6, "{qs:?}");
+    assert_eq!(qs.len(), 3 + 6, "{qs:?}");
 
     let started = Instant::now();
     t.ok(&["teardown"]);

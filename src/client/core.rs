@@ -41,6 +41,9 @@ pub const SYNCED_US: i64 = crate::clock::INITIAL_SYNC_US;
 /// Probe samples needed before the estimate is used (half a second of fast probes): the very
 /// first probes of a connection are the slowest and most lopsided.
 pub const READY_SAMPLES: usize = 5;
+/// Probe samples needed against a new reference by a client that is already synced: two
+/// seconds of fast probes, while it holds over.
+pub const RESYNC_SAMPLES: usize = 20;
 /// Share of a Berkeley adjustment attributed to frequency error. Small, because a round's
 /// adjustment is mostly measurement noise once the clock is close: a large gain would turn that
 /// noise into frequency swings.
@@ -171,9 +174,16 @@ impl ClientCore {
         self.clock.now_at(host_us)
     }
 
-    /// The current estimate of (raw clock − reference), once enough probes were answered.
+    /// The current estimate of (raw clock − reference), once enough probes were answered:
+    /// [`READY_SAMPLES`] to get a clock close at all, [`RESYNC_SAMPLES`] once it is synced
+    /// (after a change of reference; holding over is cheaper than a rough estimate then).
     pub fn estimate(&self) -> Option<Estimate> {
-        if self.estimator.len() < READY_SAMPLES {
+        let needed = if self.synced {
+            RESYNC_SAMPLES
+        } else {
+            READY_SAMPLES
+        };
+        if self.estimator.len() < needed {
             return None;
         }
         self.estimator.estimate()
@@ -456,7 +466,7 @@ mod tests {
             (r.master_id, r.ref_offset_us, r.max_step_us),
             (None, None, None)
         );
-        for i in 0..READY_SAMPLES as i64 {
+        for i in 0..RESYNC_SAMPLES as i64 {
             probe_round(&mut c, 10 * S + i * 1000, 100, 100);
         }
         c.on_update(&update(1, 7, 11 * S), 11 * S);

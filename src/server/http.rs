@@ -55,8 +55,16 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Serves the API on `listener` until shutdown.
 pub(super) async fn serve(listener: TcpListener, ctx: Ctx, replica: Arc<Replica>) {
-    if let Ok(addr) = listener.local_addr() {
+    if let Ok(mut addr) = listener.local_addr() {
         info!(%addr, "HTTP API listening");
+        if addr.ip().is_unspecified() {
+            // Listening everywhere: advertise the address others reach us at, the one we
+            // reach the broker from (in a container, its address on the cluster network).
+            let broker = crate::config::endpoint_of(&ctx.cfg.endpoints.amqp_url);
+            if let Ok(ip) = crate::client::local_ip_toward(&broker).await {
+                addr.set_ip(ip);
+            }
+        }
         *replica.http_addr.lock().expect("not poisoned") = Some(addr);
     }
     let shutdown = ctx.shutdown.clone();

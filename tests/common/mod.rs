@@ -11,7 +11,9 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use serde_json::Value;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use time_sync::cli::cluster::{ClusterConfig, RuntimeKind};
 use std::time::{Duration, Instant};
 use time_sync::cache::{RedisStore, ReportStore};
 use time_sync::protocol::{MasterRecord, StoredReport};
@@ -405,4 +407,254 @@ pub fn spread_us(reports: &[StoredReport], master: &MasterRecord, n: usize) -> O
 /// Sum of a counter over every server's stats hash.
 pub async fn stat(store: &RedisStore, name: &str) -> u64 {
     store.stat_total(name).await.unwrap_or(0)
+}
+
+/// Shortened TTL so that failover after removing the master takes seconds.
+pub const TTL_S: u64 = 3;
+
+pub struct Tsc {
+    pub home: tempdir::Dir,
+    pub runtime: &'static str,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl Tsc {
+    pub fn new(runtime: &'static str, subnet: &str) -> Tsc {
+        let t = Tsc {
+            home: tempdir::Dir::new(&format!("tsc-{runtime}")),
+            runtime,
+        };
+        let r = t.run(&["init"]);
+        assert_eq!(r.code, 0, "init: {}", r.stderr);
+        // Short TTL, private log directories and subnet for the test.
+        let mut cfg = ClusterConfig::load(t.home.path()).unwrap();
+        cfg.server.ttl = TTL_S;
+        cfg.docker.subnet = subnet.into();
+        cfg.client_log_dir = t.home.path().join("client_logs");
+        cfg.server_log_dir = t.home.path().join("server_logs");
+        cfg.runtime = if runtime == "docker" {
+            RuntimeKind::Docker
+        } else {
+            RuntimeKind::Local
+        };
+        cfg.save().unwrap();
+        t
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = Command::new(TSC_BIN)
+            .args(args)
+            .env("TSC_HOME", self.home.path())
+            .output()
+            .unwrap();
+        let r = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        eprintln!(
+            "$ tsc {} -> {}\n{}{}",
+            args.join(" "),
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+        r
+    }
+
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "tsc {args:?} failed: {}", r.stderr);
+        r
+    }
+
+    pub fn clients(&self) -> Vec<Value> {
+        let v = self.ok(&["--json", "clients", "list"]).json();
+        v["clients"].as_array().unwrap().clone()
+    }
+
+    pub fn master(&self) -> Option<String> {
+        let r = self.run(&["--json", "clients", "get-master"]);
+        (r.code == 0).then(|| r.json()["master"]["id"].as_str().unwrap().to_string())
+    }
+
+    pub fn log_dir(&self) -> std::path::PathBuf {
+        self.home.path().join("client_logs")
+    }
+}
+
+impl Drop for Tsc {
+    fn drop(&mut self) {
+        // Never leave a cluster behind, even when an assertion failed.
+        let _ = Command::new(TSC_BIN)
+            .arg("teardown")
+            .env("TSC_HOME", self.home.path())
+            .output();
+    }
+}
+
+impl Tsc {
+    /// `tsc --json servers list`.
+    pub fn servers(&self) -> Value {
+        self.ok(&["--json", "servers", "list"]).json()
+    }
+
+    /// The cluster's service endpoints as tsc sees them, and its Redis.
+    pub async fn endpoints(&self) -> (time_sync::runtime::Endpoints, RedisStore) {
+        let cfg = ClusterConfig::load(self.home.path()).unwrap();
+        let state = time_sync::cli::cluster::State::load(self.home.path()).unwrap();
+        let rt = time_sync::runtime::Runtime::open(&cfg, state.runtime.unwrap())
+            .await
+            .unwrap();
+        let ep = rt.endpoints(&state);
+        let store = RedisStore::connect(&ep.redis_url, &CancellationToken::new())
+            .await
+            .unwrap()
+            .unwrap();
+        (ep, store)
+    }
+}
+
+/// One broadcast seen on the updates exchange.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub at: Instant,
+    pub epoch: u64,
+    pub server_id: uuid::Uuid,
+}
+
+/// Listens to the updates exchange like a client that never corrects anything, and records
+/// who broadcast what in which epoch.
+pub struct Observer {
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    pub channel: lapin::Channel,
+    _conn: lapin::Connection,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Observer {
+    pub async fn start(amqp_url: &str) -> Observer {
+        use futures_util::StreamExt;
+        let conn = lapin::Connection::connect(amqp_url, Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = time_sync::broker::declare_update_listener(&ch).await.unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                q.as_str().into(),
+                "observer".into(),
+                lapin::options::BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                if let Ok(time_sync::protocol::ToClient::MasterUpdate(u)) =
+                    time_sync::protocol::decode(&d.data)
+                {
+                    s.lock().unwrap().push(Seen {
+                        at: Instant::now(),
+                        epoch: u.epoch,
+                        server_id: u.server_id,
+                    });
+                }
+            }
+        });
+        Observer {
+            seen,
+            channel: ch,
+            _conn: conn,
+            task,
+        }
+    }
+
+    pub fn all(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn max_epoch(&self) -> u64 {
+        self.all().iter().map(|s| s.epoch).max().unwrap_or(0)
+    }
+
+    /// The first broadcast with an epoch above `above` (polling up to `timeout`).
+    pub async fn first_above(&self, above: u64, timeout: Duration) -> Seen {
+        wait_for(timeout, &format!("a broadcast above epoch {above}"), || async {
+            self.all().into_iter().find(|s| s.epoch > above)
+        })
+        .await
+    }
+
+    /// Epochs in which more than one server broadcast (must be none).
+    pub fn shared_epochs(&self) -> Vec<u64> {
+        let mut by_epoch: std::collections::BTreeMap<u64, std::collections::BTreeSet<uuid::Uuid>> =
+            Default::default();
+        for s in self.all() {
+            by_epoch.entry(s.epoch).or_default().insert(s.server_id);
+        }
+        by_epoch
+            .into_iter()
+            .filter(|(_, ids)| ids.len() > 1)
+            .map(|(e, _)| e)
+            .collect()
+    }
+
+    /// Broadcasts whose epoch was below one already seen: a deposed leader still talking.
+    pub fn stale(&self) -> usize {
+        let mut max = 0;
+        let mut n = 0;
+        for s in self.all() {
+            if s.epoch < max {
+                n += 1;
+            }
+            max = max.max(s.epoch);
+        }
+        n
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A minimal HTTP/1.1 request; returns the status code and the body.
+pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("cannot connect to the API at {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
 }
