@@ -192,8 +192,8 @@ class Client:
         self.berkeley = not args.no_berkeley
         self.offset_us = args.initial_offset_ms * 1000  # virtual clock = host clock + offset
         self.seq = 0
-        self.last_update = None  # (server_id, seq) of the last accepted update
-        self.last_round = None  # (server_id, round) of the last applied Berkeley adjustment
+        self.last_update = None  # ((server_id, epoch), seq) of the last accepted update
+        self.last_round = None  # ((server_id, epoch), round) of the last Berkeley adjustment
         self.master = None  # (master_id, master_time_us) of the last accepted update
         self.samples = deque(maxlen=FILTER_WINDOW)  # master clock minus host clock
         self.samples_for = None  # (server_id, master_id) the samples belong to
@@ -257,7 +257,7 @@ class Client:
 
     def on_update(self, u, h):
         """Applies a decoded master_update received at host time `h`. Returns what happened."""
-        key = (u["server_id"], u["seq"])
+        key = ((u["server_id"], u["epoch"]), u["seq"])  # seq counts per leader term
         if self.last_update and self.last_update[0] == key[0] and key[1] <= self.last_update[1]:
             return "stale"
         self.last_update = key
@@ -294,7 +294,7 @@ class Client:
         }
 
     def on_adjust(self, a):
-        key = (a["server_id"], a["round"])
+        key = ((a["server_id"], a["epoch"]), a["round"])  # rounds count per leader term
         if self.last_round and self.last_round[0] == key[0] and key[1] <= self.last_round[1]:
             return "stale"
         self.last_round = key

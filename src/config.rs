@@ -145,7 +145,9 @@ impl ServerConfig {
                 "--berkeley-interval-ms must be ≥ 100 and above --berkeley-collect-ms".into(),
             ));
         }
-        self.bully().validate().map_err(|e| Error::Config(format!("election: {e}")))?;
+        self.bully()
+            .validate()
+            .map_err(|e| Error::Config(format!("election: {e}")))?;
         self.berkeley().validate()
     }
 

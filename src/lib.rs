@@ -12,7 +12,9 @@
 //! - [`election`]: lowest-IP master election and the scheduler's decision (pure).
 //! - [`broker`]: RabbitMQ connection with backoff, topology, reconnecting sessions.
 //! - [`cache`]: the report store: Redis, and an in-memory twin for unit tests.
-//! - [`server`]: report workers, the scheduler, counters.
+//! - [`leader`]: Bully leader election of the server replicas, as an I/O-free state machine.
+//! - [`server`]: one replica: report workers, election driver, leader-only scheduler and
+//!   reference clock, HTTP API, counters.
 //! - [`client`]: the client's decisions ([`client::ClientCore`]) and its broker session.
 //! - [`cli`]: `tsc` commands, cluster config and state, views, log tailing.
 //! - [`runtime`]: where nodes run: Docker containers via bollard, or local processes; images.

@@ -70,7 +70,8 @@ pub const CLIENT_KEY_PREFIX: &str = "ts:client:";
 pub const MASTER_KEY: &str = "ts:master";
 
 /// Redis key prefix of a server's counters: `ts:stats:<server_id>` is a hash (see
-/// [`crate::server::Metrics`]) rewritten every scheduler tick, expiring when the server is gone.
+/// [`crate::server::Metrics`]) rewritten by every replica at every heartbeat, expiring when the
+/// replica is gone.
 pub const STATS_KEY_PREFIX: &str = "ts:stats:";
 
 /// Largest message accepted, in bytes. A report is ~300 bytes; anything this large is abuse.
@@ -407,7 +408,7 @@ impl ToReplica {
     }
 }
 
-/// A replica's self-description under `ts:replica:<id>`, for `tsc servers list` and `/nodes`.
+/// A replica's self-description under `ts:replica:<id>`, for `tsc servers list`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaRecord {
     pub id: u64,
@@ -716,9 +717,22 @@ mod tests {
     #[test]
     fn control_messages_round_trip_and_carry_their_sender() {
         let msgs = [
-            ToReplica::Election(Election { v: PROTOCOL_VERSION, from: 10, priority: 2 }),
-            ToReplica::Answer(Answer { v: PROTOCOL_VERSION, from: 11, priority: 0 }),
-            ToReplica::Coordinator(Coordinator { v: PROTOCOL_VERSION, from: 12, priority: 0, epoch: 9 }),
+            ToReplica::Election(Election {
+                v: PROTOCOL_VERSION,
+                from: 10,
+                priority: 2,
+            }),
+            ToReplica::Answer(Answer {
+                v: PROTOCOL_VERSION,
+                from: 11,
+                priority: 0,
+            }),
+            ToReplica::Coordinator(Coordinator {
+                v: PROTOCOL_VERSION,
+                from: 12,
+                priority: 0,
+                epoch: 9,
+            }),
             ToReplica::Heartbeat(Heartbeat {
                 v: PROTOCOL_VERSION,
                 from: 13,
@@ -727,7 +741,11 @@ mod tests {
                 epoch: 9,
                 leader: Some(13),
             }),
-            ToReplica::Resign(Resign { v: PROTOCOL_VERSION, from: 14, epoch: 9 }),
+            ToReplica::Resign(Resign {
+                v: PROTOCOL_VERSION,
+                from: 14,
+                epoch: 9,
+            }),
         ];
         for (i, m) in msgs.iter().enumerate() {
             let back: ToReplica = decode(&encode(m)).unwrap();
@@ -735,8 +753,13 @@ mod tests {
             assert_eq!(back.from(), 10 + i as u64);
         }
         let json = String::from_utf8(encode(&msgs[3])).unwrap();
-        assert!(json.contains(r#""type":"heartbeat""#) && json.contains(r#""role":"leader""#), "{json}");
-        assert!(decode::<ToReplica>(br#"{"v":3,"type":"election","from":-1,"priority":0}"#).is_err());
+        assert!(
+            json.contains(r#""type":"heartbeat""#) && json.contains(r#""role":"leader""#),
+            "{json}"
+        );
+        assert!(
+            decode::<ToReplica>(br#"{"v":3,"type":"election","from":-1,"priority":0}"#).is_err()
+        );
         assert!(decode::<ToReplica>(br#"{"v":3,"type":"coup","from":1}"#).is_err());
     }
 

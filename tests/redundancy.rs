@@ -48,10 +48,15 @@ async fn leads(t: &Tsc, obs: &Observer, id: u64, above: u64) -> (uuid::Uuid, u64
             let me = replica(&s, id);
             let epoch = me["epoch"].as_u64()?;
             let agreed = rows.iter().filter(|r| r["state"] == "running").all(|r| {
-                r["leader"] == id && r["epoch"] == epoch && (r["id"] == id) == (r["role"] == "leader")
+                r["leader"] == id
+                    && r["epoch"] == epoch
+                    && (r["id"] == id) == (r["role"] == "leader")
             });
             let sid = server_id(&me);
-            let heard = obs.all().iter().any(|x| x.epoch == epoch && x.server_id == sid);
+            let heard = obs
+                .all()
+                .iter()
+                .any(|x| x.epoch == epoch && x.server_id == sid);
             (me["role"] == "leader" && epoch > above && agreed && heard).then_some((sid, epoch))
         },
     )
@@ -98,10 +103,16 @@ fn check_api(addr: &str, id: u64, leader: u64) {
         "{v}"
     );
     let (code, v) = get("/clients");
-    assert_eq!((code, v["clients"].as_array().map(Vec::len)), (200, Some(4)));
+    assert_eq!(
+        (code, v["clients"].as_array().map(Vec::len)),
+        (200, Some(4))
+    );
     let (code, v) = get("/master");
     assert_eq!(code, 200);
-    assert!(v["master"]["id"].is_string() && v["master"]["epoch"].as_u64() > Some(0), "{v}");
+    assert!(
+        v["master"]["id"].is_string() && v["master"]["epoch"].as_u64() > Some(0),
+        "{v}"
+    );
     let (code, text) = http(addr, "GET", "/metrics");
     assert_eq!(code, 200);
     for m in [
@@ -131,7 +142,10 @@ async fn scenario(t: &Tsc) {
     let rt = t.runtime;
     let started = Instant::now();
     t.ok(&["bootstrap", "-s", "3", "-c", "4", "-w", "2"]);
-    println!("[{rt}] bootstrap with 3 replicas took {:?}", started.elapsed());
+    println!(
+        "[{rt}] bootstrap with 3 replicas took {:?}",
+        started.elapsed()
+    );
     let (ep, store) = t.endpoints().await;
     let obs = Observer::start(&ep.amqp_url).await;
     let (sid3, e1) = leads(t, &obs, 3, 0).await;
@@ -150,18 +164,29 @@ async fn scenario(t: &Tsc) {
     assert_eq!(code, 202, "{body}");
     let (code, body) = http(&api2, "POST", "/election");
     assert_eq!(code, 409, "a second one while the first runs: {body}");
-    wait_for(Duration::from_secs(10), "the requested election to end", || async {
-        let (_, body) = http(&api2, "GET", "/electionStatus");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        (v["in_progress"] == false && v["started"].as_u64() >= Some(2)).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the requested election to end",
+        || async {
+            let (_, body) = http(&api2, "GET", "/electionStatus");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            (v["in_progress"] == false && v["started"].as_u64() >= Some(2)).then_some(())
+        },
+    )
     .await;
     assert_eq!(replica(&t.servers(), 2)["leader"], 3);
     tokio::time::sleep_until(settled.into()).await;
     let steady = reports(&store, 4).await;
-    for r in steady.iter().filter(|r| r.report.master_id != Some(r.report.id)) {
+    for r in steady
+        .iter()
+        .filter(|r| r.report.master_id != Some(r.report.id))
+    {
         let step = r.report.max_step_us;
-        assert!(step.is_some(), "client {} synced before the failures", r.report.id);
+        assert!(
+            step.is_some(),
+            "client {} synced before the failures",
+            r.report.id
+        );
     }
 
     // 1. Crash the leader: the next replica takes over and broadcasts within 3 s.
@@ -265,7 +290,12 @@ async fn scenario(t: &Tsc) {
         );
         let moved = (ra.true_offset_us.unwrap() - rb.true_offset_us.unwrap()).abs();
         assert!(moved < 1_000, "client {} moved {moved} µs", ra.id);
-        assert_eq!(ra.epoch, Some(e5), "client {} follows the current epoch", ra.id);
+        assert_eq!(
+            ra.epoch,
+            Some(e5),
+            "client {} follows the current epoch",
+            ra.id
+        );
     }
 
     // 5. Across all of it: no step above 1 ms, one server per epoch, clocks in sync.
@@ -274,9 +304,15 @@ async fn scenario(t: &Tsc) {
         assert!(step <= 1_000, "client {} stepped {step} µs", r.report.id);
     }
     let master = store.master().await.unwrap().unwrap();
-    assert!(master.epoch >= e1, "the master record is written by leaders");
+    assert!(
+        master.epoch >= e1,
+        "the master record is written by leaders"
+    );
     let w = t.ok(&["--json", "wait", "--timeout", "60", "--bound-ms", "1"]);
-    println!("[{rt}] after all failovers: {}", w.stdout.replace('\n', " "));
+    println!(
+        "[{rt}] after all failovers: {}",
+        w.stdout.replace('\n', " ")
+    );
     let st = t.run(&["--json", "status"]);
     assert_eq!(st.code, 0, "healthy: {}", st.stdout);
     assert_eq!(st.json()["leader"], 3);

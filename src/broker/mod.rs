@@ -141,8 +141,13 @@ pub async fn declare_control_listener(ch: &Channel, id: u64) -> Result<String> {
     declare_control_exchange(ch).await?;
     let own = protocol::replica_key(id);
     let name = protocol::replica_queue(id);
-    declare_bound_queue(ch, &name, protocol::CONTROL_EXCHANGE, &[protocol::CONTROL_ALL, &own])
-        .await
+    declare_bound_queue(
+        ch,
+        &name,
+        protocol::CONTROL_EXCHANGE,
+        &[protocol::CONTROL_ALL, &own],
+    )
+    .await
 }
 
 /// Declares an exclusive, auto-delete queue (`name`, or server-named if empty) bound to

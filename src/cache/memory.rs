@@ -65,7 +65,11 @@ impl<C: Clock + Clone> ReportStore for MemoryStore<C> {
 
     async fn set_master(&self, master: &MasterRecord) -> Result<bool> {
         let mut inner = self.inner.lock().expect("not poisoned");
-        if inner.master.as_ref().is_some_and(|m| m.epoch > master.epoch) {
+        if inner
+            .master
+            .as_ref()
+            .is_some_and(|m| m.epoch > master.epoch)
+        {
             return Ok(false);
         }
         inner.master = Some(master.clone());

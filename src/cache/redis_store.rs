@@ -1,8 +1,10 @@
 //! [`ReportStore`] on Redis.
 //!
 //! Keys (see `docs/PROTOCOL.md`): `ts:client:<id>` → [`StoredReport`] JSON with `EX ttl`;
-//! `ts:master` → [`MasterRecord`] JSON without TTL. Listing uses `SCAN` (never `KEYS`, which
-//! blocks Redis) followed by one `MGET`.
+//! `ts:master` → [`MasterRecord`] JSON without TTL, written only by a leader of the same or a
+//! later epoch (a Lua script); `ts:epoch` → the last leader epoch, taken atomically by Lua;
+//! `ts:replica:<id>` → [`ReplicaRecord`] JSON; `ts:stats:<server_id>` → counters. Listing uses
+//! `SCAN` (never `KEYS`, which blocks Redis) followed by one `MGET`.
 
 use super::ReportStore;
 use crate::backoff::Backoff;
@@ -144,7 +146,8 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         let mut out: Vec<ReplicaRecord> = values
             .into_iter()
             .flatten()

@@ -363,7 +363,9 @@ async fn server_to_tail(rt: &Runtime, state: &State, arg: Option<&str>) -> CliRe
         Failure::new(
             exit::NOT_FOUND,
             match arg {
-                Some(a) => format!("no server replica {a:?} in this cluster (see `tsc servers list`)"),
+                Some(a) => {
+                    format!("no server replica {a:?} in this cluster (see `tsc servers list`)")
+                }
                 None => "no server replica in this cluster".into(),
             },
         )
@@ -855,8 +857,10 @@ async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out) -> 
             r.state,
             r.role,
             r.epoch.map_or_else(|| "-".into(), |e| e.to_string()),
-            r.heartbeat_age_ms
-                .map_or_else(String::new, |a| format!(", heartbeat {:.1}s ago", a as f64 / 1000.0))
+            r.heartbeat_age_ms.map_or_else(String::new, |a| format!(
+                ", heartbeat {:.1}s ago",
+                a as f64 / 1000.0
+            ))
         ));
     }
     for (id, h) in &stats {

@@ -5,11 +5,11 @@
 //! replica's record in Redis (`ts:replica:<id>`: role, epoch, leader, heartbeat), joined by a
 //! pure function ([`server_rows`]) so the joining is tested without a cluster.
 
+use super::cluster::{ClusterConfig, State};
 use super::{exit, kind_name, redis, CliResult, Failure, Out};
 use crate::clock::{Clock, SystemClock};
 use crate::protocol::ReplicaRecord;
 use crate::runtime::{replica_of, Node, Role, Runtime, MAX_REPLICAS};
-use super::cluster::{ClusterConfig, State};
 use clap::Subcommand;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
@@ -298,7 +298,15 @@ pub(super) async fn rows(rt: &Runtime, state: &State) -> CliResult<Vec<ServerRow
 fn table(rows: &[ServerRow], verbose: bool) -> Table {
     let mut t = Table::new();
     t.load_style(UTF8_FULL_CONDENSED);
-    let mut header = vec!["ID", "IP", "STATE", "ROLE", "EPOCH", "LEADER", "HEARTBEAT AGE s"];
+    let mut header = vec![
+        "ID",
+        "IP",
+        "STATE",
+        "ROLE",
+        "EPOCH",
+        "LEADER",
+        "HEARTBEAT AGE s",
+    ];
     if verbose {
         header.extend(["PRIORITY", "ELECTIONS", "API", "SERVER ID"]);
     }
@@ -319,7 +327,9 @@ fn table(rows: &[ServerRow], verbose: bool) -> Table {
             row.extend([
                 opt(r.priority),
                 opt(r.elections),
-                r.http.clone().map_or_else(|| "-".into(), |h| format!("http://{h}")),
+                r.http
+                    .clone()
+                    .map_or_else(|| "-".into(), |h| format!("http://{h}")),
                 r.server_id.map_or_else(|| "-".into(), |s| s.to_string()),
             ]);
         }

@@ -100,7 +100,8 @@ pub struct ClientCore {
     discipline: Discipline,
     seq: u64,
     master: Option<(Uuid, i64)>,
-    last_update: Option<(Uuid, u64)>,
+    /// Term (server, epoch) and sequence number of the last update: `seq` counts per term.
+    last_update: Option<((Uuid, u64), u64)>,
     /// Fallback: samples of (master clock − host clock) for the current (server, master).
     filter: MinDelayFilter,
     filter_for: Option<(Uuid, Uuid)>,
@@ -113,7 +114,7 @@ pub struct ClientCore {
     synced: bool,
     max_step_us: i64,
     /// Host time, coordinator and round of the last Berkeley adjustment.
-    last_round: Option<(i64, Uuid, u64)>,
+    last_round: Option<(i64, (Uuid, u64), u64)>,
     rng: rand::rngs::SmallRng,
     /// Leader epoch followed, and host time of its latest message.
     epoch: Option<(u64, i64)>,
@@ -268,13 +269,14 @@ impl ClientCore {
 
     /// Handles a master update received at host time `host_us`.
     pub fn on_update(&mut self, u: &MasterUpdate, host_us: i64) -> UpdateOutcome {
-        if let Some((server, seq)) = self.last_update {
-            if server == u.server_id && u.seq <= seq {
+        let term = (u.server_id, u.epoch);
+        if let Some((last, seq)) = self.last_update {
+            if last == term && u.seq <= seq {
                 self.stats.updates_ignored += 1;
                 return UpdateOutcome::Stale;
             }
         }
-        self.last_update = Some((u.server_id, u.seq));
+        self.last_update = Some((term, u.seq));
         self.master = Some((u.master_id, u.master_time_us));
         if u.master_id == self.id {
             return UpdateOutcome::IAmMaster;
@@ -372,25 +374,30 @@ impl ClientCore {
             round: p.round,
             poll: p.poll,
             time_us: self.clock.now_at(host_us),
-            ref_offset_us: self.ref_offset(host_us).map(|(o, _)| o.round() as i64),
+            // Only an estimate against this coordinator's clock says anything about it.
+            ref_offset_us: (self.reference == Some(p.server_id))
+                .then(|| self.ref_offset(host_us))
+                .flatten()
+                .map(|(o, _)| o.round() as i64),
         }
     }
 
     /// Applies a Berkeley adjustment received at host time `host_us`.
     pub fn on_adjust(&mut self, a: &BerkeleyAdjust, host_us: i64) -> UpdateOutcome {
-        if let Some((_, server, round)) = self.last_round {
-            // Rounds count per coordinator: a restarted server starts again at 1.
-            if server == a.server_id && a.round <= round {
+        let term = (a.server_id, a.epoch);
+        if let Some((_, last, round)) = self.last_round {
+            // Rounds count per coordinator term: a new term starts again at 1.
+            if last == term && a.round <= round {
                 self.stats.updates_ignored += 1;
                 return UpdateOutcome::Stale;
             }
         }
         let action = self.discipline.decide(a.adjust_us, self.synced);
-        if let (Some((prev_host, prev_server, prev_round)), Action::Slew { .. }) =
+        if let (Some((prev_host, prev_term, prev_round)), Action::Slew { .. }) =
             (self.last_round, action)
         {
             // What is left to adjust after a round without steps is drift since the last one.
-            if prev_server == a.server_id && a.round == prev_round + 1 {
+            if prev_term == term && a.round == prev_round + 1 {
                 let secs = (host_us - prev_host) as f64 / 1e6;
                 if secs > 0.0 {
                     let change = (BERKELEY_FREQ_GAIN * a.adjust_us as f64 / secs)
@@ -400,7 +407,7 @@ impl ClientCore {
                 }
             }
         }
-        self.last_round = Some((host_us, a.server_id, a.round));
+        self.last_round = Some((host_us, term, a.round));
         self.apply(host_us, a.adjust_us, action)
     }
 }
@@ -573,11 +580,18 @@ mod tests {
         v.master_ref_offset_us = Some(0);
         let before = (c.now_at(2 * S), c.now_at(3 * S));
         assert_eq!(c.on_update(&v, 2 * S), UpdateOutcome::Held);
-        assert_eq!((c.now_at(2 * S), c.now_at(3 * S)), before, "clock untouched");
+        assert_eq!(
+            (c.now_at(2 * S), c.now_at(3 * S)),
+            before,
+            "clock untouched"
+        );
         // Too long without a usable reference: the fallback takes over.
         v.seq = 3;
         let late = S + MAX_HOLDOVER.as_micros() as i64;
-        assert!(matches!(c.on_update(&v, late), UpdateOutcome::Applied { .. }));
+        assert!(matches!(
+            c.on_update(&v, late),
+            UpdateOutcome::Applied { .. }
+        ));
     }
 
     #[test]
@@ -590,9 +604,23 @@ mod tests {
         assert_eq!((c.epoch(), c.stats.stale_epoch), (Some(6), 1));
         let quiet = 3 * S + EPOCH_LEASE.as_micros() as i64;
         assert!(!c.admit(5, quiet - 1));
-        assert!(c.admit(5, quiet), "after the lease, a lower epoch is better than none");
+        assert!(
+            c.admit(5, quiet),
+            "after the lease, a lower epoch is better than none"
+        );
         assert_eq!(c.report(quiet).epoch, Some(5));
         assert_eq!(c.report(quiet).stale_epoch_msgs, Some(2));
+    }
+
+    #[test]
+    fn a_new_term_of_the_same_server_restarts_its_sequence() {
+        let mut c = core(1, 0, 0.0);
+        let mut u = update(50, 2, 0);
+        assert!(!matches!(c.on_update(&u, S), UpdateOutcome::Stale));
+        u.epoch = 2;
+        u.seq = 1;
+        assert!(!matches!(c.on_update(&u, 2 * S), UpdateOutcome::Stale));
+        assert_eq!(c.on_update(&u, 3 * S), UpdateOutcome::Stale, "a duplicate");
     }
 
     #[test]

@@ -126,7 +126,9 @@ enum Phase {
         answered: Option<Duration>,
     },
     /// Won; waiting for the epoch store since `since`.
-    Claiming { since: Duration },
+    Claiming {
+        since: Duration,
+    },
     Leader,
 }
 
@@ -305,14 +307,15 @@ impl Bully {
                 answered: None,
             } if now.saturating_sub(since) >= self.cfg.answer_timeout => self.claim(now),
             Phase::Electing {
-                answered: Some(at),
-                ..
+                answered: Some(at), ..
             } if now.saturating_sub(at) >= self.cfg.coordinator_timeout => {
                 self.start_election(now, "no coordinator after an answer")
             }
             Phase::Claiming { since } if now.saturating_sub(since) >= self.cfg.leader_timeout => {
                 self.start_election(now, "no epoch from the store")
             }
+            // A leader hears itself: its heartbeat age is zero.
+            Phase::Leader => self.leader = Some((self.rank(), now)),
             _ => {}
         }
     }
@@ -494,11 +497,12 @@ impl Bully {
             since: now,
             answered: None,
         };
-        self.out.push(Output::Broadcast(ToReplica::Election(Election {
-            v: PROTOCOL_VERSION,
-            from: self.cfg.id,
-            priority: self.cfg.priority,
-        })));
+        self.out
+            .push(Output::Broadcast(ToReplica::Election(Election {
+                v: PROTOCOL_VERSION,
+                from: self.cfg.id,
+                priority: self.cfg.priority,
+            })));
     }
 
     fn claim(&mut self, now: Duration) {

@@ -7,11 +7,12 @@
 //! `tsc ... tail` reads them.
 
 use super::{
-    client_args, images, labels, next_free_ip, server_args, server_host, server_node_id,
-    Endpoints, Node, Progress, Role, MAX_REPLICAS,
+    client_args, images, labels, next_free_ip, server_args, server_host, server_node_id, Endpoints,
+    Node, Progress, Role, MAX_REPLICAS,
 };
 use crate::backoff::Backoff;
 use crate::cli::cluster::ClusterConfig;
+use crate::config::DEFAULT_HTTP_PORT;
 use crate::error::{Error, Result};
 use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
@@ -25,7 +26,6 @@ use bollard::Docker;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
-use crate::config::DEFAULT_HTTP_PORT;
 use uuid::Uuid;
 
 /// Host number of Redis in the subnet.
@@ -283,9 +283,8 @@ impl DockerRuntime {
     }
 
     pub async fn start_server(&self, ep: &Endpoints, workers: usize, replica: u64) -> Result<Node> {
-        let host = server_host(replica).ok_or_else(|| {
-            Error::Runtime(format!("replica ids go from 1 to {MAX_REPLICAS}"))
-        })?;
+        let host = server_host(replica)
+            .ok_or_else(|| Error::Runtime(format!("replica ids go from 1 to {MAX_REPLICAS}")))?;
         let ip = self.ip(host);
         let dir = self.cfg.server_log_dir.display().to_string();
         let id = server_node_id(replica);
@@ -347,7 +346,10 @@ impl DockerRuntime {
     /// `docker kill` (SIGKILL); the container stays.
     pub async fn kill(&self, node: &Node) -> Result<()> {
         self.docker
-            .kill_container(&node.handle, None::<bollard::query_parameters::KillContainerOptions>)
+            .kill_container(
+                &node.handle,
+                None::<bollard::query_parameters::KillContainerOptions>,
+            )
             .await?;
         Ok(())
     }

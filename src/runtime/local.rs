@@ -13,8 +13,8 @@ use super::{
     client_args, images, next_free_ip, server_args, server_host, server_node_id, Endpoints, Node,
     Progress, Role, MAX_REPLICAS,
 };
-use crate::config::DEFAULT_HTTP_PORT;
 use crate::cli::cluster::{ClusterConfig, LocalNode, State};
+use crate::config::DEFAULT_HTTP_PORT;
 use crate::error::{Error, Result};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::CommandExt;
@@ -194,16 +194,22 @@ impl LocalRuntime {
         workers: usize,
         replica: u64,
     ) -> Result<Node> {
-        let host = server_host(replica).ok_or_else(|| {
-            Error::Runtime(format!("replica ids go from 1 to {MAX_REPLICAS}"))
-        })?;
+        let host = server_host(replica)
+            .ok_or_else(|| Error::Runtime(format!("replica ids go from 1 to {MAX_REPLICAS}")))?;
         let ip = Ipv4Addr::new(127, 0, 0, host);
         let http = std::net::SocketAddr::new(ip.into(), DEFAULT_HTTP_PORT);
         let args = server_args(&self.cfg, ep, workers, replica, http);
         let program = images::binary("ts-server")?;
         let id = server_node_id(replica);
         let pid = self.spawn(&id, &program, &args)?;
-        self.record(state, Role::Server, id, ip.into(), pid, command(&program, args))
+        self.record(
+            state,
+            Role::Server,
+            id,
+            ip.into(),
+            pid,
+            command(&program, args),
+        )
     }
 
     pub fn start_client(&self, state: &mut State, ep: &Endpoints, id: Uuid) -> Result<Node> {
@@ -213,7 +219,14 @@ impl LocalRuntime {
         let args = client_args(&self.cfg, ep, id, Some(ip));
         let program = images::binary("ts-client")?;
         let pid = self.spawn(&id.to_string(), &program, &args)?;
-        self.record(state, Role::Client, id.to_string(), ip, pid, command(&program, args))
+        self.record(
+            state,
+            Role::Client,
+            id.to_string(),
+            ip,
+            pid,
+            command(&program, args),
+        )
     }
 
     /// SIGTERM (then SIGKILL after the grace period); the node stays recorded, as exited.
@@ -239,11 +252,17 @@ impl LocalRuntime {
         if alive(&n) {
             return Err(Error::Runtime(format!("{} is already running", n.id)));
         }
-        let (program, args) = n.command.split_first().ok_or_else(|| {
-            Error::Runtime(format!("{} was recorded without its command", n.id))
-        })?;
+        let (program, args) = n
+            .command
+            .split_first()
+            .ok_or_else(|| Error::Runtime(format!("{} was recorded without its command", n.id)))?;
         let pid = self.spawn(&n.id, std::path::Path::new(program), args)?;
-        if let Some(rec) = state.local.nodes.iter_mut().find(|x| x.id == n.id && x.role == n.role) {
+        if let Some(rec) = state
+            .local
+            .nodes
+            .iter_mut()
+            .find(|x| x.id == n.id && x.role == n.role)
+        {
             rec.pid = pid;
         }
         state.save(&self.cfg.home)
@@ -370,7 +389,12 @@ fn find<'a>(state: &'a State, node: &Node) -> Result<&'a LocalNode> {
 /// The process state letter from `/proc/<pid>/stat` (field 3, after the parenthesised name).
 fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// Whether the process is stopped by a signal (SIGSTOP): `T`.

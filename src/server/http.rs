@@ -181,7 +181,9 @@ async fn election_status(State(api): State<Api>) -> ApiResult<Json<ElectionStatu
     ))
 }
 
-async fn start_election(State(api): State<Api>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+async fn start_election(
+    State(api): State<Api>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     match api.replica.request_election().await {
         Some(true) => Ok((StatusCode::ACCEPTED, Json(json!({ "started": true })))),
         Some(false) => Err(ApiError(
@@ -263,8 +265,18 @@ async fn metrics(State(api): State<Api>) -> ApiResult<Response> {
         }
     };
     let c = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed) as f64;
-    metric("ts_reports_stored_total", "counter", "Reports stored in Redis by this replica.", &[("", c(&m.reports_stored))]);
-    metric("ts_reports_per_second", "gauge", "Reports stored per second by this replica, over the last heartbeat interval.", &[("", m.reports_per_second())]);
+    metric(
+        "ts_reports_stored_total",
+        "counter",
+        "Reports stored in Redis by this replica.",
+        &[("", c(&m.reports_stored))],
+    );
+    metric(
+        "ts_reports_per_second",
+        "gauge",
+        "Reports stored per second by this replica, over the last heartbeat interval.",
+        &[("", m.reports_per_second())],
+    );
     metric(
         "ts_rejected_messages_total",
         "counter",
@@ -275,17 +287,65 @@ async fn metrics(State(api): State<Api>) -> ApiResult<Response> {
             ("{reason=\"bad_version\"}", c(&m.rejected_bad_version)),
         ],
     );
-    metric("ts_store_errors_total", "counter", "Failed Redis writes.", &[("", c(&m.store_errors))]);
-    metric("ts_clients_live", "gauge", "Clients with a live report in Redis.", &[("", live as f64)]);
-    metric("ts_master_changes_total", "counter", "Master elections made by this replica while leading.", &[("", c(&m.master_changes))]);
-    metric("ts_updates_published_total", "counter", "Master updates broadcast by this replica.", &[("", c(&m.updates_published))]);
-    metric("ts_probes_answered_total", "counter", "Offset probes answered by this replica.", &[("", c(&m.probes_answered))]);
-    metric("ts_elections_total", "counter", "Leader elections this replica started.", &[("", c(&m.elections))]);
-    metric("ts_terms_led_total", "counter", "Leader terms this replica won.", &[("", c(&m.terms_led))]);
-    metric("ts_epoch", "gauge", "Leader epoch this replica is in (own if leading).", &[("", v.epoch as f64)]);
-    metric("ts_is_leader", "gauge", "1 if this replica leads.", &[("", f64::from(u8::from(v.role == ReplicaRole::Leader)))]);
+    metric(
+        "ts_store_errors_total",
+        "counter",
+        "Failed Redis writes.",
+        &[("", c(&m.store_errors))],
+    );
+    metric(
+        "ts_clients_live",
+        "gauge",
+        "Clients with a live report in Redis.",
+        &[("", live as f64)],
+    );
+    metric(
+        "ts_master_changes_total",
+        "counter",
+        "Master elections made by this replica while leading.",
+        &[("", c(&m.master_changes))],
+    );
+    metric(
+        "ts_updates_published_total",
+        "counter",
+        "Master updates broadcast by this replica.",
+        &[("", c(&m.updates_published))],
+    );
+    metric(
+        "ts_probes_answered_total",
+        "counter",
+        "Offset probes answered by this replica.",
+        &[("", c(&m.probes_answered))],
+    );
+    metric(
+        "ts_elections_total",
+        "counter",
+        "Leader elections this replica started.",
+        &[("", c(&m.elections))],
+    );
+    metric(
+        "ts_terms_led_total",
+        "counter",
+        "Leader terms this replica won.",
+        &[("", c(&m.terms_led))],
+    );
+    metric(
+        "ts_epoch",
+        "gauge",
+        "Leader epoch this replica is in (own if leading).",
+        &[("", v.epoch as f64)],
+    );
+    metric(
+        "ts_is_leader",
+        "gauge",
+        "1 if this replica leads.",
+        &[("", f64::from(u8::from(v.role == ReplicaRole::Leader)))],
+    );
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response())

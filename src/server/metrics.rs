@@ -1,8 +1,8 @@
-//! Server counters, shared by the workers and the scheduler.
+//! Server counters, shared by the workers, the scheduler, the reference and the election.
 //!
 //! Counters live in atomics (workers must not contend on a lock per message) and are written to
-//! Redis as a hash by the scheduler once per tick, so `tsc` and tests can read them without
-//! scraping logs.
+//! Redis as a hash by the election driver at every heartbeat, so `tsc` and tests can read them
+//! without scraping logs; `GET /metrics` serves them as Prometheus text.
 
 use crate::protocol::DecodeError;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -129,9 +129,7 @@ impl Replica {
                 .as_ref()
                 .is_some_and(|b| b.election_status(now).in_progress),
             elections: self.elections_before.load(Relaxed)
-                + guard
-                    .as_ref()
-                    .map_or(0, |b| b.election_status(now).started),
+                + guard.as_ref().map_or(0, |b| b.election_status(now).started),
             http,
             heartbeat_at_us: ctx.clock.now_us(),
             started_at_us: self.started_at_us,
@@ -297,11 +295,15 @@ impl<C: Clock> Io<'_, C> {
             match out {
                 Output::Broadcast(msg) => {
                     // Confirmations of broadcasts carry nothing we act on.
-                    drop(broker::publish_control(self.ch, CONTROL_ALL, &msg, false, self.expiry).await?);
+                    drop(
+                        broker::publish_control(self.ch, CONTROL_ALL, &msg, false, self.expiry)
+                            .await?,
+                    );
                 }
                 Output::Send(to, msg) => {
                     let key = protocol::replica_key(to);
-                    let confirm = broker::publish_control(self.ch, &key, &msg, true, self.expiry).await?;
+                    let confirm =
+                        broker::publish_control(self.ch, &key, &msg, true, self.expiry).await?;
                     let events = self.events.clone();
                     tokio::spawn(async move {
                         if let Ok(c) = confirm.await {

@@ -124,7 +124,10 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
                     epoch: self.epoch,
                 };
                 if !self.store.set_master(&record).await? {
-                    info!(epoch = self.epoch, "a later leader has chosen the master; not electing");
+                    info!(
+                        epoch = self.epoch,
+                        "a later leader has chosen the master; not electing"
+                    );
                     return Ok(None);
                 }
                 self.metrics.master_changes.fetch_add(1, Relaxed);

@@ -9,13 +9,13 @@
 
 #![allow(dead_code)]
 
+use serde_json::Value;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use serde_json::Value;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use time_sync::cli::cluster::{ClusterConfig, RuntimeKind};
 use std::time::{Duration, Instant};
 use time_sync::cache::{RedisStore, ReportStore};
+use time_sync::cli::cluster::{ClusterConfig, RuntimeKind};
 use time_sync::protocol::{MasterRecord, StoredReport};
 use tokio_util::sync::CancellationToken;
 
@@ -551,7 +551,9 @@ impl Observer {
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
-        let q = time_sync::broker::declare_update_listener(&ch).await.unwrap();
+        let q = time_sync::broker::declare_update_listener(&ch)
+            .await
+            .unwrap();
         let mut consumer = ch
             .basic_consume(
                 q.as_str().into(),
@@ -597,9 +599,11 @@ impl Observer {
 
     /// The first broadcast with an epoch above `above` (polling up to `timeout`).
     pub async fn first_above(&self, above: u64, timeout: Duration) -> Seen {
-        wait_for(timeout, &format!("a broadcast above epoch {above}"), || async {
-            self.all().into_iter().find(|s| s.epoch > above)
-        })
+        wait_for(
+            timeout,
+            &format!("a broadcast above epoch {above}"),
+            || async { self.all().into_iter().find(|s| s.epoch > above) },
+        )
         .await
     }
 

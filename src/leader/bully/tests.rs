@@ -7,6 +7,9 @@ use rand::{Rng, SeedableRng};
 
 const STEP: Duration = Duration::from_millis(10);
 
+/// What a delivered event does to its replica.
+type Handler = Box<dyn FnOnce(&mut Bully)>;
+
 #[derive(Clone, Copy)]
 struct Net {
     drop: f64,
@@ -113,7 +116,14 @@ impl Sim {
                     for to in ids {
                         if self.rng.gen::<f64>() >= self.net.drop {
                             let d = self.delay();
-                            self.schedule(d, id, Event::Msg { to, msg: msg.clone() });
+                            self.schedule(
+                                d,
+                                id,
+                                Event::Msg {
+                                    to,
+                                    msg: msg.clone(),
+                                },
+                            );
                         }
                     }
                 }
@@ -146,7 +156,7 @@ impl Sim {
 
     fn deliver(&mut self, ev: Event) {
         let now = self.now;
-        let (id, f): (u64, Box<dyn FnOnce(&mut Bully)>) = match ev {
+        let (id, f): (u64, Handler) = match ev {
             Event::Msg { to, msg } => {
                 // What a client would do with a leader's broadcast: accept only rising epochs.
                 if let ToReplica::Heartbeat(h) = &msg {
@@ -247,11 +257,12 @@ impl Sim {
             .collect();
         let [leader] = leaders[..] else { return None };
         let epoch = self.replicas[&leader].leading?;
-        live.iter().all(|b| {
-            b.leader() == Some(leader)
-                && b.epoch() == epoch
-                && (b.rank().id == leader || b.role() == ReplicaRole::Follower)
-        })
+        live.iter()
+            .all(|b| {
+                b.leader() == Some(leader)
+                    && b.epoch() == epoch
+                    && (b.rank().id == leader || b.role() == ReplicaRole::Follower)
+            })
             .then_some(leader)
     }
 
@@ -268,7 +279,11 @@ impl Sim {
             "no agreed leader within {limit:?}: {:#?}",
             self.replicas
                 .iter()
-                .map(|(id, r)| (id, r.paused, r.bully.as_ref().map(|b| (b.role(), b.leader(), b.epoch()))))
+                .map(|(id, r)| (
+                    id,
+                    r.paused,
+                    r.bully.as_ref().map(|b| (b.role(), b.leader(), b.epoch()))
+                ))
                 .collect::<Vec<_>>()
         );
     }
@@ -283,11 +298,22 @@ fn the_highest_replica_leads_after_startup() {
     let mut sim = Sim::new(1, CLEAN, &three());
     let (leader, took) = sim.settle(Duration::from_secs(5));
     assert_eq!(leader, 3);
-    assert!(took <= ANSWER_TIMEOUT + Duration::from_millis(100), "{took:?}");
+    assert!(
+        took <= ANSWER_TIMEOUT + Duration::from_millis(100),
+        "{took:?}"
+    );
     // Stable: nobody keeps electing once settled.
-    let before: Vec<u64> = sim.replicas.values().map(|r| r.bully.as_ref().unwrap().epoch()).collect();
+    let before: Vec<u64> = sim
+        .replicas
+        .values()
+        .map(|r| r.bully.as_ref().unwrap().epoch())
+        .collect();
     sim.run_for(Duration::from_secs(20));
-    let after: Vec<u64> = sim.replicas.values().map(|r| r.bully.as_ref().unwrap().epoch()).collect();
+    let after: Vec<u64> = sim
+        .replicas
+        .values()
+        .map(|r| r.bully.as_ref().unwrap().epoch())
+        .collect();
     assert_eq!(before, after);
     assert_eq!(sim.agreed_leader(), Some(3));
 }
@@ -295,7 +321,11 @@ fn the_highest_replica_leads_after_startup() {
 #[test]
 fn priority_beats_id_and_ids_compare_as_numbers() {
     let mut sim = Sim::new(2, CLEAN, &[(9, 0), (10, 0), (2, 0)]);
-    assert_eq!(sim.settle(Duration::from_secs(5)).0, 10, "10 > 9 numerically");
+    assert_eq!(
+        sim.settle(Duration::from_secs(5)).0,
+        10,
+        "10 > 9 numerically"
+    );
     let mut sim = Sim::new(3, CLEAN, &[(1, 5), (2, 1), (3, 1)]);
     assert_eq!(sim.settle(Duration::from_secs(5)).0, 1, "priority first");
 }
@@ -330,7 +360,10 @@ fn a_paused_leader_is_deposed_and_cannot_lead_its_old_epoch_again() {
     let (leader, took) = sim.settle(Duration::from_secs(10));
     assert_eq!(leader, 2);
     assert!(took > LEADER_TIMEOUT - HEARTBEAT_INTERVAL, "{took:?}");
-    assert!(took <= LEADER_TIMEOUT + ANSWER_TIMEOUT + STEP * 10, "{took:?}");
+    assert!(
+        took <= LEADER_TIMEOUT + ANSWER_TIMEOUT + STEP * 10,
+        "{took:?}"
+    );
     let middle = sim.replicas[&2].leading.unwrap();
     assert!(middle > old);
     sim.run_for(Duration::from_secs(2));
