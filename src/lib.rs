@@ -2,8 +2,10 @@
 //!
 //! Clients keep virtual clocks and report them every second; a server stores the reports in
 //! Redis with a TTL, elects the live client with the lowest IP as master, and broadcasts the
-//! master's time through a fanout exchange; clients step or slew toward it. `tsc` brings a whole
-//! cluster up on Docker (or as local processes) and inspects it.
+//! master's time through a fanout exchange; clients step or slew toward it. Several server
+//! replicas may run: all store reports, and the one elected leader (Bully, fenced by epochs)
+//! schedules and broadcasts. `tsc` brings a whole cluster up on Docker (or as local processes)
+//! and inspects it.
 //!
 //! # Layout
 //! - [`protocol`]: queue, exchange and key names; the two messages; the one encode/decode point.
