@@ -285,7 +285,7 @@ impl ClientCore {
             Algorithm::Naive => {
                 // The seed: set the clock to the master time, whatever it is.
                 let offset = u.master_time_us - self.clock.now_at(host_us);
-                return self.apply(host_us, offset, Action::Step(offset));
+                return self.apply(host_us, offset, Action::Step(offset), true);
             }
             Algorithm::Master | Algorithm::Berkeley => match self.master_offset(u, host_us) {
                 Some(offset) => {
@@ -300,7 +300,7 @@ impl ClientCore {
             },
         };
         let action = self.discipline.decide(offset_us, self.synced);
-        self.apply(host_us, offset_us, action)
+        self.apply(host_us, offset_us, action, true)
     }
 
     /// Target minus local from reference offsets, setting frequency to the master's rate.
@@ -344,9 +344,16 @@ impl ClientCore {
         host_us + master_minus_host - self.clock.now_at(host_us)
     }
 
-    fn apply(&mut self, host_us: i64, offset_us: i64, action: Action) -> UpdateOutcome {
+    /// Applies a correction; `confirms` says whether a small one may mark the clock synced.
+    fn apply(
+        &mut self,
+        host_us: i64,
+        offset_us: i64,
+        action: Action,
+        confirms: bool,
+    ) -> UpdateOutcome {
         let was_synced = self.synced;
-        if offset_us.abs() < SYNCED_US {
+        if confirms && offset_us.abs() < SYNCED_US {
             self.synced = true;
         }
         match action {
@@ -393,6 +400,12 @@ impl ClientCore {
             }
         }
         let action = self.discipline.decide(a.adjust_us, self.synced);
+        // A first round proves nothing: with one usable reading the average is the client's own
+        // clock and the adjustment 0. Only a consecutive round's small adjustment means synced
+        // (before that, larger errors are stepped, not slewed for minutes).
+        let consecutive = self
+            .last_round
+            .is_some_and(|(_, t, r)| t == term && a.round == r + 1);
         if let (Some((prev_host, prev_term, prev_round)), Action::Slew { .. }) =
             (self.last_round, action)
         {
@@ -408,7 +421,7 @@ impl ClientCore {
             }
         }
         self.last_round = Some((host_us, term, a.round));
-        self.apply(host_us, a.adjust_us, action)
+        self.apply(host_us, a.adjust_us, action, consecutive)
     }
 }
 
@@ -653,6 +666,43 @@ mod tests {
         assert_eq!(c.on_probe_reply(&r, 200), None, "answered once");
         let d = c.probe_interval();
         assert!(d >= PROBE_FAST / 2 && d <= PROBE_FAST * 3 / 2, "{d:?}");
+    }
+
+    #[test]
+    fn a_first_berkeley_round_does_not_count_as_synced() {
+        let mut c = core(1, 0, 0.0);
+        let adj = |round, us| BerkeleyAdjust {
+            v: PROTOCOL_VERSION,
+            server_id: Uuid::from_u128(SERVER),
+            epoch: 1,
+            round,
+            adjust_us: us,
+            outlier: false,
+        };
+        c.on_adjust(&adj(1, 0), S);
+        let out = c.on_adjust(&adj(2, -57_000), 3 * S);
+        assert!(
+            matches!(
+                out,
+                UpdateOutcome::Applied {
+                    action: Action::Step(-57_000),
+                    ..
+                }
+            ),
+            "{out:?}: not yet synced, so stepped"
+        );
+        c.on_adjust(&adj(3, 10), 5 * S);
+        let out = c.on_adjust(&adj(4, -5_000), 7 * S);
+        assert!(
+            matches!(
+                out,
+                UpdateOutcome::Applied {
+                    action: Action::Slew { .. },
+                    ..
+                }
+            ),
+            "{out:?}: synced by a consecutive small round, so slewed"
+        );
     }
 
     #[test]
