@@ -668,17 +668,20 @@ mod tests {
         assert!(d >= PROBE_FAST / 2 && d <= PROBE_FAST * 3 / 2, "{d:?}");
     }
 
-    #[test]
-    fn a_first_berkeley_round_does_not_count_as_synced() {
-        let mut c = core(1, 0, 0.0);
-        let adj = |round, us| BerkeleyAdjust {
+    fn adj(round: u64, adjust_us: i64) -> BerkeleyAdjust {
+        BerkeleyAdjust {
             v: PROTOCOL_VERSION,
             server_id: Uuid::from_u128(SERVER),
             epoch: 1,
             round,
-            adjust_us: us,
+            adjust_us,
             outlier: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_first_berkeley_round_does_not_count_as_synced() {
+        let mut c = core(1, 0, 0.0);
         c.on_adjust(&adj(1, 0), S);
         let out = c.on_adjust(&adj(2, -57_000), 3 * S);
         assert!(
@@ -708,14 +711,6 @@ mod tests {
     #[test]
     fn berkeley_adjusts_and_learns_frequency() {
         let mut c = core(1, 0, 20.0);
-        let adj = |round, us| BerkeleyAdjust {
-            v: PROTOCOL_VERSION,
-            server_id: Uuid::from_u128(SERVER),
-            epoch: 1,
-            round,
-            adjust_us: us,
-            outlier: false,
-        };
         let poll = c.on_poll(
             &BerkeleyPoll {
                 v: PROTOCOL_VERSION,

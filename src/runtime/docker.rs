@@ -291,18 +291,22 @@ impl DockerRuntime {
         let http = std::net::SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_HTTP_PORT);
         let mut cmd = vec!["ts-server".to_string()];
         cmd.extend(server_args(&self.cfg, ep, workers, replica, http));
+        self.run_app(Role::Server, &id, ip, cmd, dir).await
+    }
+
+    /// Runs one of our binaries from the app image, its log directory bind-mounted.
+    async fn run_app(
+        &self,
+        role: Role,
+        id: &str,
+        ip: IpAddr,
+        cmd: Vec<String>,
+        log_dir: String,
+    ) -> Result<Node> {
         let image = self.cfg.docker.image.clone();
-        self.run(
-            Role::Server,
-            &id,
-            ip,
-            &image,
-            cmd,
-            vec![],
-            None,
-            vec![format!("{dir}:{dir}")],
-        )
-        .await
+        let bind = format!("{log_dir}:{log_dir}");
+        self.run(role, id, ip, &image, cmd, vec![], None, vec![bind])
+            .await
     }
 
     pub async fn start_client(&self, ep: &Endpoints, id: Uuid) -> Result<Node> {
@@ -314,18 +318,8 @@ impl DockerRuntime {
         let dir = self.cfg.client_log_dir.display().to_string();
         let mut cmd = vec!["ts-client".to_string()];
         cmd.extend(client_args(&self.cfg, ep, id, None));
-        let image = self.cfg.docker.image.clone();
-        self.run(
-            Role::Client,
-            &id.to_string(),
-            ip,
-            &image,
-            cmd,
-            vec![],
-            None,
-            vec![format!("{dir}:{dir}")],
-        )
-        .await
+        self.run_app(Role::Client, &id.to_string(), ip, cmd, dir)
+            .await
     }
 
     /// `docker stop` (SIGTERM, then SIGKILL after the grace period); the container stays.
@@ -372,17 +366,7 @@ impl DockerRuntime {
 
     pub async fn remove(&self, node: &Node) -> Result<()> {
         // Stop first so the process gets SIGTERM and closes its AMQP connection cleanly.
-        let _ = self
-            .docker
-            .stop_container(
-                &node.handle,
-                Some(
-                    StopContainerOptionsBuilder::default()
-                        .t(STOP_GRACE_SECS)
-                        .build(),
-                ),
-            )
-            .await;
+        let _ = self.stop(node).await;
         self.docker
             .remove_container(
                 &node.handle,
