@@ -112,6 +112,14 @@ impl RedisStore {
             .sum())
     }
 
+    /// How many clients are live: counts their keys without fetching the reports.
+    pub async fn live_count(&self) -> Result<usize> {
+        let mut conn = self.conn.clone();
+        Ok(scan(&mut conn, &format!("{CLIENT_KEY_PREFIX}*"))
+            .await?
+            .len())
+    }
+
     /// A fresh leader epoch above both the stored one and `at_least` (see [`EPOCH_KEY`]).
     pub async fn acquire_epoch(&self, at_least: u64) -> Result<u64> {
         let n: u64 = redis::Script::new(ACQUIRE_EPOCH)

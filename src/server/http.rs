@@ -141,7 +141,7 @@ impl Api {
 }
 
 async fn status(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
-    let clients_live = api.ctx.store.live_reports().await?.len();
+    let clients_live = api.ctx.store.live_count().await?;
     let master = api.ctx.store.master().await?.map(|m| m.id);
     let uptime_s = (api.ctx.clock.now_us() - api.replica.started_at_us) as f64 / 1e6;
     Ok(Json(json!({
@@ -254,7 +254,7 @@ async fn master(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
 }
 
 async fn metrics(State(api): State<Api>) -> ApiResult<Response> {
-    let live = api.ctx.store.live_reports().await?.len();
+    let live = api.ctx.store.live_count().await?;
     let v = api.view();
     let m = &api.ctx.metrics;
     let mut out = String::new();

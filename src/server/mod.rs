@@ -178,8 +178,8 @@ async fn run_reference<S: ReportStore, C: Clock>(
     epoch: u64,
     term: CancellationToken,
 ) {
-    let mut rounds = reference::Rounds::default();
-    let rounds = Arc::new(tokio::sync::Mutex::new(std::mem::take(&mut rounds)));
+    // Berkeley rounds outlive broker sessions within the term, not the term.
+    let rounds = Arc::new(tokio::sync::Mutex::new(reference::Rounds::default()));
     let name = "ts-server reference";
     broker::run_sessions(&ctx.cfg.endpoints.amqp_url, name, &term, |conn| {
         let (ctx, rounds, term) = (ctx.clone(), rounds.clone(), term.clone());

@@ -102,11 +102,13 @@ impl Replica {
 
     /// Elections started since the process started.
     pub fn elections(&self) -> u64 {
-        let now = self.bully.lock().expect("not poisoned");
+        self.elections_with(self.bully.lock().expect("not poisoned").as_ref())
+    }
+
+    /// Elections of earlier sessions plus those of `current`'s (the caller holds the lock).
+    fn elections_with(&self, current: Option<&Bully>) -> u64 {
         self.elections_before.load(Relaxed)
-            + now
-                .as_ref()
-                .map_or(0, |b| b.election_status(self.now()).started)
+            + current.map_or(0, |b| b.election_status(self.now()).started)
     }
 
     fn record<S, C: Clock>(&self, ctx: &ServerContext<S, C>) -> ReplicaRecord {
@@ -128,8 +130,7 @@ impl Replica {
             electing: guard
                 .as_ref()
                 .is_some_and(|b| b.election_status(now).in_progress),
-            elections: self.elections_before.load(Relaxed)
-                + guard.as_ref().map_or(0, |b| b.election_status(now).started),
+            elections: self.elections_with(guard.as_ref()),
             http,
             heartbeat_at_us: ctx.clock.now_us(),
             started_at_us: self.started_at_us,
