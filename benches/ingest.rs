@@ -14,7 +14,7 @@ mod support;
 use std::time::{Duration, Instant};
 use support::Services;
 use time_sync::cache::RedisStore;
-use time_sync::protocol::{self, TimeReport, REPORTS_QUEUE};
+use time_sync::core::protocol::{self, TimeReport, REPORTS_QUEUE};
 
 struct Opts {
     reports: usize,

@@ -1,111 +1,73 @@
-//! What both benchmarks need: a fresh RabbitMQ vhost on the local broker and a private
-//! `redis-server`, both removed when the [`Services`] value is dropped, plus child processes
-//! that are killed with it.
+//! What the benchmarks need: a fresh RabbitMQ vhost on the local broker and a private
+//! `redis-server` (the library's harness, as the tests and the local runtime use it), plus
+//! child processes; all gone when [`Services`] is dropped.
 
 #![allow(dead_code)]
 
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
 use time_sync::cache::RedisStore;
+use time_sync::runtime::services::{Process, RedisServer, Vhost};
 use tokio_util::sync::CancellationToken;
 
-pub fn sh(cmd: &str, args: &[&str]) {
-    let st = Command::new(cmd).args(args).stdout(Stdio::null()).status();
-    assert!(
-        st.map(|s| s.success()).unwrap_or(false),
-        "{cmd} {args:?} failed (RabbitMQ must be running locally; scripts/setup.sh starts it)"
-    );
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A vhost, a Redis, and processes; all gone on drop (processes first, last started first).
+/// A vhost, a Redis, and processes; processes go first, last started first.
 pub struct Services {
-    pub vhost: String,
-    pub redis_port: u16,
-    pub procs: Vec<Child>,
+    pub procs: Vec<Process>,
+    pub redis: RedisServer,
+    pub vhost: Vhost,
+    dir: PathBuf,
 }
 
 impl Services {
     pub fn start(prefix: &str) -> Services {
-        let vhost = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
-        sh("rabbitmqctl", &["-q", "add_vhost", &vhost]);
-        sh(
-            "rabbitmqctl",
-            &[
-                "-q",
-                "set_permissions",
-                "-p",
-                &vhost,
-                "guest",
-                ".*",
-                ".*",
-                ".*",
-            ],
-        );
-        let redis_port = free_port();
-        let redis = Command::new("redis-server")
-            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let vhost = Vhost::create(prefix)
+            .expect("a vhost (RabbitMQ must be running locally; scripts/setup.sh starts it)");
+        let redis = RedisServer::start(&dir, None).expect("redis-server starts");
         Services {
+            procs: Vec::new(),
+            redis,
             vhost,
-            redis_port,
-            procs: vec![redis],
+            dir,
         }
     }
 
     pub fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.vhost)
+        self.vhost.url()
     }
 
     pub fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.redis_port)
+        self.redis.url()
     }
 
     pub async fn store(&self) -> RedisStore {
-        loop {
-            if let Ok(Some(s)) =
-                RedisStore::connect(&self.redis_url(), &CancellationToken::new()).await
-            {
-                return s;
-            }
-        }
+        RedisStore::connect(&self.redis_url(), &CancellationToken::new())
+            .await
+            .unwrap()
+            .expect("redis answers")
     }
 
+    /// Starts `bin` quietly (`RUST_LOG=warn`); returns its index.
     pub fn spawn(&mut self, bin: &str, args: &[String]) -> usize {
-        let child = Command::new(bin)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let n = self.procs.len();
+        let log = self.dir.join(format!("proc-{n}.out"));
+        let env = [("RUST_LOG".to_string(), "warn".to_string())];
+        let p = Process::spawn(bin, Path::new(bin), args, &env, &log)
             .unwrap_or_else(|e| panic!("{bin}: {e}"));
-        self.procs.push(child);
-        self.procs.len() - 1
+        self.procs.push(p);
+        n
     }
 
     pub fn kill(&mut self, idx: usize) {
-        let _ = self.procs[idx].kill();
-        let _ = self.procs[idx].wait();
+        self.procs[idx].kill();
     }
 }
 
 impl Drop for Services {
     fn drop(&mut self) {
-        for c in self.procs.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
+        while let Some(mut p) = self.procs.pop() {
+            p.kill();
         }
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "delete_vhost", &self.vhost])
-            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -20,12 +20,11 @@
 mod support;
 
 use rand::{Rng, SeedableRng};
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use support::Services;
-use time_sync::cli::report::{plot_series, Series, Stats};
-use time_sync::clock::{Clock, SystemClock};
-use time_sync::protocol::Algorithm;
+use time_sync::core::clock::{Clock, SystemClock};
+use time_sync::core::protocol::Algorithm;
+use time_sync::measure::{plot_lines, Stats, TrueOffsets};
 use uuid::Uuid;
 
 /// |error| below which a client counts as converged (µs).
@@ -86,21 +85,6 @@ fn opts() -> Opts {
     o
 }
 
-/// Whether every non-master client's latest errors are all within the bound.
-fn converged(series: &Series, alg: Algorithm, n: usize) -> bool {
-    let errs = series.errors(alg);
-    let mut latest: HashMap<Uuid, Vec<(i64, i64)>> = HashMap::new();
-    for (id, h, e) in errs {
-        latest.entry(id).or_default().push((h, e));
-    }
-    let expected = if alg == Algorithm::Berkeley { n } else { n - 1 };
-    latest.len() >= expected
-        && latest.values_mut().all(|v| {
-            v.sort_unstable();
-            v.len() >= 3 && v[v.len() - 3..].iter().all(|(_, e)| e.abs() < CONVERGED_US)
-        })
-}
-
 struct Outcome {
     line: String,
 }
@@ -148,9 +132,10 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
         ];
         procs.push((id, svc.spawn(env!("CARGO_BIN_EXE_ts-client"), &args)));
     }
-    let mut series = Series::default();
+    let mut series = TrueOffsets::default();
     // Converge.
-    while started.elapsed() < CONVERGE_TIMEOUT && !converged(&series, alg, o.clients) {
+    while started.elapsed() < CONVERGE_TIMEOUT && !series.converged(alg, o.clients, CONVERGED_US, 3)
+    {
         series.poll(&store).await;
         tokio::time::sleep(POLL).await;
     }
@@ -245,14 +230,18 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
     if let Some(dir) = &o.plot {
         std::fs::create_dir_all(dir).unwrap();
         // From convergence on: the initial hour-sized errors would flatten everything else.
-        let plotted = plot_series(&series, alg, t0, converge_at);
+        let plotted = plot_lines(&series, alg, t0, converge_at);
         let path = dir.join(format!("sync-{}.svg", alg.as_str()));
         let title = format!(
             "{} algorithm, {} clients: error vs reference",
             alg.as_str(),
             o.clients
         );
-        std::fs::write(&path, time_sync::cli::plot::svg(&title, "error", &plotted)).unwrap();
+        std::fs::write(
+            &path,
+            time_sync::measure::plot::svg(&title, "error", &plotted),
+        )
+        .unwrap();
         println!("  wrote {}", path.display());
     }
     println!("  {line}");

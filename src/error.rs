@@ -18,7 +18,7 @@ pub enum Error {
     Cache(#[from] redis::RedisError),
     /// A message that is not a valid time-sync message.
     #[error("bad message: {0}")]
-    Decode(#[from] crate::protocol::DecodeError),
+    Decode(#[from] crate::core::protocol::DecodeError),
     /// An invalid setting; the string says which and why.
     #[error("invalid configuration: {0}")]
     Config(String),

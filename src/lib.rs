@@ -8,34 +8,36 @@
 //! and inspects it.
 //!
 //! # Layout
-//! - [`protocol`]: queue, exchange and key names; the two messages; the one encode/decode point.
-//! - [`clock`]: the injected [`clock::Clock`], the client's [`clock::VirtualClock`], and the
-//!   step/slew [`clock::Discipline`].
-//! - [`election`]: lowest-IP master election and the scheduler's decision (pure).
-//! - [`broker`]: RabbitMQ connection with backoff, topology, reconnecting sessions.
-//! - [`cache`]: the report store: Redis, and an in-memory twin for unit tests.
-//! - [`leader`]: Bully leader election of the server replicas, as an I/O-free state machine.
-//! - [`server`]: one replica: report workers, election driver, leader-only scheduler and
-//!   reference clock, HTTP API, counters.
-//! - [`client`]: the client's decisions ([`client::ClientCore`]) and its broker session.
-//! - [`cli`]: `tsc` commands, cluster config and state, views, log tailing.
-//! - [`runtime`]: where nodes run: Docker containers via bollard, or local processes; images.
-//! - [`config`], [`backoff`], [`logging`], [`shutdown`], [`error`]: plumbing.
+//! Layers, from the bottom (each imports only layers below it; see `docs/ARCHITECTURE.md`):
+//! - [`core`]: the I/O-free core: the wire format ([`core::protocol`]), clocks and their
+//!   discipline ([`core::clock`]), the master election, the replicas' leader election (Bully),
+//!   the client's decisions, the Berkeley algorithm. No sockets, no services, no flags.
+//! - [`settings`]: every setting of `ts-server` and `ts-client`, declared once (flags, `TS_*`
+//!   variables, cluster.toml, what the runtimes hand a node); [`error`], [`backoff`], [`net`],
+//!   [`logging`], [`shutdown`]: plumbing.
+//! - [`broker`] (RabbitMQ sessions and topology) and [`cache`] (the Redis report store): the
+//!   two services, as thin carriers.
+//! - [`server`] (one replica: workers, election driver, leader-only scheduler and reference
+//!   clock, HTTP API, metrics) and [`client`] (a client's broker session).
+//! - [`measure`]: true error of running clocks, percentiles, convergence, SVG plots: used by
+//!   `tsc report`, the benchmarks and the tests.
+//! - [`runtime`]: where a cluster's nodes run (Docker containers or local processes), its model
+//!   (`cluster.toml`, `state.json`), images, and private services for tests and benchmarks.
+//! - [`cli`]: `tsc`, one file per command group.
 
 pub mod backoff;
 pub mod broker;
 pub mod cache;
 pub mod cli;
 pub mod client;
-pub mod clock;
-pub mod config;
-pub mod election;
+pub mod core;
 pub mod error;
-pub mod leader;
 pub mod logging;
-pub mod protocol;
+pub mod measure;
+pub mod net;
 pub mod runtime;
 pub mod server;
+pub mod settings;
 pub mod shutdown;
 
 pub use error::{Error, Result};

@@ -79,7 +79,7 @@ impl RejectLog {
         }
     }
 
-    pub fn record(&mut self, e: &crate::protocol::DecodeError, len: usize) {
+    pub fn record(&mut self, e: &crate::core::protocol::DecodeError, len: usize) {
         if self.window_start.elapsed() >= REJECT_LOG_WINDOW {
             if self.suppressed > 0 {
                 warn!(

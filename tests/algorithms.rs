@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use time_sync::cli::report::{Series, Stats};
-use time_sync::protocol::Algorithm;
+use time_sync::core::protocol::Algorithm;
+use time_sync::measure::{Stats, TrueOffsets};
 
 /// Starts a server with `algorithm` and four clients with different drifts, waits until every
 /// client is within `bound_us` of the reference, then measures for `window`.
@@ -17,7 +17,7 @@ async fn converge(
     extra: &[&str],
     bound_us: i64,
     window: Duration,
-) -> (Stats, Series) {
+) -> (Stats, TrueOffsets) {
     let mut env = TestEnv::new();
     let store = env.store().await;
     let mut args = vec!["--algorithm", algorithm.as_str()];
@@ -31,28 +31,16 @@ async fn converge(
     ] {
         env.client(ip, &["--drift-ppm", drift]);
     }
-    let mut series = Series::default();
+    let mut series = TrueOffsets::default();
     let started = Instant::now();
     // Poll until the latest error of every client is inside the bound.
-    loop {
+    while !series.converged(algorithm, 4, bound_us, 1) {
         series.poll(&store).await;
-        let errs = series.errors(algorithm);
-        let mut latest = std::collections::HashMap::new();
-        for (id, _, e) in &errs {
-            latest.insert(*id, *e);
-        }
-        let expected = if algorithm == Algorithm::Berkeley {
-            4
-        } else {
-            3
-        };
-        if latest.len() == expected && latest.values().all(|e| e.abs() < bound_us) {
-            break;
-        }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "{} did not converge: {latest:?}",
-            algorithm.as_str()
+            "{} did not converge: {:?}",
+            algorithm.as_str(),
+            series.errors(algorithm).last()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -61,7 +49,7 @@ async fn converge(
         algorithm.as_str(),
         started.elapsed()
     );
-    let from = time_sync::clock::Clock::now_us(&time_sync::clock::SystemClock);
+    let from = time_sync::core::clock::Clock::now_us(&time_sync::core::clock::SystemClock);
     let until = Instant::now() + window;
     while Instant::now() < until {
         series.poll(&store).await;

@@ -1,6 +1,6 @@
 //! Restarting RabbitMQ (stop_app/start_app: every connection dropped, port closed) while a
-//! server and clients run. In its own test binary because it disturbs every vhost: Cargo runs
-//! test binaries one after another.
+//! server and clients run. The broker is a RabbitMQ node of the test's own (own node name,
+//! ports and data directory), so nobody else's broker is disturbed.
 
 mod common;
 
@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_broker_restart() {
-    let mut env = TestEnv::new();
+    let dir = tempdir::Dir::new("ts-broker");
+    let node = RabbitNode::start(dir.path())
+        .await
+        .expect("a RabbitMQ node of the test's own");
+    let mut env = TestEnv::on(&node);
     let store = env.store().await;
     env.server(60, &[]);
     let (_, a) = env.client("127.0.0.5", &[]);
@@ -24,13 +28,13 @@ async fn survives_broker_restart() {
     )
     .await;
     let published_before = stat(&store, "updates_published").await;
-    sh("rabbitmqctl", &["-q", "stop_app"]);
+    node.stop_app().unwrap();
     let down = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    sh("rabbitmqctl", &["-q", "start_app"]);
+    node.start_app().unwrap();
     println!("broker was down for {:?}", down.elapsed());
-    let back = time_sync::clock::SystemClock;
-    let t_back = time_sync::clock::Clock::now_us(&back);
+    let back = time_sync::core::clock::SystemClock;
+    let t_back = time_sync::core::clock::Clock::now_us(&back);
     // Reports stored after the broker came back, from both clients.
     wait_for(
         Duration::from_secs(30),
@@ -69,7 +73,7 @@ async fn survives_broker_restart() {
     for p in env.procs.iter_mut() {
         assert!(p.is_running(), "{} survived", p.name);
     }
-    let queues = env.vhost.queues();
+    let queues = env.queues();
     let names: Vec<&str> = queues.iter().map(|(q, _, _)| q.as_str()).collect();
     assert_eq!(
         client_queues(&queues),

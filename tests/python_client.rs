@@ -82,7 +82,7 @@ async fn python_client_follows_a_rust_master_and_leads_rust_followers() {
 
     // 2. Python master: a fresh server state with only the Python client, then a Rust follower.
     env.procs[rust_idx].kill();
-    env.redis.restart();
+    env.redis.restart().unwrap();
     let store = env.store().await;
     let py_id = uuid::Uuid::new_v4();
     let py = spawn_py(&env, "127.0.0.2", py_id, 15);

@@ -12,12 +12,14 @@ use common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use time_sync::cache::ReportStore;
-use time_sync::protocol::{Algorithm, MasterUpdate, StoredReport, ToClient, PROTOCOL_VERSION};
+use time_sync::core::protocol::{
+    Algorithm, MasterUpdate, StoredReport, ToClient, PROTOCOL_VERSION,
+};
 
 /// The bound on failover after a crash.
 const FAILOVER_BOUND: Duration = Duration::from_secs(3);
 /// The default heartbeat timeout (a paused leader is noticed only by silence).
-const LEADER_TIMEOUT: Duration = time_sync::leader::LEADER_TIMEOUT;
+const LEADER_TIMEOUT: Duration = time_sync::core::leader_election::LEADER_TIMEOUT;
 /// Clients estimate frequency over their first ~10 s; failures are injected into a settled
 /// cluster, as in production (the sync benchmark's steady window starts as late).
 const SETTLE: Duration = Duration::from_secs(15);
@@ -255,7 +257,7 @@ async fn scenario(t: &Tsc) {
     // 4. A stale-epoch update claiming a time 10 s ahead moves nobody.
     t.ok(&["wait", "--timeout", "60", "--bound-ms", "1"]);
     let before = reports(&store, 4).await;
-    let now = time_sync::clock::Clock::now_us(&time_sync::clock::SystemClock);
+    let now = time_sync::core::clock::Clock::now_us(&time_sync::core::clock::SystemClock);
     let forged = ToClient::MasterUpdate(MasterUpdate {
         v: PROTOCOL_VERSION,
         server_id: uuid::Uuid::new_v4(),
@@ -271,7 +273,7 @@ async fn scenario(t: &Tsc) {
     });
     time_sync::broker::publish(
         &obs.channel,
-        time_sync::protocol::UPDATES_EXCHANGE,
+        time_sync::core::protocol::UPDATES_EXCHANGE,
         "",
         &forged,
         None,

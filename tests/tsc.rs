@@ -10,14 +10,14 @@ use serde_json::Value;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use time_sync::cli::cluster::ClusterConfig;
+use time_sync::runtime::cluster::ClusterConfig;
 
 fn running(clients: &[Value]) -> Vec<&Value> {
     clients.iter().filter(|c| c["state"] == "running").collect()
 }
 
 fn ip_rank(v: &Value) -> (u8, u128) {
-    time_sync::election::ip_rank(&v["ip"].as_str().unwrap().parse().unwrap())
+    time_sync::core::master_election::ip_rank(&v["ip"].as_str().unwrap().parse().unwrap())
 }
 
 /// The whole issue-3 flow; `queues` lists the RabbitMQ queues of the cluster.

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use std::process::ExitCode;
-use time_sync::config::ClientConfig;
+use time_sync::settings::ClientConfig;
 
 /// time-sync client: keeps a virtual clock in sync with the cluster's master.
 #[derive(Parser)]
@@ -27,8 +27,8 @@ fn main() -> ExitCode {
 fn run(mut config: ClientConfig) -> anyhow::Result<()> {
     config.validate()?;
     // The id names the log file, so it is fixed before logging starts.
-    let id = *config.id.get_or_insert_with(uuid::Uuid::new_v4);
-    let _guard = time_sync::logging::init(config.log_file_dir(), &id.to_string())
+    let id = *config.node.id.get_or_insert_with(uuid::Uuid::new_v4);
+    let _guard = time_sync::logging::init(config.node.log_file_dir(), &id.to_string())
         .context("cannot open the client log")?;
     // One thread: a client does little work, and a small footprint matters with many per host.
     let rt = tokio::runtime::Builder::new_current_thread()

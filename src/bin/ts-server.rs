@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use std::process::ExitCode;
-use time_sync::config::ServerConfig;
+use time_sync::settings::ServerConfig;
 
 /// time-sync server: report workers and the master scheduler.
 #[derive(Parser)]
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
 
 fn run(config: ServerConfig) -> anyhow::Result<()> {
     config.validate()?;
-    let _guard = time_sync::logging::init(config.log_file_dir(), &config.log_file_name())
+    let _guard = time_sync::logging::init(config.node.log_file_dir(), &config.node.log_file_name())
         .context("cannot open the server log")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

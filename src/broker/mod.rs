@@ -7,9 +7,9 @@
 //! visible loop instead of inside the library.
 
 use crate::backoff::Backoff;
-use crate::config::endpoint_of;
+use crate::core::protocol::{self, REPORTS_QUEUE, UPDATES_EXCHANGE};
 use crate::error::Result;
-use crate::protocol::{self, REPORTS_QUEUE, UPDATES_EXCHANGE};
+use crate::net::endpoint_of;
 use lapin::options::{
     BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };

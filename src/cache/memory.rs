@@ -1,9 +1,9 @@
 //! In-memory [`ReportStore`] with TTLs against an injected clock, for unit tests.
 
 use super::ReportStore;
-use crate::clock::Clock;
+use crate::core::clock::Clock;
+use crate::core::protocol::{MasterRecord, StoredReport};
 use crate::error::Result;
-use crate::protocol::{MasterRecord, StoredReport};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -12,8 +12,8 @@ mod redis_store;
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 
+use crate::core::protocol::{MasterRecord, StoredReport};
 use crate::error::Result;
-use crate::protocol::{MasterRecord, StoredReport};
 use std::future::Future;
 use std::time::Duration;
 

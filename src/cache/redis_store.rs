@@ -8,12 +8,12 @@
 
 use super::ReportStore;
 use crate::backoff::Backoff;
-use crate::config::endpoint_of;
-use crate::error::Result;
-use crate::protocol::{
+use crate::core::protocol::{
     client_key, replica_record_key, MasterRecord, ReplicaRecord, StoredReport, CLIENT_KEY_PREFIX,
     EPOCH_KEY, MASTER_KEY, REPLICA_KEY_PREFIX, STATS_KEY_PREFIX,
 };
+use crate::error::Result;
+use crate::net::endpoint_of;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use std::collections::HashMap;

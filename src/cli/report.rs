@@ -1,203 +1,114 @@
-//! Measuring a running cluster against the truth: `tsc report` and the sync benchmark.
-//!
-//! All clients on one host share the host clock, so a report's `true_offset_us` (clock − host)
-//! is exact. A client's error at host instant `h` is its true offset minus the reference's *at
-//! the same instant*, the reference's being interpolated between the reference's own reports
-//! (comparing two reports taken up to a second apart would add the master's drift to the
-//! error). The reference is the master for `master` and `naive`, and the mean of all clients for
-//! `berkeley`, which has no master and converges to the average.
+//! `tsc report`: every client's true error over a while (median, p99, max), and a chart.
 
-use crate::cache::{RedisStore, ReportStore};
-use crate::clock::{Clock, SystemClock};
-use crate::protocol::Algorithm;
-use serde::Serialize;
-use std::collections::HashMap;
-use uuid::Uuid;
+use super::output::{CliResult, Out};
+use super::snapshot::{redis, snapshot};
+use super::view::ms;
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::protocol::Algorithm;
+use crate::error::Error;
+use crate::measure::{plot, plot_lines, Stats, TrueOffsets};
+use crate::runtime::cluster::{ClusterConfig, State};
+use crate::runtime::Runtime;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-/// Every report seen, per client, in order.
-#[derive(Debug, Default)]
-pub struct Series {
-    /// Per client: (host time, true offset) of each report.
-    pub points: HashMap<Uuid, Vec<(i64, i64)>>,
-    pub ips: HashMap<Uuid, std::net::IpAddr>,
-    last_seq: HashMap<Uuid, u64>,
-    /// Latest `max_step_us` per client.
-    pub max_step: HashMap<Uuid, i64>,
-    /// (from host time, master id): who was master when.
-    pub masters: Vec<(i64, Uuid)>,
-}
+/// How often Redis is read while sampling.
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
-impl Series {
-    /// Reads the live reports and the master once, keeping what is new.
-    pub async fn poll(&mut self, store: &RedisStore) {
-        let Ok(reports) = store.live_reports().await else {
-            return;
+/// Samples for `duration`, then prints (and plots) the errors.
+pub async fn report(
+    cfg: &ClusterConfig,
+    state: &State,
+    rt: &Runtime,
+    duration: Duration,
+    plot: Option<PathBuf>,
+    out: &Out,
+) -> CliResult<u8> {
+    let store = redis(rt, state).await?;
+    let alg = cfg.server.algorithm;
+    let mut series = TrueOffsets::default();
+    let t0 = SystemClock.now_us();
+    let until = Instant::now() + duration;
+    out.line(&format!(
+        "Sampling for {}s ({} algorithm)..",
+        duration.as_secs(),
+        alg.as_str()
+    ));
+    while Instant::now() < until {
+        series.poll(&store).await;
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+    let errs = series.errors(alg);
+    let overall = Stats::of(errs.iter().map(|(_, _, e)| *e));
+    let snap = snapshot(rt, state).await?;
+    let reference = if alg == Algorithm::Berkeley {
+        "mean of all clients"
+    } else {
+        "master"
+    };
+    let mut rows = Vec::new();
+    for r in &snap.rows {
+        let Ok(id) = r.id.parse::<uuid::Uuid>() else {
+            continue;
         };
-        for r in reports {
-            let rep = r.report;
-            let Some(off) = rep.true_offset_us else {
-                continue;
-            };
-            if self.last_seq.get(&rep.id).is_some_and(|s| *s >= rep.seq) {
-                continue;
-            }
-            self.last_seq.insert(rep.id, rep.seq);
-            self.ips.insert(rep.id, rep.ip);
-            self.points
-                .entry(rep.id)
-                .or_default()
-                .push((rep.time_us - off, off));
-            if let Some(s) = rep.max_step_us {
-                self.max_step.insert(rep.id, s);
-            }
-        }
-        if let Ok(Some(m)) = store.master().await {
-            if self.masters.last().map(|(_, id)| *id) != Some(m.id) {
-                self.masters.push((SystemClock.now_us(), m.id));
-            }
-        }
+        let st = Stats::of(errs.iter().filter(|(c, _, _)| *c == id).map(|(_, _, e)| *e));
+        rows.push((r, st));
     }
-
-    /// A client's true offset at host time `h`, interpolated between its reports.
-    pub fn at(&self, id: &Uuid, h: i64) -> Option<f64> {
-        let p = self.points.get(id)?;
-        let i = p.partition_point(|(t, _)| *t <= h);
-        if i == 0 || i == p.len() {
-            return None;
-        }
-        let ((t0, o0), (t1, o1)) = (p[i - 1], p[i]);
-        Some(o0 as f64 + (o1 - o0) as f64 * (h - t0) as f64 / (t1 - t0).max(1) as f64)
+    if let Some(path) = &plot {
+        let title = format!(
+            "{} algorithm, {} clients: true error vs {reference}",
+            alg.as_str(),
+            series.points.len()
+        );
+        let svg = plot::svg(&title, "error", &plot_lines(&series, alg, t0, t0));
+        std::fs::write(path, svg).map_err(|e| Error::io(path, e))?;
     }
-
-    /// The master at host time `h`; before the first one seen, the first (the reference
-    /// everyone converges to).
-    pub fn master_at(&self, h: i64) -> Option<Uuid> {
-        self.masters
-            .iter()
-            .rev()
-            .find(|(from, _)| *from <= h)
-            .or(self.masters.first())
-            .map(|(_, id)| *id)
+    if out.json {
+        out.json(json!({
+            "algorithm": alg.as_str(), "reference": reference, "duration_s": duration.as_secs(),
+            "overall": overall,
+            "clients": rows.iter().map(|(r, st)| json!({"id": r.id, "ip": r.ip, "is_master": r.is_master,
+                "estimated_offset_us": r.offset_to_master_us, "true_error": st})).collect::<Vec<_>>(),
+            "plot": plot,
+        }));
+        return Ok(0);
     }
-
-    /// (client, host time, error µs) for every report with a reference at its instant.
-    pub fn errors(&self, alg: Algorithm) -> Vec<(Uuid, i64, i64)> {
-        let mut out = Vec::new();
-        for (id, pts) in &self.points {
-            for &(h, off) in pts {
-                let reference = match alg {
-                    Algorithm::Berkeley => {
-                        let all: Vec<f64> =
-                            self.points.keys().filter_map(|j| self.at(j, h)).collect();
-                        (all.len() == self.points.len())
-                            .then(|| all.iter().sum::<f64>() / all.len() as f64)
-                    }
-                    _ => match self.master_at(h) {
-                        Some(m) if m == *id => None,
-                        Some(m) => self.at(&m, h),
-                        None => None,
-                    },
-                };
-                if let Some(r) = reference {
-                    out.push((*id, h, (off as f64 - r).round() as i64));
-                }
-            }
-        }
-        out.sort_by_key(|(id, h, _)| (*h, *id));
-        out
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED);
+    t.set_header([
+        "ID",
+        "IP",
+        "EST OFFSET ms",
+        "TRUE ERR median µs",
+        "p99 µs",
+        "max µs",
+        "SAMPLES",
+    ]);
+    for (r, st) in &rows {
+        t.add_row([
+            format!("{}{}", r.id, if r.is_master { " (master)" } else { "" }),
+            r.ip.to_string(),
+            ms(r.offset_to_master_us),
+            st.median_us.to_string(),
+            st.p99_us.to_string(),
+            st.max_us.to_string(),
+            st.samples.to_string(),
+        ]);
     }
-}
-
-/// Nearest-rank percentile of sorted values (0 when empty).
-pub fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
+    out.line(&t.to_string());
+    out.line(&format!(
+        "algorithm={} reference={reference} clients={} median_us={} p99_us={} max_us={} samples={}",
+        alg.as_str(),
+        rows.len(),
+        overall.median_us,
+        overall.p99_us,
+        overall.max_us,
+        overall.samples
+    ));
+    if let Some(p) = plot {
+        out.line(&format!("Plot written to {}", p.display()));
     }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// |error| statistics of one client (or of all).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Stats {
-    pub samples: usize,
-    pub median_us: i64,
-    pub p99_us: i64,
-    pub max_us: i64,
-}
-
-impl Stats {
-    pub fn of(errors: impl IntoIterator<Item = i64>) -> Stats {
-        let mut v: Vec<i64> = errors.into_iter().map(i64::abs).collect();
-        v.sort_unstable();
-        Stats {
-            samples: v.len(),
-            median_us: percentile(&v, 0.5),
-            p99_us: percentile(&v, 0.99),
-            max_us: v.last().copied().unwrap_or(0),
-        }
-    }
-}
-
-/// Per-client error series for a plot, in seconds since `t0`.
-pub fn plot_series(
-    series: &Series,
-    alg: Algorithm,
-    t0: i64,
-    from: i64,
-) -> Vec<crate::cli::plot::Series> {
-    let mut by_client: HashMap<Uuid, Vec<(f64, f64)>> = HashMap::new();
-    for (id, h, e) in series.errors(alg) {
-        if h >= from {
-            by_client
-                .entry(id)
-                .or_default()
-                .push(((h - t0) as f64 / 1e6, e as f64));
-        }
-    }
-    let mut out: Vec<crate::cli::plot::Series> = by_client
-        .into_iter()
-        .map(|(id, points)| crate::cli::plot::Series {
-            label: series
-                .ips
-                .get(&id)
-                .map_or_else(|| id.to_string(), |ip| ip.to_string()),
-            points,
-        })
-        .collect();
-    out.sort_by_key(|s| {
-        s.label
-            .parse::<std::net::IpAddr>()
-            .map(|ip| crate::election::ip_rank(&ip))
-            .ok()
-    });
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errors_compare_at_the_same_instant() {
-        let (m, c) = (Uuid::from_u128(1), Uuid::from_u128(2));
-        let mut s = Series::default();
-        // The master drifts +100 µs per second; the client reports half-way between, exactly on
-        // the master's line plus 7 µs.
-        s.points
-            .insert(m, vec![(0, 1000), (1_000_000, 1100), (2_000_000, 1200)]);
-        s.points.insert(c, vec![(500_000, 1057), (1_500_000, 1157)]);
-        s.masters.push((0, m));
-        let errs = s.errors(Algorithm::Master);
-        assert_eq!(errs, vec![(c, 500_000, 7), (c, 1_500_000, 7)]);
-        // Berkeley: the reference is the mean of both at each instant.
-        let errs = s.errors(Algorithm::Berkeley);
-        assert!(errs.iter().all(|(_, _, e)| e.abs() <= 4), "{errs:?}");
-    }
-
-    #[test]
-    fn stats_and_percentiles() {
-        let st = Stats::of([-5, 1, 3, -100, 2]);
-        assert_eq!((st.samples, st.median_us, st.max_us), (5, 3, 100));
-        assert_eq!(percentile(&[], 0.5), 0);
-    }
+    Ok(0)
 }

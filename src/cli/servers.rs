@@ -5,11 +5,14 @@
 //! replica's record in Redis (`ts:replica:<id>`: role, epoch, leader, heartbeat), joined by a
 //! pure function ([`server_rows`]) so the joining is tested without a cluster.
 
-use super::cluster::{ClusterConfig, State};
-use super::{exit, kind_name, redis, CliResult, Failure, Out};
-use crate::clock::{Clock, SystemClock};
-use crate::protocol::ReplicaRecord;
-use crate::runtime::{replica_of, Node, Role, Runtime, MAX_REPLICAS};
+use super::output::{exit, CliResult, Failure, Out};
+use super::snapshot::redis;
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::protocol::ReplicaRecord;
+use crate::runtime::cluster::{ClusterConfig, State};
+use crate::runtime::node::replica_of;
+use crate::runtime::{Node, Role, Runtime, MAX_REPLICAS};
+use crate::settings::ServerSettings;
 use clap::Subcommand;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
@@ -30,9 +33,9 @@ pub enum ServersCommand {
     Add {
         #[arg(short = 'n', long = "number", default_value_t = 1)]
         number: u64,
-        /// Workers per new replica.
-        #[arg(short = 'w', long = "workers", default_value_t = 4)]
-        workers: usize,
+        /// Workers per new replica (default: cluster.toml's server.workers).
+        #[arg(short = 'w', long = "workers")]
+        workers: Option<usize>,
     },
     /// Shut a replica off (SIGTERM; a leader resigns), keeping it for `start`.
     Stop {
@@ -145,12 +148,24 @@ fn find(nodes: &[Node], arg: &str) -> CliResult<Node> {
         })
 }
 
+/// The cluster's server settings (cluster.toml's `[server]`), with `-w` if given, checked as
+/// `ts-server` checks them.
+pub fn settings(cfg: &ClusterConfig, workers: Option<usize>) -> CliResult<ServerSettings> {
+    let mut s = cfg.server.clone();
+    if let Some(w) = workers {
+        s.workers = w;
+    }
+    s.validate()
+        .map_err(|e| Failure::usage(format!("-w/--workers: {e}")))?;
+    Ok(s)
+}
+
 /// Starts `n` replicas with the lowest free ids.
-pub(super) async fn add_servers(
+pub async fn add_servers(
     rt: &Runtime,
     state: &mut State,
     n: u64,
-    workers: usize,
+    settings: &ServerSettings,
     out: &Out,
 ) -> CliResult<Vec<Node>> {
     let nodes = rt.nodes(state).await?;
@@ -164,27 +179,25 @@ pub(super) async fn add_servers(
         .take(n as usize)
         .collect();
     if (free.len() as u64) < n {
-        return Err(Failure::new(
-            exit::USAGE,
-            format!(
-                "a cluster has at most {MAX_REPLICAS} server replicas ({} exist)",
-                taken.len()
-            ),
-        ));
+        return Err(Failure::usage(format!(
+            "a cluster has at most {MAX_REPLICAS} server replicas ({} exist)",
+            taken.len()
+        )));
     }
     let mut started = Vec::new();
     for id in free {
-        let node = rt.start_server(state, workers, id).await?;
+        let node = rt.start_server(state, settings, id).await?;
         out.line(&format!(
-            "Started server replica {id} at {} ({workers} workers)",
-            node.ip
+            "Started server replica {id} at {} ({} workers)",
+            node.ip, settings.workers
         ));
         started.push(node);
     }
     Ok(started)
 }
 
-pub(super) async fn servers(
+/// `tsc servers …`.
+pub async fn servers(
     cfg: &ClusterConfig,
     state: &mut State,
     rt: &Runtime,
@@ -201,18 +214,16 @@ pub(super) async fn servers(
             out.line(&format!(
                 "Found {} server replicas on the {} runtime:",
                 rows.len(),
-                kind_name(rt.kind())
+                rt.kind().as_str()
             ));
             out.line(&table(&rows, verbose).to_string());
         }
         ServersCommand::Add { number, workers } => {
-            if number == 0 || !(1..=256).contains(&workers) {
-                return Err(Failure::new(
-                    exit::USAGE,
-                    "-n must be at least 1 and -w between 1 and 256",
-                ));
+            if number == 0 {
+                return Err(Failure::usage("-n must be at least 1"));
             }
-            let nodes = add_servers(rt, state, number, workers, out).await?;
+            let settings = settings(cfg, workers)?;
+            let nodes = add_servers(rt, state, number, &settings, out).await?;
             state.save(&cfg.home)?;
             if out.json {
                 out.json(json!({"started": nodes}));
@@ -285,7 +296,7 @@ fn done(out: &Out, what: &str, node: &Node) {
 }
 
 /// The rows `tsc servers list` shows (also used by `status` and `server tail`).
-pub(super) async fn rows(rt: &Runtime, state: &State) -> CliResult<Vec<ServerRow>> {
+pub async fn rows(rt: &Runtime, state: &State) -> CliResult<Vec<ServerRow>> {
     let nodes = rt.nodes(state).await?;
     let records = match redis(rt, state).await {
         Ok(store) => store.replicas().await.unwrap_or_default(),
@@ -341,7 +352,7 @@ fn table(rows: &[ServerRow], verbose: bool) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ReplicaRole;
+    use crate::core::protocol::ReplicaRole;
 
     fn node(id: &str, ip: &str, state: &str) -> Node {
         Node {

@@ -1,7 +1,12 @@
 //! `tsc ... tail`: the last lines of a node's JSON log, formatted for people, optionally
 //! following the file as it grows (like `tail -f`, surviving truncation).
 
+use super::output::{exit, CliResult, Failure};
+use super::servers;
 use crate::error::{Error, Result};
+use crate::runtime::cluster::{ClusterConfig, State};
+use crate::runtime::Runtime;
+use clap::Args;
 use std::io::{BufRead, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Duration;
@@ -96,6 +101,86 @@ pub async fn tail(
         }
         buf.clear();
     }
+}
+
+/// `tsc clients tail`'s arguments.
+#[derive(Args, Debug)]
+pub struct TailArgs {
+    #[arg(short = 'c', long = "client")]
+    pub client: String,
+    #[command(flatten)]
+    pub opts: TailOpts,
+}
+
+/// `tsc server tail`'s arguments.
+#[derive(Args, Debug)]
+pub struct ServerTailArgs {
+    /// Replica id (`2` or `server-2`); default: the current leader.
+    #[arg(short = 's', long = "server")]
+    pub server: Option<String>,
+    #[command(flatten)]
+    pub opts: TailOpts,
+}
+
+/// How to show a log.
+#[derive(Args, Debug)]
+pub struct TailOpts {
+    /// Keep printing new lines.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Raw JSON lines with every field.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Lines of history to show first.
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub lines: usize,
+}
+
+/// Prints a log file as `opts` asks, following it until ctrl-c with `-f`.
+pub async fn tail_file(path: &Path, o: &TailOpts) -> CliResult {
+    let stop = CancellationToken::new();
+    if o.follow {
+        let s = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            s.cancel();
+        });
+    }
+    let mut print = |l: &str| println!("{l}");
+    tail(path, o.lines, o.follow, o.verbose, stop, &mut print).await?;
+    Ok(())
+}
+
+/// `tsc server tail`: the log of the replica named, else the leader's, else the lowest's.
+pub async fn server_tail(
+    cfg: &ClusterConfig,
+    rt: &Runtime,
+    state: &State,
+    a: &ServerTailArgs,
+) -> CliResult {
+    let rows = servers::rows(rt, state).await?;
+    let id = match a.server.as_deref() {
+        Some(s) => {
+            let want = s.strip_prefix("server-").unwrap_or(s);
+            rows.iter().find(|r| r.id.to_string() == want).map(|r| r.id)
+        }
+        None => servers::current_leader(&rows)
+            .or(rows.first())
+            .map(|r| r.id),
+    };
+    let id = id.ok_or_else(|| {
+        Failure::new(
+            exit::NOT_FOUND,
+            match &a.server {
+                Some(s) => {
+                    format!("no server replica {s:?} in this cluster (see `tsc servers list`)")
+                }
+                None => "no server replica in this cluster".into(),
+            },
+        )
+    })?;
+    let path = cfg.server_log_dir.join(format!("server-{id}.json"));
+    tail_file(&path, &a.opts).await
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! when all clients share one host clock (containers or processes on one machine) and
 //! meaningless across hosts.
 
-use crate::protocol::{MasterRecord, StoredReport};
+use super::output::{exit, CliResult, Failure};
+use crate::core::protocol::{MasterRecord, StoredReport};
 use crate::runtime::{Node, Role};
 use serde::Serialize;
 use std::net::IpAddr;
@@ -89,7 +90,7 @@ pub fn client_rows(
             ));
         }
     }
-    rows.sort_by_key(|r| crate::election::ip_rank(&r.ip));
+    rows.sort_by_key(|r| crate::core::master_election::ip_rank(&r.ip));
     rows
 }
 
@@ -103,20 +104,37 @@ pub fn estimated_offset(r: &StoredReport, m: &StoredReport) -> i64 {
     }
 }
 
-/// Finds a client by full id or unique prefix.
-pub fn find<'a>(rows: &'a [ClientRow], id: &str) -> Result<&'a ClientRow, String> {
-    if let Some(r) = rows.iter().find(|r| r.id == id) {
-        return Ok(r);
+/// Finds the one item whose id (`id_of`) is `query` or, failing that, starts with it: how every
+/// `-c ID` of tsc names a client. An empty query is a usage error (it would match everything).
+pub fn find_by_prefix<'a, T>(
+    items: &'a [T],
+    id_of: impl Fn(&T) -> &str,
+    query: &str,
+) -> CliResult<&'a T> {
+    if query.is_empty() {
+        return Err(Failure::usage(
+            "give a client id, or a unique prefix of one (see `tsc clients list`)",
+        ));
     }
-    let matches: Vec<&ClientRow> = rows.iter().filter(|r| r.id.starts_with(id)).collect();
+    if let Some(exact) = items.iter().find(|i| id_of(i) == query) {
+        return Ok(exact);
+    }
+    let matches: Vec<&T> = items
+        .iter()
+        .filter(|i| id_of(i).starts_with(query))
+        .collect();
     match matches.as_slice() {
-        [one] if !id.is_empty() => Ok(one),
-        [] | [_] => Err(format!(
-            "no client with id {id:?} in this cluster (see `tsc clients list`)"
+        [one] => Ok(one),
+        [] => Err(Failure::new(
+            exit::NOT_FOUND,
+            format!("no client with id {query:?} in this cluster (see `tsc clients list`)"),
         )),
-        _ => Err(format!(
-            "{id:?} matches {} clients; give more of the id",
-            matches.len()
+        many => Err(Failure::new(
+            exit::NOT_FOUND,
+            format!(
+                "{query:?} matches {} clients; give more of the id",
+                many.len()
+            ),
         )),
     }
 }
@@ -129,7 +147,7 @@ pub fn ms(us: Option<i64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::TimeReport;
+    use crate::core::protocol::TimeReport;
 
     fn node(id: &Uuid, ip: &str) -> Node {
         Node {
@@ -197,26 +215,23 @@ mod tests {
 
     #[test]
     fn find_by_id_or_unique_prefix() {
-        let rows: Vec<ClientRow> = ["abc1", "abd2"]
-            .iter()
-            .map(|id| ClientRow {
-                id: id.to_string(),
-                ip: "10.0.0.1".parse().unwrap(),
-                state: "running".into(),
-                is_master: false,
-                time_us: None,
-                master_id: None,
-                offset_to_master_us: None,
-                true_error_us: None,
-                last_report_age_ms: None,
-                reports_seq: None,
-            })
-            .collect();
-        assert_eq!(find(&rows, "abc1").unwrap().id, "abc1");
-        assert_eq!(find(&rows, "abd").unwrap().id, "abd2");
-        assert!(find(&rows, "ab").unwrap_err().contains("matches 2"));
-        assert!(find(&rows, "zzz").unwrap_err().contains("no client"));
-        assert!(find(&rows, "").is_err());
+        let ids = ["abc1", "abd2", "abd"];
+        let find = |q: &str| find_by_prefix(&ids, |s| s, q).copied();
+        // (query, found, or the exit code)
+        let table: &[(&str, Result<&str, u8>)] = &[
+            ("abc1", Ok("abc1")),
+            ("abc", Ok("abc1")),
+            ("abd", Ok("abd")), // an exact id wins over the prefix it also is
+            ("abd2", Ok("abd2")),
+            ("ab", Err(exit::NOT_FOUND)),
+            ("zzz", Err(exit::NOT_FOUND)),
+            ("", Err(exit::USAGE)),
+        ];
+        for (q, want) in table {
+            assert_eq!(find(q).map_err(|f| f.code), *want, "{q:?}");
+        }
+        assert!(find("ab").unwrap_err().message.contains("matches 3"));
+        assert!(find("").unwrap_err().message.contains("client id"));
     }
 
     #[test]

@@ -6,16 +6,14 @@
 //! queue behind). The reports queue is declared before the first publish so no early report is
 //! dropped. Decisions live in [`ClientCore`]; this module only moves messages.
 
-mod core;
-
-pub use self::core::{ClientCore, ClientStats, UpdateOutcome};
-
 use crate::backoff::Backoff;
 use crate::broker;
-use crate::clock::{Action, Clock, Discipline, SystemClock, VirtualClock};
-use crate::config::{endpoint_of, ClientConfig};
+use crate::core::client::{ClientCore, UpdateOutcome};
+use crate::core::clock::{Action, Clock, Discipline, SystemClock, VirtualClock};
+use crate::core::protocol::{self, BerkeleyReading, ToClient, ToServer, REPORTS_QUEUE};
 use crate::error::{Error, Result};
-use crate::protocol::{self, BerkeleyReading, ToClient, ToServer, REPORTS_QUEUE};
+use crate::net::{endpoint_of, local_ip_toward};
+use crate::settings::ClientConfig;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicRejectOptions,
@@ -29,55 +27,27 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-/// AMQP port assumed when the URL names none.
-const AMQP_DEFAULT_PORT: u16 = 5672;
-
 /// The initial offset of the clock in µs: fixed, or uniform in ±skew (seeded if asked).
 pub fn initial_offset_us(cfg: &ClientConfig) -> i64 {
-    if let Some(ms) = cfg.initial_offset_ms {
+    if let Some(ms) = cfg.node.initial_offset_ms {
         return ms.saturating_mul(1000);
     }
-    let bound = (cfg.skew * 1e6) as i64;
+    let bound = (cfg.settings.skew * 1e6) as i64;
     if bound == 0 {
         return 0;
     }
-    let mut rng = match cfg.seed {
+    let mut rng = match cfg.node.seed {
         Some(seed) => rand::rngs::SmallRng::seed_from_u64(seed),
         None => rand::rngs::SmallRng::from_entropy(),
     };
     rng.gen_range(-bound..=bound)
 }
 
-/// The local address this host uses to reach `endpoint` (`host:port`). A UDP `connect` only
-/// consults the routing table; nothing is sent.
-pub async fn local_ip_toward(endpoint: &str) -> std::io::Result<IpAddr> {
-    let target = if endpoint
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        endpoint.to_string()
-    } else {
-        format!("{endpoint}:{AMQP_DEFAULT_PORT}")
-    };
-    let addr = tokio::net::lookup_host(&target)
-        .await?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("{target} resolves to nothing")))?;
-    let bind = if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    };
-    let sock = tokio::net::UdpSocket::bind(bind).await?;
-    sock.connect(addr).await?;
-    Ok(sock.local_addr()?.ip())
-}
-
 /// Runs a client until `shutdown`. `cfg.id` must be set (the binary picks one before logging
 /// starts, since the log file is named after it).
 pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
     cfg.validate()?;
-    let id = cfg.id.unwrap_or_else(Uuid::new_v4);
+    let id = cfg.node.id.unwrap_or_else(Uuid::new_v4);
     let Some(ip) = advertised_ip(&cfg, &shutdown).await else {
         return Ok(());
     };
@@ -86,18 +56,18 @@ pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
     let core = ClientCore::new(
         id,
         ip,
-        VirtualClock::new(clock.now_us(), offset, cfg.drift_ppm),
-        Discipline::new(cfg.discipline()),
+        VirtualClock::new(clock.now_us(), offset, cfg.settings.drift_ppm),
+        Discipline::new(cfg.settings.discipline()),
     );
     info!(
         client_id = %id,
         %ip,
         initial_offset_us = offset,
-        drift_ppm = cfg.drift_ppm,
+        drift_ppm = cfg.settings.drift_ppm,
         "ts-client starting"
     );
     let core = Arc::new(Mutex::new(core));
-    broker::run_sessions(&cfg.endpoints.amqp_url, "ts-client", &shutdown, |conn| {
+    broker::run_sessions(&cfg.node.amqp_url, "ts-client", &shutdown, |conn| {
         session(conn, core.clone(), &cfg, clock, &shutdown)
     })
     .await;
@@ -112,10 +82,10 @@ pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
 }
 
 async fn advertised_ip(cfg: &ClientConfig, shutdown: &CancellationToken) -> Option<IpAddr> {
-    if let Some(ip) = cfg.ip {
+    if let Some(ip) = cfg.node.ip {
         return Some(ip);
     }
-    let endpoint = endpoint_of(&cfg.endpoints.amqp_url);
+    let endpoint = endpoint_of(&cfg.node.amqp_url);
     let mut backoff = Backoff::default();
     loop {
         match local_ip_toward(&endpoint).await {
@@ -154,7 +124,7 @@ async fn session<C: Clock>(
         )
         .await?;
     debug!(%queue, "listening for master updates");
-    let mut ticker = tokio::time::interval(cfg.interval());
+    let mut ticker = tokio::time::interval(cfg.settings.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut next_probe = tokio::time::Instant::now();
     let mut rejects = crate::logging::RejectLog::new("client".into());
@@ -163,7 +133,7 @@ async fn session<C: Clock>(
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {
                 let report = core.lock().expect("not poisoned").report(clock.now_us());
-                broker::publish(&ch, "", REPORTS_QUEUE, &report, Some(broker::expiry_for(cfg.interval()))).await?;
+                broker::publish(&ch, "", REPORTS_QUEUE, &report, Some(broker::expiry_for(cfg.settings.interval()))).await?;
             }
             _ = tokio::time::sleep_until(next_probe) => {
                 let (probe, every) = {

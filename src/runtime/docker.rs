@@ -6,14 +6,14 @@
 //! containers bind-mount the host log directories at the same paths, so their logs land where
 //! `tsc ... tail` reads them.
 
-use super::{
-    client_args, images, labels, next_free_ip, server_args, server_host, server_node_id, Endpoints,
-    Node, Progress, Role, MAX_REPLICAS,
+use super::cluster::ClusterConfig;
+use super::node::{
+    labels, next_free_ip, server_host, server_node_id, Node, Role, CLIENT_HOSTS, MAX_REPLICAS,
 };
-use crate::backoff::Backoff;
-use crate::cli::cluster::ClusterConfig;
-use crate::config::DEFAULT_HTTP_PORT;
+use super::services::{redis_args, wait_port};
+use super::{client_env, images, server_env, Endpoints, Progress};
 use crate::error::{Error, Result};
+use crate::settings::{ServerSettings, DEFAULT_HTTP_PORT};
 use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
     NetworkCreateRequest, NetworkingConfig,
@@ -25,17 +25,14 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// Host number of Redis in the subnet.
 pub const REDIS_HOST: u8 = 2;
+/// Redis's port in its container.
+pub const REDIS_PORT: u16 = 6379;
 /// Host number of RabbitMQ in the subnet.
 pub const RABBITMQ_HOST: u8 = 3;
-/// Host numbers of clients.
-pub const CLIENT_HOSTS: (u8, u8) = (20, 254);
-/// How long bootstrap waits for a service port. RabbitMQ takes 10–15 s in a container here.
-pub const SERVICE_PORT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Grace given to a container on stop before it is killed.
 pub const STOP_GRACE_SECS: i32 = 10;
 
@@ -73,7 +70,7 @@ impl DockerRuntime {
     pub fn endpoints(&self) -> Endpoints {
         let c = &self.cfg.credentials;
         let redis = format!(
-            "redis://:{}@{}:6379/0",
+            "redis://:{}@{}:{REDIS_PORT}/0",
             c.redis_password,
             self.ip(REDIS_HOST)
         );
@@ -116,7 +113,7 @@ impl DockerRuntime {
                 })
             })
             .collect();
-        nodes.sort_by_key(|n| (n.role as u8, crate::election::ip_rank(&n.ip)));
+        nodes.sort_by_key(|n| (n.role as u8, crate::core::master_election::ip_rank(&n.ip)));
         Ok(nodes)
     }
 
@@ -243,25 +240,19 @@ impl DockerRuntime {
             "redis",
             redis_ip,
             &base,
-            [
-                "redis-server",
-                "--bind",
-                "0.0.0.0",
-                "--requirepass",
-                &c.redis_password,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .map(String::from)
-            .to_vec(),
+            std::iter::once("redis-server".to_string())
+                .chain(redis_args(
+                    Ipv4Addr::UNSPECIFIED.into(),
+                    REDIS_PORT,
+                    Some(&c.redis_password),
+                ))
+                .collect(),
             vec![],
             Some("redis"),
             vec![],
         )
         .await?;
-        wait_port("redis", redis_ip, 6379, p).await?;
+        wait_port("redis", redis_ip, REDIS_PORT, p).await?;
         p("Starting Rabbitmq service container..");
         let rabbit_ip = self.ip(RABBITMQ_HOST);
         self.run(
@@ -282,30 +273,45 @@ impl DockerRuntime {
         wait_port("rabbitmq", rabbit_ip, 5672, p).await
     }
 
-    pub async fn start_server(&self, ep: &Endpoints, workers: usize, replica: u64) -> Result<Node> {
+    pub async fn start_server(
+        &self,
+        ep: &Endpoints,
+        settings: &ServerSettings,
+        replica: u64,
+    ) -> Result<Node> {
         let host = server_host(replica)
             .ok_or_else(|| Error::Runtime(format!("replica ids go from 1 to {MAX_REPLICAS}")))?;
         let ip = self.ip(host);
         let dir = self.cfg.server_log_dir.display().to_string();
-        let id = server_node_id(replica);
         let http = std::net::SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_HTTP_PORT);
-        let mut cmd = vec!["ts-server".to_string()];
-        cmd.extend(server_args(&self.cfg, ep, workers, replica, http));
-        self.run_app(Role::Server, &id, ip, cmd, dir).await
+        let env = server_env(&self.cfg, ep, settings, replica, http);
+        self.run_app(
+            Role::Server,
+            &server_node_id(replica),
+            ip,
+            "ts-server",
+            env,
+            dir,
+        )
+        .await
     }
 
-    /// Runs one of our binaries from the app image, its log directory bind-mounted.
+    /// Runs one of our binaries from the app image with its settings as `TS_*` variables, its
+    /// log directory bind-mounted.
     async fn run_app(
         &self,
         role: Role,
         id: &str,
         ip: IpAddr,
-        cmd: Vec<String>,
+        program: &str,
+        env: Vec<(String, String)>,
         log_dir: String,
     ) -> Result<Node> {
         let image = self.cfg.docker.image.clone();
         let bind = format!("{log_dir}:{log_dir}");
-        self.run(role, id, ip, &image, cmd, vec![], None, vec![bind])
+        let env = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let cmd = vec![program.to_string()];
+        self.run(role, id, ip, &image, cmd, env, None, vec![bind])
             .await
     }
 
@@ -316,9 +322,8 @@ impl DockerRuntime {
                 Error::Runtime("no free client address in the subnet (max 235)".into())
             })?;
         let dir = self.cfg.client_log_dir.display().to_string();
-        let mut cmd = vec!["ts-client".to_string()];
-        cmd.extend(client_args(&self.cfg, ep, id, None));
-        self.run_app(Role::Client, &id.to_string(), ip, cmd, dir)
+        let env = client_env(&self.cfg, ep, id, None);
+        self.run_app(Role::Client, &id.to_string(), ip, "ts-client", env, dir)
             .await
     }
 
@@ -403,36 +408,5 @@ impl DockerRuntime {
             Err(e) => return Err(e.into()),
         }
         Ok(())
-    }
-}
-
-/// Waits until `ip:port` accepts TCP, printing the seed's progress lines.
-pub(crate) async fn wait_port(service: &str, ip: IpAddr, port: u16, p: Progress<'_>) -> Result<()> {
-    p(&format!(
-        "waiting for {service} service port on {ip}:{port}"
-    ));
-    let deadline = Instant::now() + SERVICE_PORT_TIMEOUT;
-    let mut backoff = Backoff::default();
-    loop {
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect((ip, port)),
-        )
-        .await;
-        if matches!(attempt, Ok(Ok(_))) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Runtime(format!(
-                "{service} did not open {ip}:{port} within {}s",
-                SERVICE_PORT_TIMEOUT.as_secs()
-            )));
-        }
-        let delay = backoff.next_delay();
-        p(&format!(
-            "Failed connecting to {ip} on {port}, Retrying in {} seconds...",
-            delay.as_secs()
-        ));
-        tokio::time::sleep(delay).await;
     }
 }

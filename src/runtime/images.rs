@@ -8,8 +8,8 @@
 //! binaries, so it is rebuilt exactly when they change and reused otherwise.
 
 use super::Progress;
-use crate::cli::cluster::ClusterConfig;
 use crate::error::{Error, Result};
+use crate::runtime::cluster::ClusterConfig;
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use bollard::Docker;
 use futures_util::StreamExt;

@@ -5,17 +5,19 @@
 //! a private `redis-server` on a free port with the cluster's password; RabbitMQ is the local
 //! broker (started if it is not running, and then stopped again by teardown) with a vhost and a
 //! user of the cluster's own, so several local clusters can share one broker. Processes are
-//! recorded in `state.json`; a PID counts as ours only while its command line still names the
-//! node, so a reused PID is never signalled.
+//! recorded in `state.json`; a PID counts as ours only while the process still is the node (its
+//! `TS_*` identity, or for Redis its command line), so a reused PID is never signalled.
 
-use super::docker::wait_port;
-use super::{
-    client_args, images, next_free_ip, server_args, server_host, server_node_id, Endpoints, Node,
-    Progress, Role, MAX_REPLICAS,
+use super::cluster::{ClusterConfig, LocalNode, State};
+use super::node::{
+    next_free_ip, server_host, server_node_id, Node, Role, CLIENT_HOSTS, MAX_REPLICAS,
 };
-use crate::cli::cluster::{ClusterConfig, LocalNode, State};
-use crate::config::DEFAULT_HTTP_PORT;
+use super::services::{
+    add_vhost, free_port, port_open, rabbitmqctl, redis_args, wait_port, RABBITMQ_PORT,
+};
+use super::{client_env, images, server_env, Endpoints, Progress};
 use crate::error::{Error, Result};
+use crate::settings::{ServerSettings, DEFAULT_HTTP_PORT};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -23,12 +25,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// The broker's port on this machine.
-pub const RABBITMQ_PORT: u16 = 5672;
 /// How long a node gets to exit after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 const LOOPBACK: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 0);
-const CLIENT_HOSTS: (u8, u8) = (20, 254);
 
 /// Local processes of one cluster.
 pub struct LocalRuntime {
@@ -88,7 +87,7 @@ impl LocalRuntime {
             })
             .collect();
         if state.runtime.is_some() {
-            let up = std::net::TcpStream::connect(("127.0.0.1", RABBITMQ_PORT)).is_ok();
+            let up = port_open(IpAddr::V4(Ipv4Addr::LOCALHOST), RABBITMQ_PORT);
             nodes.push(Node {
                 role: Role::Rabbitmq,
                 id: "rabbitmq".into(),
@@ -97,7 +96,7 @@ impl LocalRuntime {
                 handle: format!("vhost {}", self.vhost()),
             });
         }
-        nodes.sort_by_key(|n| (n.role as u8, crate::election::ip_rank(&n.ip)));
+        nodes.sort_by_key(|n| (n.role as u8, crate::core::master_election::ip_rank(&n.ip)));
         nodes
     }
 
@@ -106,16 +105,30 @@ impl LocalRuntime {
     }
 
     /// Starts a detached process (own process group: a ctrl-c at tsc's terminal does not reach
-    /// it) with stdout/stderr in `home/local/<name>.out`.
-    fn spawn(&self, name: &str, program: &std::path::Path, args: &[String]) -> Result<u32> {
+    /// it) with `env` added to its environment and stdout/stderr in `home/local/<name>.out`.
+    fn spawn(
+        &self,
+        name: &str,
+        program: &std::path::Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<u32> {
         let log = self.log_path(name);
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         let out = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
         let err = out.try_clone().map_err(|e| Error::io(&log, e))?;
-        let child = Command::new(program)
+        let mut cmd = Command::new(program);
+        // Only the settings given here: none leaks in from tsc's own environment.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TS_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -127,59 +140,42 @@ impl LocalRuntime {
 
     pub async fn start_services(&self, state: &mut State, p: Progress<'_>) -> Result<()> {
         let port = free_port()?;
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         p("Starting Redis service process..");
-        let pid = self.spawn(
-            "redis",
-            std::path::Path::new("redis-server"),
-            &[
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--requirepass",
-                &self.cfg.credentials.redis_password,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .map(String::from),
-        )?;
+        let args = redis_args(lo, port, Some(&self.cfg.credentials.redis_password));
+        let pid = self.spawn("redis", std::path::Path::new("redis-server"), &args, &[])?;
         state.local.redis_port = Some(port);
         state.local.nodes.push(LocalNode {
             role: Role::Redis,
             id: "redis".into(),
-            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip: lo,
             pid,
             command: Vec::new(),
+            env: Vec::new(),
         });
-        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         wait_port("redis", lo, port, p).await?;
-        if std::net::TcpStream::connect(("127.0.0.1", RABBITMQ_PORT)).is_err() {
+        if !port_open(lo, RABBITMQ_PORT) {
             p("Starting local RabbitMQ (rabbitmq-server -detached)..");
-            rabbitmqctl("rabbitmq-server", &["-detached"])?;
+            let out = Command::new("rabbitmq-server")
+                .arg("-detached")
+                .output()
+                .map_err(|e| Error::Runtime(format!("cannot run rabbitmq-server: {e}")))?;
+            if !out.status.success() {
+                return Err(Error::Runtime(format!(
+                    "rabbitmq-server -detached failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
             state.local.started_rabbitmq = true;
         }
         wait_port("rabbitmq", lo, RABBITMQ_PORT, p).await?;
-        let _ = rabbitmqctl("rabbitmqctl", &["-q", "await_startup"]);
+        let _ = rabbitmqctl(None, &["-q", "await_startup"]);
         let (vhost, user) = (self.vhost(), self.user());
-        let pass = &self.cfg.credentials.rabbitmq_password;
-        rabbitmqctl("rabbitmqctl", &["-q", "add_vhost", &vhost])?;
-        if rabbitmqctl("rabbitmqctl", &["-q", "add_user", &user, pass]).is_err() {
-            rabbitmqctl("rabbitmqctl", &["-q", "change_password", &user, pass])?;
-        }
-        rabbitmqctl(
-            "rabbitmqctl",
-            &[
-                "-q",
-                "set_permissions",
-                "-p",
-                &vhost,
-                &user,
-                ".*",
-                ".*",
-                ".*",
-            ],
+        add_vhost(
+            None,
+            &vhost,
+            &user,
+            Some(&self.cfg.credentials.rabbitmq_password),
         )?;
         p(&format!("RabbitMQ vhost {vhost} ready for user {user}"));
         Ok(())
@@ -191,42 +187,54 @@ impl LocalRuntime {
         &self,
         state: &mut State,
         ep: &Endpoints,
-        workers: usize,
+        settings: &ServerSettings,
         replica: u64,
     ) -> Result<Node> {
         let host = server_host(replica)
             .ok_or_else(|| Error::Runtime(format!("replica ids go from 1 to {MAX_REPLICAS}")))?;
         let ip = Ipv4Addr::new(127, 0, 0, host);
         let http = std::net::SocketAddr::new(ip.into(), DEFAULT_HTTP_PORT);
-        let args = server_args(&self.cfg, ep, workers, replica, http);
-        let program = images::binary("ts-server")?;
-        let id = server_node_id(replica);
-        let pid = self.spawn(&id, &program, &args)?;
-        self.record(
-            state,
-            Role::Server,
-            id,
-            ip.into(),
-            pid,
-            command(&program, args),
-        )
+        let env = server_env(&self.cfg, ep, settings, replica, http);
+        let node = server_node_id(replica);
+        self.launch(state, Role::Server, node, ip.into(), "ts-server", env)
     }
 
     pub fn start_client(&self, state: &mut State, ep: &Endpoints, id: Uuid) -> Result<Node> {
         let taken: Vec<IpAddr> = state.local.nodes.iter().map(|n| n.ip).collect();
         let ip = next_free_ip(LOOPBACK, CLIENT_HOSTS.0, CLIENT_HOSTS.1, &taken)
             .ok_or_else(|| Error::Runtime("no free loopback address for a client".into()))?;
-        let args = client_args(&self.cfg, ep, id, Some(ip));
-        let program = images::binary("ts-client")?;
-        let pid = self.spawn(&id.to_string(), &program, &args)?;
-        self.record(
-            state,
-            Role::Client,
-            id.to_string(),
+        let env = client_env(&self.cfg, ep, id, Some(ip));
+        self.launch(state, Role::Client, id.to_string(), ip, "ts-client", env)
+    }
+
+    /// Starts one of our binaries with its settings as `TS_*` variables, and records it.
+    fn launch(
+        &self,
+        state: &mut State,
+        role: Role,
+        id: String,
+        ip: IpAddr,
+        binary: &str,
+        env: Vec<(String, String)>,
+    ) -> Result<Node> {
+        let program = images::binary(binary)?;
+        let pid = self.spawn(&id, &program, &[], &env)?;
+        state.local.nodes.push(LocalNode {
+            role,
+            id: id.clone(),
             ip,
             pid,
-            command(&program, args),
-        )
+            command: vec![program.display().to_string()],
+            env,
+        });
+        state.save(&self.cfg.home)?;
+        Ok(Node {
+            role,
+            id,
+            ip,
+            state: "running".into(),
+            handle: format!("pid {pid}"),
+        })
     }
 
     /// SIGTERM (then SIGKILL after the grace period); the node stays recorded, as exited.
@@ -256,7 +264,7 @@ impl LocalRuntime {
             .command
             .split_first()
             .ok_or_else(|| Error::Runtime(format!("{} was recorded without its command", n.id)))?;
-        let pid = self.spawn(&n.id, std::path::Path::new(program), args)?;
+        let pid = self.spawn(&n.id, std::path::Path::new(program), args, &n.env)?;
         if let Some(rec) = state
             .local
             .nodes
@@ -278,32 +286,6 @@ impl LocalRuntime {
         // SAFETY: kill(2) with a PID we verified is our live process.
         unsafe { libc::kill(n.pid as libc::pid_t, sig) };
         Ok(())
-    }
-
-    fn record(
-        &self,
-        state: &mut State,
-        role: Role,
-        id: String,
-        ip: IpAddr,
-        pid: u32,
-        command: Vec<String>,
-    ) -> Result<Node> {
-        state.local.nodes.push(LocalNode {
-            role,
-            id: id.clone(),
-            ip,
-            pid,
-            command,
-        });
-        state.save(&self.cfg.home)?;
-        Ok(Node {
-            role,
-            id,
-            ip,
-            state: "running".into(),
-            handle: format!("pid {pid}"),
-        })
     }
 
     pub fn remove(&self, state: &mut State, node: &Node) -> Result<()> {
@@ -330,51 +312,21 @@ impl LocalRuntime {
             p(&format!("Stopped {} {} ({})", n.role.as_str(), n.id, n.ip));
         }
         state.local.nodes.clear();
-        if std::net::TcpStream::connect(("127.0.0.1", RABBITMQ_PORT)).is_ok() {
-            let _ = rabbitmqctl("rabbitmqctl", &["-q", "delete_vhost", &self.vhost()]);
-            let _ = rabbitmqctl("rabbitmqctl", &["-q", "delete_user", &self.user()]);
+        if port_open(IpAddr::V4(Ipv4Addr::LOCALHOST), RABBITMQ_PORT) {
+            let _ = rabbitmqctl(None, &["-q", "delete_vhost", &self.vhost()]);
+            let _ = rabbitmqctl(None, &["-q", "delete_user", &self.user()]);
             p(&format!(
                 "Removed RabbitMQ vhost {} and user {}",
                 self.vhost(),
                 self.user()
             ));
             if state.local.started_rabbitmq {
-                let _ = rabbitmqctl("rabbitmqctl", &["-q", "stop"]);
+                let _ = rabbitmqctl(None, &["-q", "stop"]);
                 p("Stopped the RabbitMQ that bootstrap started");
             }
         }
         Ok(())
     }
-}
-
-fn rabbitmqctl(program: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(program).args(args).output().map_err(|e| {
-        Error::Runtime(format!(
-            "cannot run {program}: {e} (install rabbitmq-server)"
-        ))
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Runtime(format!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("127.0.0.1:0", e))?;
-    Ok(l.local_addr()
-        .map_err(|e| Error::io("127.0.0.1:0", e))?
-        .port())
-}
-
-fn command(program: &std::path::Path, args: Vec<String>) -> Vec<String> {
-    std::iter::once(program.display().to_string())
-        .chain(args)
-        .collect()
 }
 
 fn find<'a>(state: &'a State, node: &Node) -> Result<&'a LocalNode> {
@@ -402,17 +354,31 @@ fn stopped(n: &LocalNode) -> bool {
     proc_state(n.pid) == Some('T')
 }
 
-/// Whether the recorded process still runs and is still ours (its command line names it).
+/// Whether the recorded process still runs and is still ours: our binaries carry their
+/// identity in their `TS_*` variables, Redis in its command line.
 fn alive(n: &LocalNode) -> bool {
     // Z is a zombie, X dead.
     let running = proc_state(n.pid).is_some_and(|s| s != 'Z' && s != 'X');
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", n.pid)).unwrap_or_default();
-    let cmdline = String::from_utf8_lossy(&cmdline);
-    let ours = match n.role {
-        Role::Client => cmdline.contains(&n.id),
-        Role::Server => cmdline.contains("ts-server") && cmdline.contains("--replica-id"),
-        Role::Redis => cmdline.contains("redis-server"),
-        Role::Rabbitmq => true,
+    let read = |what: &str| {
+        let bytes = std::fs::read(format!("/proc/{}/{what}", n.pid)).unwrap_or_default();
+        bytes
+            .split(|b| *b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect::<Vec<String>>()
+    };
+    let identity = match n.role {
+        Role::Client | Role::Server => n
+            .env
+            .iter()
+            .find(|(k, _)| k == "TS_CLIENT_ID" || k == "TS_REPLICA_ID"),
+        _ => None,
+    };
+    let ours = match (n.role, identity) {
+        (Role::Client | Role::Server, Some((k, v))) => {
+            read("environ").contains(&format!("{k}={v}"))
+        }
+        (Role::Redis, _) => read("cmdline").iter().any(|a| a.contains("redis-server")),
+        _ => false,
     };
     running && ours
 }

@@ -5,76 +5,23 @@
 //! never by parsing names. Decisions that do not need I/O (which address a new client gets)
 //! are plain functions here so they can be tested without either runtime.
 
+pub mod cluster;
 mod docker;
 mod images;
 mod local;
+pub mod node;
+pub mod services;
 
 pub use docker::DockerRuntime;
 pub use images::{ensure_images, BASE_BUILD_SCRIPT};
 pub use local::LocalRuntime;
+pub use node::{Node, Role, MAX_REPLICAS};
 
-use crate::cli::cluster::{ClusterConfig, RuntimeKind, State};
 use crate::error::Result;
-use serde::Serialize;
-use std::net::IpAddr;
+use crate::settings::{self, ClientNode, ServerNode, ServerSettings};
+use cluster::{ClusterConfig, RuntimeKind, State};
+use std::net::{IpAddr, SocketAddr};
 use uuid::Uuid;
-
-/// Label keys put on every Docker object tsc creates.
-pub mod labels {
-    /// The cluster id; teardown removes exactly the objects carrying ours.
-    pub const CLUSTER: &str = "time-sync.cluster";
-    /// `redis`, `rabbitmq`, `server` or `client`.
-    pub const ROLE: &str = "time-sync.role";
-    /// The node id (clients: their UUID).
-    pub const ID: &str = "time-sync.id";
-    /// The node's static address.
-    pub const IP: &str = "time-sync.ip";
-}
-
-/// What a node does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Redis,
-    Rabbitmq,
-    Server,
-    Client,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Redis => "redis",
-            Role::Rabbitmq => "rabbitmq",
-            Role::Server => "server",
-            Role::Client => "client",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        [Role::Redis, Role::Rabbitmq, Role::Server, Role::Client]
-            .into_iter()
-            .find(|r| r.as_str() == s)
-    }
-}
-
-/// A running (or stopped) node of the cluster.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Node {
-    pub role: Role,
-    pub id: String,
-    pub ip: IpAddr,
-    /// `running`, `exited`, `paused`, ... (Docker's words; local: `running` or `exited`).
-    pub state: String,
-    /// Container id or process id, for people.
-    pub handle: String,
-}
-
-impl Node {
-    pub fn running(&self) -> bool {
-        self.state == "running"
-    }
-}
 
 /// How tsc reaches the cluster's services from where it runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,17 +86,18 @@ impl Runtime {
         }
     }
 
-    /// Starts server replica `replica` (its id and election rank; see [`server_node_id`]).
+    /// Starts server replica `replica` (its id and election rank; see
+    /// [`node::server_node_id`]) with `settings`.
     pub async fn start_server(
         &self,
         state: &mut State,
-        workers: usize,
+        settings: &ServerSettings,
         replica: u64,
     ) -> Result<Node> {
         let ep = self.endpoints(state);
         match self {
-            Runtime::Docker(d) => d.start_server(&ep, workers, replica).await,
-            Runtime::Local(l) => l.start_server(state, &ep, workers, replica),
+            Runtime::Docker(d) => d.start_server(&ep, settings, replica).await,
+            Runtime::Local(l) => l.start_server(state, &ep, settings, replica),
         }
     }
 
@@ -220,142 +168,46 @@ impl Runtime {
     }
 }
 
-/// Most server replicas a cluster can have: they take host numbers `.10`–`.19`.
-pub const MAX_REPLICAS: u64 = 10;
-
-/// Node id of server replica `replica`.
-pub fn server_node_id(replica: u64) -> String {
-    format!("server-{replica}")
-}
-
-/// The replica id in a server node id (`server-3` → 3).
-pub fn replica_of(node_id: &str) -> Option<u64> {
-    node_id.strip_prefix("server-")?.parse().ok()
-}
-
-/// Host number of replica `replica` in the cluster's subnet (and on loopback): `.10` for 1.
-pub fn server_host(replica: u64) -> Option<u8> {
-    (1..=MAX_REPLICAS)
-        .contains(&replica)
-        .then(|| 9 + replica as u8)
-}
-
-/// Command-line arguments of a `ts-server` in this cluster (both runtimes start it this way).
-/// `http` is where its API listens (inside the container: every address).
-pub fn server_args(
+/// The `TS_*` variables a `ts-server` of this cluster is started with: replica `replica`, its
+/// API on `http`, with the cluster's server settings (`settings`: cluster.toml's `[server]`,
+/// perhaps with a different worker count).
+pub fn server_env(
     cfg: &ClusterConfig,
     ep: &Endpoints,
-    workers: usize,
+    settings: &ServerSettings,
     replica: u64,
-    http: std::net::SocketAddr,
-) -> Vec<String> {
-    let s = &cfg.server;
-    vec![
-        "--replica-id".into(),
-        replica.to_string(),
-        "--http-addr".into(),
-        http.to_string(),
-        "--amqp-url".into(),
-        ep.amqp_url.clone(),
-        "--redis-url".into(),
-        ep.redis_url.clone(),
-        "--workers".into(),
-        workers.to_string(),
-        "--ttl".into(),
-        s.ttl.to_string(),
-        "--tick-ms".into(),
-        s.tick_ms.to_string(),
-        "--algorithm".into(),
-        s.algorithm.as_str().into(),
-        "--berkeley-interval-ms".into(),
-        s.berkeley_interval_ms.to_string(),
-        "--log-dir".into(),
-        cfg.server_log_dir.display().to_string(),
-    ]
+    http: SocketAddr,
+) -> Vec<(String, String)> {
+    let node = ServerNode {
+        amqp_url: ep.amqp_url.clone(),
+        redis_url: ep.redis_url.clone(),
+        replica_id: replica,
+        http_addr: http,
+        log_dir: cfg.server_log_dir.clone(),
+        ..settings::defaults()
+    };
+    let mut env = settings::to_env(&node);
+    env.extend(settings::to_env(settings));
+    env
 }
 
-/// Command-line arguments of a `ts-client` in this cluster. Without `ip` the client finds the
-/// address it reaches the broker from, as it would in production (Docker); the local runtime
-/// gives each client its own loopback address.
-pub fn client_args(
+/// The `TS_*` variables a `ts-client` of this cluster is started with. Without `ip` the client
+/// finds the address it reaches the broker from, as it would in production (Docker); the local
+/// runtime gives each client its own loopback address.
+pub fn client_env(
     cfg: &ClusterConfig,
     ep: &Endpoints,
     id: Uuid,
     ip: Option<IpAddr>,
-) -> Vec<String> {
-    let c = &cfg.client;
-    let mut args = vec![
-        "--amqp-url".into(),
-        ep.amqp_url.clone(),
-        "--id".into(),
-        id.to_string(),
-        "--skew".into(),
-        c.skew.to_string(),
-        "--drift-ppm".into(),
-        c.drift_ppm.to_string(),
-        "--interval-ms".into(),
-        c.interval_ms.to_string(),
-        "--log-dir".into(),
-        cfg.client_log_dir.display().to_string(),
-    ];
-    if let Some(ip) = ip {
-        args.extend(["--ip".into(), ip.to_string()]);
-    }
-    args
-}
-
-/// The lowest address in `first..=last` (host numbers within the subnet `base`) not in `taken`.
-pub fn next_free_ip(
-    base: std::net::Ipv4Addr,
-    first: u8,
-    last: u8,
-    taken: &[IpAddr],
-) -> Option<IpAddr> {
-    let base = u32::from(base);
-    (first..=last)
-        .map(|n| IpAddr::V4((base + u32::from(n)).into()))
-        .find(|ip| !taken.contains(ip))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn next_free_ip_fills_gaps_first() {
-        let base = "10.251.0.0".parse().unwrap();
-        let taken: Vec<IpAddr> = ["10.251.0.20", "10.251.0.22"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        assert_eq!(
-            next_free_ip(base, 20, 254, &taken),
-            Some("10.251.0.21".parse().unwrap())
-        );
-        assert_eq!(next_free_ip(base, 20, 20, &taken), None);
-        assert_eq!(
-            next_free_ip(base, 23, 254, &[]),
-            Some("10.251.0.23".parse().unwrap())
-        );
-    }
-
-    #[test]
-    fn replica_ids_and_addresses() {
-        assert_eq!(server_node_id(3), "server-3");
-        assert_eq!(replica_of("server-3"), Some(3));
-        assert_eq!(replica_of("server-x"), None);
-        assert_eq!(replica_of("client-3"), None);
-        assert_eq!(server_host(1), Some(10));
-        assert_eq!(server_host(10), Some(19));
-        assert_eq!(server_host(0), None);
-        assert_eq!(server_host(11), None);
-    }
-
-    #[test]
-    fn roles_round_trip() {
-        for r in [Role::Redis, Role::Rabbitmq, Role::Server, Role::Client] {
-            assert_eq!(Role::parse(r.as_str()), Some(r));
-        }
-        assert_eq!(Role::parse("nope"), None);
-    }
+) -> Vec<(String, String)> {
+    let node = ClientNode {
+        amqp_url: ep.amqp_url.clone(),
+        id: Some(id),
+        ip,
+        log_dir: cfg.client_log_dir.clone(),
+        ..settings::defaults()
+    };
+    let mut env = settings::to_env(&node);
+    env.extend(settings::to_env(&cfg.client));
+    env
 }

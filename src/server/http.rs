@@ -6,12 +6,12 @@
 //! and wrong methods (405): a script talking to the API never has to parse HTML or an empty
 //! body.
 
+use super::context::ServerContext;
 use super::replica::Replica;
-use super::ServerContext;
 use crate::cache::{RedisStore, ReportStore};
-use crate::clock::{Clock, SystemClock};
-use crate::leader::ElectionStatus;
-use crate::protocol::{ReplicaRole, StoredReport, PROTOCOL_VERSION};
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::leader_election::ElectionStatus;
+use crate::core::protocol::{ReplicaRole, StoredReport, PROTOCOL_VERSION};
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -19,8 +19,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -60,8 +58,8 @@ pub(super) async fn serve(listener: TcpListener, ctx: Ctx, replica: Arc<Replica>
         if addr.ip().is_unspecified() {
             // Listening everywhere: advertise the address others reach us at, the one we
             // reach the broker from (in a container, its address on the cluster network).
-            let broker = crate::config::endpoint_of(&ctx.cfg.endpoints.amqp_url);
-            if let Ok(ip) = crate::client::local_ip_toward(&broker).await {
+            let broker = crate::net::endpoint_of(&ctx.cfg.node.amqp_url);
+            if let Ok(ip) = crate::net::local_ip_toward(&broker).await {
                 addr.set_ip(ip);
             }
         }
@@ -120,8 +118,8 @@ impl Api {
         let guard = self.replica.bully.lock().expect("not poisoned");
         let b = guard.as_ref();
         View {
-            id: self.ctx.cfg.replica_id,
-            priority: self.ctx.cfg.priority,
+            id: self.ctx.cfg.node.replica_id,
+            priority: self.ctx.cfg.node.priority,
             server_id: self.ctx.server_id,
             role: b.map(|b| b.role()).unwrap_or_default(),
             epoch: b.map_or(0, |b| b.epoch()),
@@ -147,7 +145,7 @@ async fn status(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
     Ok(Json(json!({
         "replica": api.view(),
         "election": api.election(),
-        "algorithm": api.ctx.cfg.algorithm.as_str(),
+        "algorithm": api.ctx.cfg.settings.algorithm.as_str(),
         "protocol": PROTOCOL_VERSION,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": uptime_s,
@@ -158,8 +156,8 @@ async fn status(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
 
 async fn id(State(api): State<Api>) -> Json<serde_json::Value> {
     Json(json!({
-        "id": api.ctx.cfg.replica_id,
-        "priority": api.ctx.cfg.priority,
+        "id": api.ctx.cfg.node.replica_id,
+        "priority": api.ctx.cfg.node.priority,
         "server_id": api.ctx.server_id,
     }))
 }
@@ -241,7 +239,7 @@ async fn nodes(State(api): State<Api>) -> Json<serde_json::Value> {
 
 async fn clients(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
     let mut reports: Vec<StoredReport> = api.ctx.store.live_reports().await?;
-    reports.sort_by_key(|r| crate::election::ip_rank(&r.report.ip));
+    reports.sort_by_key(|r| crate::core::master_election::ip_rank(&r.report.ip));
     Ok(Json(json!({ "clients": reports })))
 }
 
@@ -256,97 +254,29 @@ async fn master(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
 async fn metrics(State(api): State<Api>) -> ApiResult<Response> {
     let live = api.ctx.store.live_count().await?;
     let v = api.view();
-    let m = &api.ctx.metrics;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let c = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed) as f64;
-    metric(
-        "ts_reports_stored_total",
-        "counter",
-        "Reports stored in Redis by this replica.",
-        &[("", c(&m.reports_stored))],
-    );
-    metric(
-        "ts_reports_per_second",
-        "gauge",
-        "Reports stored per second by this replica, over the last heartbeat interval.",
-        &[("", m.reports_per_second())],
-    );
-    metric(
-        "ts_rejected_messages_total",
-        "counter",
-        "Messages rejected by this replica, by reason.",
-        &[
-            ("{reason=\"malformed\"}", c(&m.rejected_malformed)),
-            ("{reason=\"too_large\"}", c(&m.rejected_too_large)),
-            ("{reason=\"bad_version\"}", c(&m.rejected_bad_version)),
-        ],
-    );
-    metric(
-        "ts_store_errors_total",
-        "counter",
-        "Failed Redis writes.",
-        &[("", c(&m.store_errors))],
-    );
-    metric(
-        "ts_clients_live",
-        "gauge",
-        "Clients with a live report in Redis.",
-        &[("", live as f64)],
-    );
-    metric(
-        "ts_master_changes_total",
-        "counter",
-        "Master elections made by this replica while leading.",
-        &[("", c(&m.master_changes))],
-    );
-    metric(
-        "ts_updates_published_total",
-        "counter",
-        "Master updates broadcast by this replica.",
-        &[("", c(&m.updates_published))],
-    );
-    metric(
-        "ts_probes_answered_total",
-        "counter",
-        "Offset probes answered by this replica.",
-        &[("", c(&m.probes_answered))],
-    );
-    metric(
-        "ts_elections_total",
-        "counter",
-        "Leader elections this replica started.",
-        &[("", c(&m.elections))],
-    );
-    metric(
-        "ts_terms_led_total",
-        "counter",
-        "Leader terms this replica won.",
-        &[("", c(&m.terms_led))],
-    );
-    metric(
-        "ts_epoch",
-        "gauge",
-        "Leader epoch this replica is in (own if leading).",
-        &[("", v.epoch as f64)],
-    );
-    metric(
-        "ts_is_leader",
-        "gauge",
-        "1 if this replica leads.",
-        &[("", f64::from(u8::from(v.role == ReplicaRole::Leader)))],
-    );
+    let text = api.ctx.metrics.exposition(&[
+        (
+            "ts_clients_live",
+            "Clients with a live report in Redis.",
+            live as f64,
+        ),
+        (
+            "ts_epoch",
+            "Leader epoch this replica is in (own if leading).",
+            v.epoch as f64,
+        ),
+        (
+            "ts_is_leader",
+            "1 if this replica leads.",
+            f64::from(u8::from(v.role == ReplicaRole::Leader)),
+        ),
+    ]);
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        out,
+        text,
     )
         .into_response())
 }

@@ -10,13 +10,14 @@
 //! and starts over (a fresh election) when it is back; the highest epoch it saw is kept, so
 //! its next claim is above it. On shutdown a leader resigns, so the others elect at once.
 
-use super::ServerContext;
+use super::context::ServerContext;
+use super::metrics::Counter;
 use crate::broker;
 use crate::cache::{RedisStore, ReportStore};
-use crate::clock::Clock;
+use crate::core::clock::Clock;
+use crate::core::leader_election::{Bully, Output};
+use crate::core::protocol::{self, ReplicaRecord, ToReplica, CONTROL_ALL};
 use crate::error::{Error, Result};
-use crate::leader::{Bully, Output};
-use crate::protocol::{self, ReplicaRecord, ToReplica, CONTROL_ALL};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
@@ -121,8 +122,8 @@ impl Replica {
             .map(|a| a.to_string())
             .unwrap_or_default();
         ReplicaRecord {
-            id: ctx.cfg.replica_id,
-            priority: ctx.cfg.priority,
+            id: ctx.cfg.node.replica_id,
+            priority: ctx.cfg.node.priority,
             server_id: ctx.server_id,
             role: guard.as_ref().map(|b| b.role()).unwrap_or_default(),
             epoch: guard.as_ref().map_or(0, |b| b.epoch()),
@@ -140,8 +141,8 @@ impl Replica {
 
 /// Runs the election driver until shutdown.
 pub(crate) async fn run<C: Clock>(ctx: Arc<ServerContext<RedisStore, C>>, replica: Arc<Replica>) {
-    let name = format!("ts-server replica {} control", ctx.cfg.replica_id);
-    broker::run_sessions(&ctx.cfg.endpoints.amqp_url, &name, &ctx.shutdown, |conn| {
+    let name = format!("ts-server replica {} control", ctx.cfg.node.replica_id);
+    broker::run_sessions(&ctx.cfg.node.amqp_url, &name, &ctx.shutdown, |conn| {
         let (ctx, replica) = (ctx.clone(), replica.clone());
         async move {
             let outcome = session(&conn, &ctx, &replica).await;
@@ -166,11 +167,11 @@ async fn session<C: Clock>(
 ) -> Result<()> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let queue = broker::declare_control_listener(&ch, ctx.cfg.replica_id).await?;
+    let queue = broker::declare_control_listener(&ch, ctx.cfg.node.replica_id).await?;
     let mut consumer = ch
         .basic_consume(
             queue.as_str().into(),
-            format!("ts-server-replica-{}", ctx.cfg.replica_id)
+            format!("ts-server-replica-{}", ctx.cfg.node.replica_id)
                 .as_str()
                 .into(),
             BasicConsumeOptions {
@@ -196,8 +197,8 @@ async fn session<C: Clock>(
         guard.insert(b).drain()
     };
     info!(
-        replica = ctx.cfg.replica_id,
-        priority = ctx.cfg.priority,
+        replica = ctx.cfg.node.replica_id,
+        priority = ctx.cfg.node.priority,
         "joined the replicas' election"
     );
     io.execute(first).await?;
@@ -208,7 +209,7 @@ async fn session<C: Clock>(
     let mut commands = replica.commands_rx.lock().await;
     let mut rejects = crate::logging::RejectLog::new("control".into());
     let record_ttl = cfg.heartbeat * RECORD_TTL_HEARTBEATS;
-    let mut rate_from = (Instant::now(), ctx.metrics.stored());
+    let mut rate_from = (Instant::now(), ctx.metrics.get(Counter::ReportsStored));
     loop {
         // Each branch runs the state machine under the lock and hands back its outputs.
         let outs = tokio::select! {
@@ -220,7 +221,7 @@ async fn session<C: Clock>(
             }
             _ = ticker.tick() => replica.with(|b, now| b.tick(now)),
             _ = records.tick() => {
-                let (at, stored) = (Instant::now(), ctx.metrics.stored());
+                let (at, stored) = (Instant::now(), ctx.metrics.get(Counter::ReportsStored));
                 let secs = at.duration_since(rate_from.0).as_secs_f64();
                 if secs > 0.0 {
                     ctx.metrics.set_reports_per_second((stored - rate_from.1) as f64 / secs);
@@ -240,7 +241,7 @@ async fn session<C: Clock>(
                     Ok(msg) => replica.with(|b, now| b.step(&msg, now)),
                     Err(e) => {
                         ctx.metrics.rejected(&e);
-                        ctx.metrics.control_rejected.fetch_add(1, Relaxed);
+                        ctx.metrics.inc(Counter::ControlRejected);
                         rejects.record(&e, d.data.len());
                         continue;
                     }
@@ -327,21 +328,20 @@ impl<C: Clock> Io<'_, C> {
                     });
                 }
                 Output::Lead(epoch) => {
-                    self.ctx.metrics.terms_led.fetch_add(1, Relaxed);
-                    info!(replica = self.ctx.cfg.replica_id, epoch, "leading");
+                    self.ctx.metrics.inc(Counter::TermsLed);
+                    info!(replica = self.ctx.cfg.node.replica_id, epoch, "leading");
                     self.replica.lead_tx.send_replace(Some(epoch));
                 }
                 Output::StepDown => {
                     if self.replica.lead_tx.send_replace(None).is_some() {
-                        info!(replica = self.ctx.cfg.replica_id, "no longer leading");
+                        info!(replica = self.ctx.cfg.node.replica_id, "no longer leading");
                     }
                 }
             }
         }
         self.ctx
             .metrics
-            .elections
-            .store(self.replica.elections(), Relaxed);
+            .set(Counter::Elections, self.replica.elections());
         Ok(())
     }
 }

@@ -1,21 +1,29 @@
 //! The scheduler: once per tick, make sure there is a live master and broadcast its time.
 //!
+//! [`Scheduler::tick`] is the decision of one tick against the report store (which it reads, and
+//! where it records a new master); [`run`] is its loop for one leadership term: a broker session
+//! that ticks and publishes what the tick returns.
+//!
 //! The broadcast time is extrapolated, not echoed: the server knows the master's clock minus its
 //! own from the master's last report (measured at receipt), so `master_time = server_now +
 //! that offset` is the master's clock *now*, not up to a tick ago as in the seed. What remains is
 //! transit time (report and update hops, a few hundred µs on one host), which the delay
 //! compensation of a later algorithm removes.
 
-use super::Metrics;
+use super::context::ServerContext;
+use super::metrics::{Counter, Metrics};
+use crate::broker;
 use crate::cache::ReportStore;
-use crate::clock::Clock;
-use crate::clock::MinDelayFilter;
-use crate::election::{decide, Decision};
+use crate::core::clock::{Clock, MinDelayFilter};
+use crate::core::master_election::{decide, Decision};
+use crate::core::protocol::{
+    Algorithm, MasterRecord, MasterUpdate, StoredReport, ToClient, PROTOCOL_VERSION,
+    UPDATES_EXCHANGE,
+};
 use crate::error::Result;
-use crate::protocol::{Algorithm, MasterRecord, MasterUpdate, StoredReport, PROTOCOL_VERSION};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tracing::info;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 use uuid::Uuid;
 
 /// The master's clock minus the reference (this server's clock) at `now`, carried forward from
@@ -130,7 +138,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
                     );
                     return Ok(None);
                 }
-                self.metrics.master_changes.fetch_add(1, Relaxed);
+                self.metrics.inc(Counter::MasterChanges);
                 info!(
                     master_id = %record.id,
                     master_ip = %record.ip,
@@ -188,12 +196,72 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
     }
 }
 
+/// Runs the scheduler for leadership term `epoch` until `term` is cancelled.
+pub(crate) async fn run<S: ReportStore, C: Clock + Clone>(
+    ctx: Arc<ServerContext<S, C>>,
+    epoch: u64,
+    term: CancellationToken,
+) {
+    let scheduler = Arc::new(tokio::sync::Mutex::new(Scheduler::new(
+        ctx.store.clone(),
+        ctx.clock.clone(),
+        ctx.server_id,
+        ctx.metrics.clone(),
+        ctx.cfg.settings.algorithm,
+        epoch,
+    )));
+    let url = ctx.cfg.node.amqp_url.clone();
+    broker::run_sessions(&url, "ts-server scheduler", &term, |conn| {
+        let (ctx, scheduler, term) = (ctx.clone(), scheduler.clone(), term.clone());
+        async move {
+            let ch = conn.create_channel().await?;
+            broker::declare_updates_exchange(&ch).await?;
+            let tick = ctx.cfg.settings.tick();
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut cache_down = false;
+            loop {
+                tokio::select! {
+                    _ = term.cancelled() => {
+                        // Close the channel before the connection, or lapin logs the race.
+                        let _ = ch.close(200, "shutdown".into()).await;
+                        return Ok(());
+                    }
+                    _ = interval.tick() => {}
+                }
+                match scheduler.lock().await.tick().await {
+                    Ok(Some(update)) => {
+                        let msg = ToClient::MasterUpdate(update);
+                        let expiry = broker::expiry_for(tick);
+                        broker::publish(&ch, UPDATES_EXCHANGE, "", &msg, Some(expiry)).await?;
+                        ctx.metrics.inc(Counter::UpdatesPublished);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Say it once per outage, not once per tick.
+                        if !cache_down {
+                            warn!(error = %e, "scheduler cannot read Redis; will retry every tick");
+                            cache_down = true;
+                        }
+                        continue;
+                    }
+                }
+                if cache_down {
+                    info!("scheduler reached Redis again");
+                    cache_down = false;
+                }
+            }
+        }
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cache::MemoryStore;
-    use crate::clock::ManualClock;
-    use crate::protocol::TimeReport;
+    use crate::core::clock::ManualClock;
+    use crate::core::protocol::TimeReport;
     use std::time::Duration;
 
     const S: i64 = 1_000_000;
@@ -319,6 +387,6 @@ mod tests {
         let u = s.tick().await.unwrap().unwrap();
         assert_eq!(u.master_id, Uuid::from_u128(2));
         assert_eq!(u.seq, 4);
-        assert_eq!(s.metrics.master_changes.load(Relaxed), 2);
+        assert_eq!(s.metrics.get(Counter::MasterChanges), 2);
     }
 }

@@ -7,12 +7,13 @@
 //! rate limit so a flood cannot fill the disk. If Redis fails, the batch is requeued and the
 //! worker pauses briefly: nothing valid is lost.
 
-use super::ServerContext;
+use super::context::ServerContext;
+use super::metrics::Counter;
 use crate::broker;
 use crate::cache::ReportStore;
-use crate::clock::Clock;
+use crate::core::clock::Clock;
+use crate::core::protocol::{self, StoredReport, TimeReport, REPORTS_QUEUE};
 use crate::error::{Error, Result};
-use crate::protocol::{self, StoredReport, TimeReport, REPORTS_QUEUE};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -21,7 +22,6 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::Connection;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -34,7 +34,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
     ctx: &ServerContext<S, C>,
 ) -> Result<()> {
     let ch = conn.create_channel().await?;
-    ch.basic_qos(ctx.cfg.prefetch, BasicQosOptions::default())
+    ch.basic_qos(ctx.cfg.settings.prefetch, BasicQosOptions::default())
         .await?;
     broker::declare_reports_queue(&ch).await?;
     let tag = format!("ts-server-{}-w{idx}", ctx.server_id.simple());
@@ -48,7 +48,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
         .await?;
     info!(worker = idx, "consuming {REPORTS_QUEUE}");
     let mut rejects = crate::logging::RejectLog::new(format!("worker {idx}"));
-    let max_batch = usize::from(ctx.cfg.prefetch);
+    let max_batch = usize::from(ctx.cfg.settings.prefetch);
     let mut batch: Vec<(Delivery, i64)> = Vec::with_capacity(max_batch);
     let mut failure = None;
     loop {
@@ -117,15 +117,13 @@ async fn process<S: ReportStore, C: Clock>(
     let Some(acker) = last_good else {
         return Ok(());
     };
-    match ctx.store.store_reports(&good, ctx.cfg.ttl()).await {
+    match ctx.store.store_reports(&good, ctx.cfg.settings.ttl()).await {
         Ok(()) => {
             acker.ack(BasicAckOptions { multiple: true }).await?;
-            ctx.metrics
-                .reports_stored
-                .fetch_add(good.len() as u64, Relaxed);
+            ctx.metrics.add(Counter::ReportsStored, good.len() as u64);
         }
         Err(e) => {
-            ctx.metrics.store_errors.fetch_add(1, Relaxed);
+            ctx.metrics.inc(Counter::StoreErrors);
             warn!(worker = idx, error = %e, reports = good.len(), "could not store reports; requeued them");
             acker
                 .nack(BasicNackOptions {

@@ -1,22 +1,24 @@
 //! Shared helpers for integration tests against a real RabbitMQ and a real Redis.
 //!
-//! Each [`TestEnv`] gets its own RabbitMQ virtual host (created with `rabbitmqctl`) and its own
-//! `redis-server` process on a free port, so tests run in parallel without seeing each other's
-//! queues or keys, and a test can restart "its" Redis. RabbitMQ must be running on
-//! 127.0.0.1:5672 (`.ci/run` starts it); if it is not, tests fail loudly, never skip.
+//! Each [`TestEnv`] gets its own RabbitMQ virtual host and its own `redis-server` process on a
+//! free port (the library's harness, [`time_sync::runtime::services`], which the local runtime
+//! and the benchmarks use too), so tests run in parallel without seeing each other's queues or
+//! keys, and a test can restart "its" Redis. A test that stops a broker runs a RabbitMQ node of
+//! its own ([`TestEnv::on`]). The machine's RabbitMQ must be running on 127.0.0.1:5672 (`.ci/run`
+//! starts it); if it is not, tests fail loudly, never skip.
 //!
-//! Binaries are the ones Cargo built for this test run; [`Proc`] kills its process on drop.
+//! Binaries are the ones Cargo built for this test run; a [`Process`] is killed on drop.
 
 #![allow(dead_code)]
 
 use serde_json::Value;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use time_sync::cache::{RedisStore, ReportStore};
-use time_sync::cli::cluster::{ClusterConfig, RuntimeKind};
-use time_sync::protocol::{MasterRecord, StoredReport};
+use time_sync::core::protocol::{MasterRecord, StoredReport};
+use time_sync::runtime::cluster::{ClusterConfig, RuntimeKind};
+pub use time_sync::runtime::services::{self, Process, RabbitNode, RedisServer, Vhost};
 use tokio_util::sync::CancellationToken;
 
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_ts-server");
@@ -40,11 +42,7 @@ pub fn sh(cmd: &str, args: &[&str]) -> String {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    services::free_port().unwrap()
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` with `what`.
@@ -66,192 +64,11 @@ where
     }
 }
 
-/// A child process that is killed (SIGKILL) when dropped, unless it already exited.
-pub struct Proc {
-    pub name: String,
-    child: Child,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, bin: &str, args: &[String], log: &Path) -> Proc {
-        let out = std::fs::File::create(log).unwrap();
-        let child = Command::new(bin)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn signal(&self, sig: &str) {
-        sh("kill", &[&format!("-{sig}"), &self.pid().to_string()]);
-    }
-
-    /// SIGTERM, then wait up to `timeout` for the exit status.
-    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        self.signal("TERM");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} ignored SIGTERM for {timeout:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A private Redis server.
-pub struct Redis {
-    pub port: u16,
-    proc: Option<Proc>,
-    dir: PathBuf,
-}
-
-impl Redis {
-    pub fn start(dir: &Path) -> Redis {
-        let mut r = Redis {
-            port: free_port(),
-            proc: None,
-            dir: dir.to_path_buf(),
-        };
-        r.restart();
-        r
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-
-    /// (Re)starts on the same port, empty, and waits until it answers.
-    pub fn restart(&mut self) {
-        self.stop();
-        let args: Vec<String> = [
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        self.proc = Some(Proc::spawn(
-            "redis-server",
-            "redis-server",
-            &args,
-            &self.dir.join(format!("redis-{}.log", self.port)),
-        ));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// The RabbitMQ virtual host of one test; deleted on drop.
-pub struct Vhost {
-    pub name: String,
-}
-
-impl Vhost {
-    pub fn create() -> Vhost {
-        assert_rabbitmq_up();
-        let name = format!("ts-test-{}", uuid::Uuid::new_v4().simple());
-        sh("rabbitmqctl", &["-q", "add_vhost", &name]);
-        sh(
-            "rabbitmqctl",
-            &[
-                "-q",
-                "set_permissions",
-                "-p",
-                &name,
-                "guest",
-                ".*",
-                ".*",
-                ".*",
-            ],
-        );
-        Vhost { name }
-    }
-
-    pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
-    }
-
-    /// `(queue name, messages, consumers)` of every queue in the vhost.
-    pub fn queues(&self) -> Vec<(String, u64, u64)> {
-        sh(
-            "rabbitmqctl",
-            &[
-                "-q",
-                "list_queues",
-                "-p",
-                &self.name,
-                "--no-table-headers",
-                "name",
-                "messages",
-                "consumers",
-            ],
-        )
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((
-                it.next()?.to_string(),
-                it.next()?.parse().ok()?,
-                it.next()?.parse().ok()?,
-            ))
-        })
-        .collect()
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "delete_vhost", &self.name])
-            .output();
-    }
+/// A child process killed when dropped (the library's harness), started with `RUST_LOG=info`.
+pub fn spawn(name: &str, bin: &str, args: &[String], log: &Path) -> Process {
+    let env = [("RUST_LOG".to_string(), "info".to_string())];
+    Process::spawn(name, Path::new(bin), args, &env, log)
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
 }
 
 /// Server-named (per-client) queues among `queues`.
@@ -269,12 +86,13 @@ pub fn assert_rabbitmq_up() {
     );
 }
 
-/// One test's services, log directory and processes.
+/// One test's services, log directory and processes: its own vhost on the machine's RabbitMQ
+/// (or on a broker node of its own) and its own `redis-server`.
 pub struct TestEnv {
     pub dir: tempdir::Dir,
     pub vhost: Vhost,
-    pub redis: Redis,
-    pub procs: Vec<Proc>,
+    pub redis: RedisServer,
+    pub procs: Vec<Process>,
 }
 
 pub mod tempdir {
@@ -308,11 +126,22 @@ pub mod tempdir {
 }
 
 impl TestEnv {
+    /// A vhost on the machine's RabbitMQ and a Redis of its own.
     pub fn new() -> TestEnv {
+        assert_rabbitmq_up();
+        Self::with_vhost(|| Vhost::create("ts-test"))
+    }
+
+    /// A vhost on `node` (a broker of the test's own) and a Redis of its own.
+    pub fn on(node: &RabbitNode) -> TestEnv {
+        Self::with_vhost(|| node.vhost("ts-test"))
+    }
+
+    fn with_vhost(vhost: impl FnOnce() -> time_sync::Result<Vhost>) -> TestEnv {
         let dir = tempdir::Dir::new("ts-test");
-        let redis = Redis::start(dir.path());
+        let redis = RedisServer::start(dir.path(), None).expect("redis-server starts");
         TestEnv {
-            vhost: Vhost::create(),
+            vhost: vhost().expect("a vhost of the test's own"),
             redis,
             dir,
             procs: Vec::new(),
@@ -341,8 +170,7 @@ impl TestEnv {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.path().join(format!("server-{}.out", self.procs.len()));
-        self.procs
-            .push(Proc::spawn("ts-server", SERVER_BIN, &args, &log));
+        self.procs.push(spawn("ts-server", SERVER_BIN, &args, &log));
         self.procs.len() - 1
     }
 
@@ -361,9 +189,13 @@ impl TestEnv {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.path().join(format!("client-{ip}.out"));
-        self.procs
-            .push(Proc::spawn("ts-client", CLIENT_BIN, &args, &log));
+        self.procs.push(spawn("ts-client", CLIENT_BIN, &args, &log));
         (self.procs.len() - 1, id)
+    }
+
+    /// `(queue, messages, consumers)` of every queue of this test's vhost.
+    pub fn queues(&self) -> Vec<(String, u64, u64)> {
+        self.vhost.queues().expect("rabbitmqctl list_queues")
     }
 
     /// A Redis store on this test's Redis (connects at once; Redis is up).
@@ -514,7 +346,7 @@ impl Tsc {
     /// The cluster's service endpoints as tsc sees them, and its Redis.
     pub async fn endpoints(&self) -> (time_sync::runtime::Endpoints, RedisStore) {
         let cfg = ClusterConfig::load(self.home.path()).unwrap();
-        let state = time_sync::cli::cluster::State::load(self.home.path()).unwrap();
+        let state = time_sync::runtime::cluster::State::load(self.home.path()).unwrap();
         let rt = time_sync::runtime::Runtime::open(&cfg, state.runtime.unwrap())
             .await
             .unwrap();
@@ -570,8 +402,8 @@ impl Observer {
         let s = seen.clone();
         let task = tokio::spawn(async move {
             while let Some(Ok(d)) = consumer.next().await {
-                if let Ok(time_sync::protocol::ToClient::MasterUpdate(u)) =
-                    time_sync::protocol::decode(&d.data)
+                if let Ok(time_sync::core::protocol::ToClient::MasterUpdate(u)) =
+                    time_sync::core::protocol::decode(&d.data)
                 {
                     s.lock().unwrap().push(Seen {
                         at: Instant::now(),

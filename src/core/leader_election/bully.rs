@@ -22,9 +22,10 @@
 //!   a higher epoch steps down (and, if it outranks the new leader, bullies it out with an
 //!   election of its own, which yields a still higher epoch).
 
-use crate::protocol::{
+use crate::core::protocol::{
     Answer, Coordinator, Election, Heartbeat, ReplicaRole, Resign, ToReplica, PROTOCOL_VERSION,
 };
+use crate::core::InvalidSetting;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -75,19 +76,23 @@ impl BullyConfig {
 
     /// Rejects timing that cannot work: a timeout no longer than the heartbeat would depose
     /// healthy leaders.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.heartbeat.is_zero() || self.answer_timeout.is_zero() {
-            return Err("heartbeat and answer timeout must be positive".into());
+            return Err(InvalidSetting(
+                "heartbeat and answer timeout must be positive".into(),
+            ));
         }
         if self.leader_timeout < self.heartbeat * 2 {
-            return Err(format!(
+            return Err(InvalidSetting(format!(
                 "leader timeout ({} ms) must be at least twice the heartbeat interval ({} ms)",
                 self.leader_timeout.as_millis(),
                 self.heartbeat.as_millis()
-            ));
+            )));
         }
         if self.coordinator_timeout < self.answer_timeout {
-            return Err("coordinator timeout must not be shorter than the answer timeout".into());
+            return Err(InvalidSetting(
+                "coordinator timeout must not be shorter than the answer timeout".into(),
+            ));
         }
         Ok(())
     }

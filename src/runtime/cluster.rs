@@ -1,13 +1,20 @@
-//! The cluster's configuration (`cluster.toml`) and state (`state.json`) in tsc's home.
+//! The cluster's model: its configuration (`cluster.toml`) and state (`state.json`) in tsc's
+//! home.
+//!
+//! `[server]` and `[client]` are the very settings structs the binaries parse their flags into
+//! ([`crate::settings`]): the same names, defaults and checks, handed to every node the runtime
+//! starts.
 //!
 //! Home is, in order: `--home`, `$TSC_HOME`, the path recorded by the last `tsc init -p PATH`
 //! (in `~/.tsc/current`), or `~/.tsc`. `cluster.toml` is written once by `tsc init` and edited by
 //! people; `state.json` is written by tsc (which runtime the cluster runs on and, for the local
 //! runtime, its processes) and removed by `tsc teardown`.
 
-use crate::config::{DEFAULT_CLIENT_LOG_DIR, DEFAULT_SERVER_LOG_DIR};
+use super::node::Role;
 use crate::error::{Error, Result};
-use crate::runtime::Role;
+use crate::settings::{
+    ClientSettings, ServerSettings, DEFAULT_CLIENT_LOG_DIR, DEFAULT_SERVER_LOG_DIR,
+};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -36,44 +43,12 @@ pub enum RuntimeKind {
     Local,
 }
 
-/// `[server]` section: how `ts-server` runs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerSection {
-    pub workers: usize,
-    pub ttl: u64,
-    pub tick_ms: u64,
-    pub algorithm: crate::protocol::Algorithm,
-    pub berkeley_interval_ms: u64,
-}
-
-impl Default for ServerSection {
-    fn default() -> Self {
-        ServerSection {
-            workers: crate::config::DEFAULT_WORKERS,
-            ttl: crate::config::DEFAULT_TTL_SECS,
-            tick_ms: crate::config::DEFAULT_TICK_MS,
-            algorithm: crate::protocol::Algorithm::Master,
-            berkeley_interval_ms: crate::config::DEFAULT_BERKELEY_INTERVAL_MS,
-        }
-    }
-}
-
-/// `[client]` section: how every `ts-client` runs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClientSection {
-    pub skew: f64,
-    pub drift_ppm: f64,
-    pub interval_ms: u64,
-}
-
-impl Default for ClientSection {
-    fn default() -> Self {
-        ClientSection {
-            skew: crate::config::DEFAULT_SKEW_SECS,
-            drift_ppm: 0.0,
-            interval_ms: crate::config::DEFAULT_REPORT_INTERVAL_MS,
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Auto => "auto",
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Local => "local",
         }
     }
 }
@@ -121,9 +96,9 @@ pub struct ClusterConfig {
     #[serde(default = "default_server_logs")]
     pub server_log_dir: PathBuf,
     #[serde(default)]
-    pub server: ServerSection,
+    pub server: ServerSettings,
     #[serde(default)]
-    pub client: ClientSection,
+    pub client: ClientSettings,
     #[serde(default)]
     pub docker: DockerSection,
     pub credentials: Credentials,
@@ -158,8 +133,8 @@ impl ClusterConfig {
             runtime: RuntimeKind::Auto,
             client_log_dir: default_client_logs(),
             server_log_dir: default_server_logs(),
-            server: ServerSection::default(),
-            client: ClientSection::default(),
+            server: ServerSettings::default(),
+            client: ClientSettings::default(),
             docker: DockerSection::default(),
             credentials: Credentials {
                 rabbitmq_user: "timesync".into(),
@@ -200,28 +175,17 @@ impl ClusterConfig {
         write_private(&path, &text)
     }
 
+    /// Checks every section with the same checks the binaries make, naming the section.
     pub fn validate(&self) -> Result<()> {
         self.subnet()?;
-        if !(1..=256).contains(&self.server.workers) {
-            return Err(Error::Config(
-                "server.workers must be between 1 and 256".into(),
-            ));
-        }
-        if self.server.ttl == 0 {
-            return Err(Error::Config("server.ttl must be at least 1".into()));
-        }
-        if !(10..=60_000).contains(&self.server.tick_ms) {
-            return Err(Error::Config(
-                "server.tick_ms must be between 10 and 60000".into(),
-            ));
-        }
-        if self.server.berkeley_interval_ms <= crate::config::DEFAULT_BERKELEY_COLLECT_MS {
-            return Err(Error::Config(format!(
-                "server.berkeley_interval_ms must be above {} (the collection window)",
-                crate::config::DEFAULT_BERKELEY_COLLECT_MS
-            )));
-        }
-        Ok(())
+        let section = |name: &str, r: Result<()>| {
+            r.map_err(|e| match e {
+                Error::Config(m) => Error::Config(format!("[{name}] {m}")),
+                e => e,
+            })
+        };
+        section("server", self.server.validate())?;
+        section("client", self.client.validate())
     }
 
     /// The Docker subnet's network address (a /24 is required: addresses are host numbers).
@@ -254,6 +218,9 @@ pub struct LocalNode {
     /// The program and arguments it was started with, so `start` can bring it back.
     #[serde(default)]
     pub command: Vec<String>,
+    /// The `TS_*` variables it was started with (its settings; the file is 0600).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// Local-runtime bookkeeping.

@@ -4,7 +4,7 @@
 //! Gusella & Zatti's TEMPO (the Berkeley UNIX time daemon) assumes no clock in the group is
 //! authoritative, so the group agrees on the *average* of its clocks instead of following one.
 //! A coordinator polls each node, turns each answer into an offset from its own clock
-//! ([`offset_from_poll`], compensating half the round trip), and computes a [`Round`].
+//! ([`offset_from_poll`], compensating half the round trip), and computes an [`Average`].
 //!
 //! Two faults would wreck a plain mean, and both are handled before averaging:
 //!
@@ -26,9 +26,9 @@
 //! cluster in the middle of the group, not at one extreme), then towards the cluster that
 //! contains the coordinator (moving no clock beats moving some), then towards the lower values,
 //! so the result is a deterministic function of the input. Everything here is pure; the
-//! coordinator's polling and messaging live elsewhere.
+//! coordinator's schedule is [`super::round`], its messaging [`crate::server`].
 
-use crate::error::{Error, Result};
+use crate::core::InvalidSetting;
 use uuid::Uuid;
 
 /// Default width of the agreeing cluster (µs): 20 ms. Clocks that follow each other across a
@@ -77,15 +77,15 @@ impl Default for BerkeleyConfig {
 
 impl BerkeleyConfig {
     /// Rejects settings under which no round could ever use a reading.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.max_spread_us < 0 {
-            return Err(Error::Config(format!(
+            return Err(InvalidSetting(format!(
                 "berkeley max_spread_us must be >= 0 (got {})",
                 self.max_spread_us
             )));
         }
         if self.max_rtt_us <= 0 {
-            return Err(Error::Config(format!(
+            return Err(InvalidSetting(format!(
                 "berkeley max_rtt_us must be > 0 (got {}); no poll has a zero round trip",
                 self.max_rtt_us
             )));
@@ -96,7 +96,7 @@ impl BerkeleyConfig {
 
 /// The outcome of one round: the target time and what each clock must do to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Round {
+pub struct Average {
     /// The agreed time, relative to the coordinator's clock (µs).
     pub average_us: i64,
     /// Readings in the agreeing cluster, in input order.
@@ -139,12 +139,12 @@ struct Candidate {
     reading: Option<usize>,
 }
 
-/// Computes one Berkeley round; `None` if no reading is usable (none given, or every round trip
+/// Averages one round's readings; `None` if no reading is usable (none given, or every round trip
 /// is negative or longer than [`BerkeleyConfig::max_rtt_us`]).
 ///
 /// A negative round trip (the coordinator's clock went backwards during the poll) is as
 /// unreliable as a long one and is discarded too.
-pub fn round(readings: &[Reading], cfg: &BerkeleyConfig) -> Option<Round> {
+pub fn average(readings: &[Reading], cfg: &BerkeleyConfig) -> Option<Average> {
     let mut candidates: Vec<Candidate> = readings
         .iter()
         .enumerate()
@@ -191,7 +191,7 @@ pub fn round(readings: &[Reading], cfg: &BerkeleyConfig) -> Option<Round> {
         .map(|r| (r.id, average_us.saturating_sub(r.offset_us)))
         .collect();
 
-    Some(Round {
+    Some(Average {
         average_us,
         used,
         discarded,
@@ -408,7 +408,7 @@ mod tests {
     #[test]
     fn rounds() {
         for c in cases() {
-            let got = round(&c.readings, &c.cfg);
+            let got = average(&c.readings, &c.cfg);
             let Some((average, used, coordinator_used)) = c.expect else {
                 assert_eq!(got, None, "{}", c.name);
                 continue;
@@ -437,7 +437,7 @@ mod tests {
     #[test]
     fn every_clock_is_adjusted_to_the_average() {
         for c in cases() {
-            let Some(got) = round(&c.readings, &c.cfg) else {
+            let Some(got) = average(&c.readings, &c.cfg) else {
                 continue;
             };
             let ids: Vec<Uuid> = got.adjustments.iter().map(|(i, _)| *i).collect();
@@ -461,7 +461,7 @@ mod tests {
             (2, -100, FAST_RTT),
             (3, HOUR_US, FAST_RTT),
         ]);
-        let got = round(&rs, &BerkeleyConfig::default()).expect("a round");
+        let got = average(&rs, &BerkeleyConfig::default()).expect("a round");
         assert_eq!(got.discarded, vec![id(3)]);
         assert_eq!(
             got.adjustments,

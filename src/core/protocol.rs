@@ -182,7 +182,7 @@ pub struct MasterRecord {
 }
 
 /// How clients are synchronized; chosen on the server (`--algorithm`), carried in updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
     /// Four-timestamp offset estimation against the server's reference clock: clients correct
@@ -197,12 +197,33 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm, in the order they are documented.
+    pub const ALL: [Algorithm; 3] = [Algorithm::Master, Algorithm::Naive, Algorithm::Berkeley];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::Master => "master",
             Algorithm::Naive => "naive",
             Algorithm::Berkeley => "berkeley",
         }
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = String;
+
+    /// Parses the lowercase name, as flags, `TS_ALGORITHM` and cluster.toml spell it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown algorithm {s:?} (expected master, naive or berkeley)"))
     }
 }
 

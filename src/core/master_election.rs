@@ -10,7 +10,7 @@
 //! address joins: re-electing on every join would make every client chase a new reference.
 //! [`decide`] is the scheduler's whole decision and has no I/O.
 
-use crate::protocol::{MasterRecord, StoredReport};
+use crate::core::protocol::{MasterRecord, StoredReport};
 use std::net::IpAddr;
 use uuid::Uuid;
 
@@ -74,7 +74,7 @@ pub fn decide<'a>(current: Option<&MasterRecord>, live: &'a [StoredReport]) -> D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::TimeReport;
+    use crate::core::protocol::TimeReport;
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)

@@ -14,10 +14,10 @@
 //! - `berkeley`: answer polls with the clock's reading, apply the adjustment the coordinator
 //!   computed, and learn frequency from successive adjustments.
 
-use crate::clock::{
+use crate::core::clock::{
     Action, Discipline, Estimate, MinDelayFilter, OffsetEstimator, Sample, VirtualClock,
 };
-use crate::protocol::{
+use crate::core::protocol::{
     Algorithm, BerkeleyAdjust, BerkeleyPoll, BerkeleyReading, MasterUpdate, Probe, ProbeReply,
     TimeReport, PROTOCOL_VERSION,
 };
@@ -37,7 +37,7 @@ pub const FAST_PROBES: usize = 40;
 pub const MAX_PENDING_PROBES: usize = 32;
 /// A clock within this of its target (µs) counts as synced: from then on it is only stepped
 /// above the step threshold, and its corrections count in the `max_step_us` diagnostic.
-pub const SYNCED_US: i64 = crate::clock::INITIAL_SYNC_US;
+pub const SYNCED_US: i64 = crate::core::clock::INITIAL_SYNC_US;
 /// Probe samples needed before the estimate is used (half a second of fast probes): the very
 /// first probes of a connection are the slowest and most lopsided.
 pub const READY_SAMPLES: usize = 5;

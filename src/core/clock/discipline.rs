@@ -73,7 +73,7 @@ impl Discipline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::VirtualClock;
+    use crate::core::clock::VirtualClock;
 
     #[test]
     fn step_or_slew_by_threshold() {

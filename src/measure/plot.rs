@@ -19,7 +19,7 @@ use std::fmt::Write;
 
 /// One line of the chart.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Series {
+pub struct Line {
     /// Legend text (a client id, say).
     pub label: String,
     /// `(t, error)`: seconds since the start of the run, error in µs. Non-finite points are
@@ -71,7 +71,7 @@ pub const PALETTE: [&str; 12] = [
 ///
 /// `y_label` names the quantity; the unit is appended. Never panics and never prints a
 /// non-finite number, whatever the input (no series, empty series, one point, NaN).
-pub fn svg(title: &str, y_label: &str, series: &[Series]) -> String {
+pub fn svg(title: &str, y_label: &str, series: &[Line]) -> String {
     let lines: Vec<Vec<(f64, f64)>> = series.iter().map(|s| finite_sorted(&s.points)).collect();
     let all_t = lines.iter().flatten().map(|p| p.0);
     let mut all_y: Vec<f64> = lines.iter().flatten().map(|p| p.1).collect();
@@ -242,7 +242,7 @@ pub fn svg(title: &str, y_label: &str, series: &[Series]) -> String {
 
 /// The legend, right of the plot area: a swatch and the label per series, at most
 /// [`LEGEND_MAX`] rows.
-fn legend(o: &mut String, series: &[Series], lines: &[Vec<(f64, f64)>]) {
+fn legend(o: &mut String, series: &[Line], lines: &[Vec<(f64, f64)>]) {
     let _ = writeln!(o, r##"<g font-size="11" fill="#333">"##);
     for (i, (s, pts)) in series.iter().zip(lines).take(LEGEND_MAX).enumerate() {
         let y = PLOT_TOP + 8.0 + i as f64 * LEGEND_ROW;
@@ -435,15 +435,15 @@ mod tests {
 
     const HOUR_US: f64 = 3_600_000_000.0;
 
-    fn series(label: &str, points: &[(f64, f64)]) -> Series {
-        Series {
+    fn series(label: &str, points: &[(f64, f64)]) -> Line {
+        Line {
             label: label.into(),
             points: points.to_vec(),
         }
     }
 
     /// A client settling from `start` µs to near zero, one point a second.
-    fn settling(label: &str, start: f64, seconds: usize) -> Series {
+    fn settling(label: &str, start: f64, seconds: usize) -> Line {
         let points = (0..seconds)
             .map(|s| {
                 let t = s as f64;
@@ -455,7 +455,7 @@ mod tests {
                 (t, v)
             })
             .collect();
-        Series {
+        Line {
             label: label.into(),
             points,
         }
@@ -506,7 +506,7 @@ mod tests {
 
     #[test]
     fn one_polyline_per_series_with_points() {
-        let cases: &[(&[Series], usize)] = &[
+        let cases: &[(&[Line], usize)] = &[
             (&[], 0),
             (&[series("a", &[])], 0),
             (&[series("a", &[(0.0, 1.0), (1.0, 2.0)])], 1),
@@ -528,7 +528,7 @@ mod tests {
 
     #[test]
     fn never_prints_non_finite_numbers() {
-        let cases: Vec<Vec<Series>> = vec![
+        let cases: Vec<Vec<Line>> = vec![
             vec![],
             vec![series("empty", &[])],
             vec![series("one point", &[(5.0, 7.0)])],
@@ -614,7 +614,7 @@ mod tests {
     fn legend_summarizes_many_series() {
         let cases = [(3, None), (LEGEND_MAX, None), (20, Some("+4 more"))];
         for (count, more) in cases {
-            let s: Vec<Series> = (0..count)
+            let s: Vec<Line> = (0..count)
                 .map(|i| series(&format!("client-{i}"), &[(0.0, i as f64)]))
                 .collect();
             let out = svg("t", "error", &s);

@@ -9,7 +9,6 @@
 //! All code that needs "now" takes a [`Clock`], so decision logic can be driven by a
 //! [`ManualClock`] in tests.
 
-pub mod berkeley;
 mod discipline;
 pub mod estimator;
 mod filter;

@@ -487,7 +487,7 @@ fn config_validation() {
     assert!(BullyConfig::new(1, 0).validate().is_ok());
     let mut c = BullyConfig::new(1, 0);
     c.leader_timeout = Duration::from_millis(1500);
-    assert!(c.validate().unwrap_err().contains("twice the heartbeat"));
+    assert!(c.validate().unwrap_err().0.contains("twice the heartbeat"));
     c = BullyConfig::new(1, 0);
     c.heartbeat = Duration::ZERO;
     assert!(c.validate().is_err());

@@ -1,0 +1,73 @@
+//! How tsc answers: exit codes, failures with a one-line message, and output for people or
+//! for scripts (`--json`).
+
+use crate::error::Error;
+
+/// Exit codes.
+pub mod exit {
+    /// Something failed (a service, the runtime, a file).
+    pub const FAILURE: u8 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// An id that is not in the cluster.
+    pub const NOT_FOUND: u8 = 3;
+    /// No cluster: not initialized, or not bootstrapped.
+    pub const NO_CLUSTER: u8 = 4;
+    /// `bootstrap` over an existing cluster.
+    pub const CLUSTER_EXISTS: u8 = 5;
+    /// `status` or `wait` found the cluster unhealthy or not in sync.
+    pub const UNHEALTHY: u8 = 6;
+}
+
+/// A failed command: a message for people and an exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A bad command line that clap could not catch (exit code 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure::new(exit::USAGE, message)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match e {
+            Error::NotFound(_) => exit::NOT_FOUND,
+            _ => exit::FAILURE,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+pub type CliResult<T = ()> = Result<T, Failure>;
+
+/// What a command prints: lines for people, or one JSON value (progress lines then go to
+/// stderr, so stdout stays one JSON document).
+pub struct Out {
+    pub json: bool,
+}
+
+impl Out {
+    pub fn line(&self, s: &str) {
+        if self.json {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    }
+
+    pub fn json(&self, v: serde_json::Value) {
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    }
+}

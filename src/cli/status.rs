@@ -1,0 +1,167 @@
+//! `tsc status` and `tsc wait`: what the cluster looks like now, and waiting until its clocks
+//! agree. The verdicts themselves are [`super::verdict`]'s.
+
+use super::output::{exit, CliResult, Failure, Out};
+use super::servers;
+use super::snapshot::{redis, snapshot};
+use super::verdict::{health, synced};
+use super::view::{client_rows, ms};
+use crate::cache::ReportStore;
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::protocol::Algorithm;
+use crate::runtime::cluster::{ClusterConfig, State};
+use crate::runtime::{Role, Runtime};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Pause between two looks while waiting.
+const WAIT_POLL: Duration = Duration::from_millis(500);
+
+/// `tsc status`: services, replicas, counters, clients, master, health; exit 6 when unhealthy.
+pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out) -> CliResult<u8> {
+    let nodes = rt.nodes(state).await?;
+    let redis_ok = redis(rt, state).await;
+    let (rows, master, stats) = match &redis_ok {
+        Ok(store) => {
+            let reports = store.live_reports().await.unwrap_or_default();
+            let master = store.master().await.ok().flatten();
+            let rows = client_rows(&nodes, &reports, master.as_ref(), SystemClock.now_us());
+            (rows, master, store.server_stats().await.unwrap_or_default())
+        }
+        Err(_) => (client_rows(&nodes, &[], None, 0), None, vec![]),
+    };
+    let replicas = servers::rows(rt, state).await?;
+    let leader = servers::current_leader(&replicas).map(|r| r.id);
+    let mut problems = health(&nodes, &rows, master.as_ref(), stats.len());
+    if leader.is_none() && replicas.iter().any(|r| r.state == "running") {
+        problems.push("no server replica leads".into());
+    }
+    if let Err(f) = &redis_ok {
+        problems.insert(0, f.message.clone());
+    }
+    let max_err = rows
+        .iter()
+        .filter_map(|r| r.true_error_us.map(i64::abs))
+        .max();
+    let code = if problems.is_empty() {
+        0
+    } else {
+        exit::UNHEALTHY
+    };
+    if out.json {
+        out.json(json!({
+            "runtime": rt.kind().as_str(), "cluster_id": cfg.cluster_id, "nodes": nodes,
+            "clients": rows, "master": master, "replicas": replicas, "leader": leader,
+            "servers": stats.iter().map(|(id, h)| json!({"id": id, "stats": h})).collect::<Vec<_>>(),
+            "max_true_error_us": max_err, "healthy": problems.is_empty(), "problems": problems,
+        }));
+        return Ok(code);
+    }
+    out.line(&format!(
+        "Runtime:  {} (cluster {})",
+        rt.kind().as_str(),
+        cfg.cluster_id
+    ));
+    for n in nodes
+        .iter()
+        .filter(|n| n.role != Role::Client && n.role != Role::Server)
+    {
+        out.line(&format!(
+            "{:<9} {:<15} {:<8} {}",
+            format!("{}:", n.role.as_str()),
+            n.ip,
+            n.state,
+            n.handle
+        ));
+    }
+    for r in &replicas {
+        out.line(&format!(
+            "{:<9} {:<15} {:<8} {} epoch {}{}",
+            format!("server {}:", r.id),
+            r.ip,
+            r.state,
+            r.role,
+            r.epoch.map_or_else(|| "-".into(), |e| e.to_string()),
+            r.heartbeat_age_ms.map_or_else(String::new, |a| format!(
+                ", heartbeat {:.1}s ago",
+                a as f64 / 1000.0
+            ))
+        ));
+    }
+    for (id, h) in &stats {
+        let g = |k: &str| h.get(k).copied().unwrap_or(0);
+        out.line(&format!(
+            "server {id}: reports_stored={} rejected={} updates_published={} master_changes={}",
+            g("reports_stored"),
+            g("rejected_total"),
+            g("updates_published"),
+            g("master_changes")
+        ));
+    }
+    let running = rows.iter().filter(|r| r.state == "running").count();
+    let reporting = rows.iter().filter(|r| r.time_us.is_some()).count();
+    out.line(&format!(
+        "Clients:  {} ({running} running, {reporting} reporting)",
+        rows.len()
+    ));
+    match &master {
+        Some(m) => out.line(&format!("Master:   {} ({})", m.id, m.ip)),
+        None => out.line("Master:   none"),
+    }
+    out.line(&format!("Sync:     max |true error| {} ms", ms(max_err)));
+    if problems.is_empty() {
+        out.line("Health:   OK");
+    } else {
+        out.line(&format!("Health:   DEGRADED: {}", problems.join("; ")));
+    }
+    Ok(code)
+}
+
+/// `tsc wait`: until every client follows the reference within `bound_ms`; exit 6 on timeout.
+pub async fn wait(
+    state: &State,
+    rt: &Runtime,
+    alg: Algorithm,
+    timeout: Duration,
+    bound_ms: f64,
+    out: &Out,
+) -> CliResult<u8> {
+    let t0 = Instant::now();
+    let bound_us = (bound_ms * 1000.0) as i64;
+    loop {
+        let s = snapshot(rt, state).await;
+        let verdict = match &s {
+            Err(f) => Err(f.message.clone()),
+            Ok(s) => synced(s, alg, bound_us),
+        };
+        match verdict {
+            Ok(worst) => {
+                let s = s.expect("ok");
+                let reference = match (&s.master, alg) {
+                    (_, Algorithm::Berkeley) | (None, _) => "the clients' mean".to_string(),
+                    (Some(m), _) => format!("master {} ({})", m.id, m.ip),
+                };
+                if out.json {
+                    out.json(json!({"synced": true, "clients": s.rows.len(), "master": s.master, "reference": reference, "max_true_error_us": worst, "seconds": t0.elapsed().as_secs_f64()}));
+                } else {
+                    out.line(&format!(
+                        "Clocks synced: {} clients within {} ms of {reference} after {:.1}s",
+                        s.rows.len(),
+                        ms(Some(worst)),
+                        t0.elapsed().as_secs_f64()
+                    ));
+                }
+                return Ok(0);
+            }
+            Err(why) => {
+                if t0.elapsed() > timeout {
+                    return Err(Failure::new(
+                        exit::UNHEALTHY,
+                        format!("not in sync after {}s: {why}", timeout.as_secs()),
+                    ));
+                }
+            }
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}

@@ -1,0 +1,501 @@
+//! Private services on this machine: a `redis-server` of one's own, a RabbitMQ virtual host of
+//! one's own on the machine's broker, or a whole RabbitMQ node of one's own.
+//!
+//! The local runtime, the integration tests and the benchmarks all need them, and all bring
+//! them up through this one module, so they start them the same way and clean up the same way.
+//! Nothing here touches a service it did not start: a [`Vhost`] lives on the shared broker but
+//! only its own vhost is created and deleted, and a test that must stop a broker starts its own
+//! [`RabbitNode`] (own node name, ports and data directory) instead of stopping the machine's.
+
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Port of the machine's RabbitMQ.
+pub const RABBITMQ_PORT: u16 = 5672;
+/// How long a service may take to open its port.
+pub const SERVICE_PORT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A TCP port nobody listens on right now (the OS picks it).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("127.0.0.1:0", e))?;
+    Ok(l.local_addr()
+        .map_err(|e| Error::io("127.0.0.1:0", e))?
+        .port())
+}
+
+/// Whether something accepts TCP on `ip:port` now.
+pub fn port_open(ip: IpAddr, port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(1)).is_ok()
+}
+
+/// Waits until `ip:port` accepts TCP, printing progress lines (the seed's words).
+pub async fn wait_port(
+    service: &str,
+    ip: IpAddr,
+    port: u16,
+    p: &mut dyn FnMut(&str),
+) -> Result<()> {
+    p(&format!(
+        "waiting for {service} service port on {ip}:{port}"
+    ));
+    let deadline = Instant::now() + SERVICE_PORT_TIMEOUT;
+    let mut backoff = Backoff::default();
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect((ip, port)),
+        )
+        .await;
+        if matches!(attempt, Ok(Ok(_))) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Runtime(format!(
+                "{service} did not open {ip}:{port} within {}s",
+                SERVICE_PORT_TIMEOUT.as_secs()
+            )));
+        }
+        let delay = backoff.next_delay();
+        p(&format!(
+            "Failed connecting to {ip} on {port}, Retrying in {} seconds...",
+            delay.as_secs()
+        ));
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// The arguments of a `redis-server` that keeps nothing on disk: `bind` on `port`, with
+/// `password` if given.
+pub fn redis_args(bind: IpAddr, port: u16, password: Option<&str>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        &bind.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(p) = password {
+        args.extend(["--requirepass".into(), p.into()]);
+    } else if !bind.is_loopback() {
+        // Reachable from other hosts without a password only if asked for explicitly.
+        args.extend(["--protected-mode".into(), "yes".into()]);
+    }
+    args
+}
+
+/// A child process that is killed (SIGKILL) when dropped, with its output in a file.
+#[derive(Debug)]
+pub struct Process {
+    pub name: String,
+    child: Child,
+}
+
+impl Process {
+    /// Starts `program` with `args` and extra environment `env`; stdout and stderr go to `log`.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> Result<Process> {
+        let out = std::fs::File::create(log).map_err(|e| Error::io(log, e))?;
+        let err = out.try_clone().map_err(|e| Error::io(log, e))?;
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| Error::io(program, e))?;
+        Ok(Process {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (a libc signal number).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child, which has not been reaped (we hold it).
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then waits up to `timeout` for its exit status (`None`: still running).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `redis-server` of one's own on loopback, gone when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    pub port: u16,
+    password: Option<String>,
+    dir: PathBuf,
+    proc: Option<Process>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port (logging into `dir`) and waits until it answers.
+    pub fn start(dir: &Path, password: Option<&str>) -> Result<RedisServer> {
+        let mut r = RedisServer {
+            port: free_port()?,
+            password: password.map(str::to_string),
+            dir: dir.to_path_buf(),
+            proc: None,
+        };
+        r.restart()?;
+        Ok(r)
+    }
+
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    /// Kills it (its data is gone: it keeps nothing on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// (Re)starts it on the same port, empty, and waits until it answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let args = redis_args(lo, self.port, self.password.as_deref());
+        let log = self.dir.join(format!("redis-{}.log", self.port));
+        self.proc = Some(Process::spawn(
+            "redis-server",
+            Path::new("redis-server"),
+            &args,
+            &[],
+            &log,
+        )?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !port_open(lo, self.port) {
+            if Instant::now() > deadline {
+                return Err(Error::Runtime(format!(
+                    "redis-server did not open port {} (see {})",
+                    self.port,
+                    log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `rabbitmqctl` with `args` (against `node`, or the machine's broker); its output.
+pub fn rabbitmqctl(node: Option<&str>, args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new("rabbitmqctl");
+    if let Some(n) = node {
+        cmd.args(["-n", n]);
+    }
+    let out = cmd.args(args).output().map_err(|e| {
+        Error::Runtime(format!(
+            "cannot run rabbitmqctl: {e} (install rabbitmq-server)"
+        ))
+    })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(Error::Runtime(format!(
+            "rabbitmqctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Creates `vhost` and gives `user` (created with `password` if one is given; else it must
+/// exist, like `guest`) every permission in it.
+pub fn add_vhost(
+    node: Option<&str>,
+    vhost: &str,
+    user: &str,
+    password: Option<&str>,
+) -> Result<()> {
+    rabbitmqctl(node, &["-q", "add_vhost", vhost])?;
+    if let Some(pass) = password {
+        if rabbitmqctl(node, &["-q", "add_user", user, pass]).is_err() {
+            rabbitmqctl(node, &["-q", "change_password", user, pass])?;
+        }
+    }
+    rabbitmqctl(
+        node,
+        &["-q", "set_permissions", "-p", vhost, user, ".*", ".*", ".*"],
+    )?;
+    Ok(())
+}
+
+/// `(queue, messages, consumers)` of every queue in `vhost`.
+pub fn list_queues(node: Option<&str>, vhost: &str) -> Result<Vec<(String, u64, u64)>> {
+    let out = rabbitmqctl(
+        node,
+        &[
+            "-q",
+            "list_queues",
+            "-p",
+            vhost,
+            "--no-table-headers",
+            "name",
+            "messages",
+            "consumers",
+        ],
+    )?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((
+                it.next()?.to_string(),
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+            ))
+        })
+        .collect())
+}
+
+/// A RabbitMQ virtual host of one's own on a broker (the machine's, or a [`RabbitNode`]),
+/// used as `guest`; deleted when dropped.
+#[derive(Debug)]
+pub struct Vhost {
+    pub name: String,
+    node: Option<String>,
+    port: u16,
+}
+
+impl Vhost {
+    /// A fresh vhost named `<prefix>-<random>` on the machine's broker.
+    pub fn create(prefix: &str) -> Result<Vhost> {
+        if !port_open(IpAddr::from([127, 0, 0, 1]), RABBITMQ_PORT) {
+            return Err(Error::Runtime(format!(
+                "RabbitMQ is not listening on 127.0.0.1:{RABBITMQ_PORT}; start it (scripts/setup.sh does)"
+            )));
+        }
+        Self::create_on(None, RABBITMQ_PORT, prefix)
+    }
+
+    fn create_on(node: Option<&str>, port: u16, prefix: &str) -> Result<Vhost> {
+        let name = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+        add_vhost(node, &name, "guest", None)?;
+        Ok(Vhost {
+            name,
+            node: node.map(str::to_string),
+            port,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/{}", self.port, self.name)
+    }
+
+    /// `(queue, messages, consumers)` of every queue in it.
+    pub fn queues(&self) -> Result<Vec<(String, u64, u64)>> {
+        list_queues(self.node.as_deref(), &self.name)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(self.node.as_deref(), &["-q", "delete_vhost", &self.name]);
+    }
+}
+
+/// A RabbitMQ node of one's own: its own node name, AMQP and distribution ports and data
+/// directory, run as the `rabbitmq` user like the machine's. It can be stopped and started
+/// without disturbing anyone else; it is stopped when dropped.
+#[derive(Debug)]
+pub struct RabbitNode {
+    pub name: String,
+    pub port: u16,
+    dir: PathBuf,
+    proc: Option<Process>,
+}
+
+/// How long a RabbitMQ node may take to start.
+pub const RABBIT_START_TIMEOUT: Duration = Duration::from_secs(90);
+
+impl RabbitNode {
+    /// Starts a node with its data under `dir` (created, and given to the `rabbitmq` user) and
+    /// waits until it accepts AMQP.
+    pub async fn start(dir: &Path) -> Result<RabbitNode> {
+        let data = dir.join("rabbitmq");
+        std::fs::create_dir_all(&data).map_err(|e| Error::io(&data, e))?;
+        std::fs::write(data.join("enabled_plugins"), "[].\n").map_err(|e| Error::io(&data, e))?;
+        let chown = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&data)
+            .status()
+            .map_err(|e| Error::io("chown", e))?;
+        if !chown.success() {
+            return Err(Error::Runtime(format!(
+                "cannot give {} to the rabbitmq user",
+                data.display()
+            )));
+        }
+        let mut node = RabbitNode {
+            name: format!("ts-{}@localhost", uuid::Uuid::new_v4().simple()),
+            port: free_port()?,
+            dir: data,
+            proc: None,
+        };
+        node.boot().await?;
+        Ok(node)
+    }
+
+    fn boot_env(&self) -> Result<Vec<(String, String)>> {
+        let d = |sub: &str| self.dir.join(sub).display().to_string();
+        Ok(vec![
+            ("RABBITMQ_NODENAME".into(), self.name.clone()),
+            ("RABBITMQ_NODE_IP_ADDRESS".into(), "127.0.0.1".into()),
+            ("RABBITMQ_NODE_PORT".into(), self.port.to_string()),
+            ("RABBITMQ_DIST_PORT".into(), free_port()?.to_string()),
+            ("RABBITMQ_MNESIA_BASE".into(), d("mnesia")),
+            ("RABBITMQ_LOG_BASE".into(), d("log")),
+            ("RABBITMQ_PID_FILE".into(), d("pid")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE".into(), d("enabled_plugins")),
+            ("RABBITMQ_CONFIG_FILE".into(), d("rabbitmq")),
+        ])
+    }
+
+    /// Starts (or restarts) the node's process and waits until it accepts AMQP.
+    async fn boot(&mut self) -> Result<()> {
+        let env = self.boot_env()?;
+        let log = self.dir.join("console.log");
+        let args: Vec<String> = [
+            "-u",
+            "rabbitmq",
+            "--",
+            "/usr/lib/rabbitmq/bin/rabbitmq-server",
+        ]
+        .map(String::from)
+        .to_vec();
+        self.proc = Some(Process::spawn(
+            "rabbitmq-server",
+            Path::new("runuser"),
+            &args,
+            &env,
+            &log,
+        )?);
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let deadline = Instant::now() + RABBIT_START_TIMEOUT;
+        while !port_open(lo, self.port) {
+            if Instant::now() > deadline || !self.proc.as_mut().is_some_and(|p| p.is_running()) {
+                return Err(Error::Runtime(format!(
+                    "RabbitMQ node {} did not open port {} (see {})",
+                    self.name,
+                    self.port,
+                    log.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        rabbitmqctl(Some(&self.name), &["-q", "await_startup"])?;
+        Ok(())
+    }
+
+    /// The node's default vhost as `guest`.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// A fresh vhost of one's own on this node.
+    pub fn vhost(&self, prefix: &str) -> Result<Vhost> {
+        Vhost::create_on(Some(&self.name), self.port, prefix)
+    }
+
+    /// Stops the broker application: every connection is dropped and the port closes.
+    pub fn stop_app(&self) -> Result<()> {
+        rabbitmqctl(Some(&self.name), &["-q", "stop_app"]).map(|_| ())
+    }
+
+    /// Starts the broker application again.
+    pub fn start_app(&self) -> Result<()> {
+        rabbitmqctl(Some(&self.name), &["-q", "start_app"]).map(|_| ())
+    }
+
+    /// Kills the node's whole process group at once, as a crash would.
+    pub fn kill(&mut self) {
+        self.shutdown(false);
+    }
+
+    /// Starts a killed node again, on the same ports and data.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.shutdown(false);
+        self.boot().await
+    }
+
+    fn shutdown(&mut self, polite: bool) {
+        if polite {
+            let _ = rabbitmqctl(Some(&self.name), &["-q", "stop"]);
+        }
+        // The Erlang VM runs under runuser's shell; the node's pid file names it. A pid counts
+        // as ours only while its command line still names our node.
+        let pid = std::fs::read_to_string(self.dir.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<libc::pid_t>().ok());
+        if let Some(pid) = pid {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&self.name) {
+                // SAFETY: kill(2) on the live process of our own node.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        self.shutdown(true);
+    }
+}
