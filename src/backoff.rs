@@ -1,6 +1,6 @@
 //! Reconnection delays.
 //!
-//! Retries wait longer each time (the seed's shrank), up to a cap small enough that a restarted
+//! Retries wait longer each time, up to a cap small enough that a restarted
 //! broker or cache is found again within seconds. The sequence is a pure value so tests and log
 //! lines agree on it.
 

@@ -189,10 +189,10 @@ impl ServerSettings {
 /// What makes one `ts-server` this node: services, identity, API address, logs.
 #[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 pub struct ServerNode {
-    /// RabbitMQ URL (amqp://user:pass@host:port/vhost).
+    /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`).
     #[arg(long, env = "TS_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
-    /// Redis URL (redis://[:password@]host:port/db).
+    /// Redis URL (`redis://[:password@]host:port/db`).
     #[arg(long, env = "TS_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// This replica's id (unique among the replicas; ties in priority go to the higher id).
@@ -337,7 +337,7 @@ impl ClientSettings {
 /// What makes one `ts-client` this node: broker, identity, initial clock, logs.
 #[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 pub struct ClientNode {
-    /// RabbitMQ URL (amqp://user:pass@host:port/vhost).
+    /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`).
     #[arg(long, env = "TS_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
     /// Client id (default: a random UUID).

@@ -254,5 +254,42 @@ fn bad_cli_input_gets_one_line_and_an_exit_code() {
         run(&["clients", "add", "-n", "lots"]).status.code(),
         Some(2)
     );
-    assert_eq!(run(&["bootstrap", "-w", "0"]).status.code(), Some(2));
+    let o = run(&["bootstrap", "-w", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("workers must be"));
+    // cluster.toml: an unknown key and a bad value are refused, naming them; nothing is dead.
+    let path = home.path().join("cluster.toml");
+    let good: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let cases: &[(&str, &str, toml::Value, &str)] = &[
+        ("server", "wrokers", 2.into(), "wrokers"),
+        ("client", "skew", (-1.0).into(), "[client] skew must be"),
+        (
+            "client",
+            "interval_ms",
+            0.into(),
+            "[client] interval_ms must be",
+        ),
+        (
+            "client",
+            "drift_ppm",
+            1e9.into(),
+            "[client] drift_ppm must be",
+        ),
+        ("server", "workers", 0.into(), "[server] workers must be"),
+    ];
+    for (section, key, value, needle) in cases {
+        let mut bad = good.clone();
+        bad[*section]
+            .as_table_mut()
+            .unwrap()
+            .insert(key.to_string(), value.clone());
+        std::fs::write(&path, toml::to_string(&bad).unwrap()).unwrap();
+        let o = run(&["status"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{section}.{key}: {err}");
+        assert!(err.contains(needle), "{section}.{key}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    std::fs::write(&path, toml::to_string(&good).unwrap()).unwrap();
+    assert_eq!(run(&["status"]).status.code(), Some(4), "valid again");
 }

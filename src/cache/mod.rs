@@ -4,7 +4,7 @@
 //! injected clock) for unit tests of the server's logic; integration tests always use Redis.
 //!
 //! Liveness *is* the TTL: a client is live while its key exists, so no sweeper is needed, and a
-//! key that expires between listing and reading is simply skipped (the seed crashed on it).
+//! key that expires between listing and reading is simply skipped.
 
 mod memory;
 mod redis_store;

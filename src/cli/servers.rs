@@ -1,5 +1,5 @@
-//! `tsc servers …`: the server replicas, their roles in the leader election, and seed 004's
-//! shut-off / reboot for simulating failures.
+//! `tsc servers …`: the server replicas, their roles in the leader election, and shutting them
+//! off, crashing, pausing and rebooting them to simulate failures.
 //!
 //! Facts come from the runtime (does the container or process run, is it paused) and from each
 //! replica's record in Redis (`ts:replica:<id>`: role, epoch, leader, heartbeat), joined by a

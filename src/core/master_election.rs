@@ -1,8 +1,8 @@
 //! Master election: which client's clock everyone follows.
 //!
-//! The rule is the seed's, "the live client with the lowest IP", done properly: addresses are
-//! compared as numbers, never as strings or concatenated digits (the seed ranked `10.0.1.2` below
-//! `10.0.0.100`). Every IPv4 address ranks below every IPv6 address (IPv4-mapped IPv6 addresses
+//! The rule is "the live client with the lowest IP", with addresses compared as numbers, never
+//! as strings or concatenated digits (as text, `10.0.1.2` would rank below `10.0.0.100`).
+//! Every IPv4 address ranks below every IPv6 address (IPv4-mapped IPv6 addresses
 //! count as IPv4); ties, e.g. two processes advertising one address, are broken by the id's
 //! 128-bit value so every server replica picks the same master.
 //!

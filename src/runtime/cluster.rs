@@ -158,10 +158,19 @@ impl ClusterConfig {
                 Error::io(&path, e)
             }
         })?;
-        let mut cfg: ClusterConfig =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let mut cfg: ClusterConfig = toml::from_str(&text).map_err(|e| {
+            // One line: where, and what (toml's own rendering quotes the source over lines).
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let at = line.map_or_else(String::new, |l| format!(" line {l}:"));
+            Error::Config(format!("{}:{at} {}", path.display(), e.message().trim()))
+        })?;
         cfg.home = home.to_path_buf();
-        cfg.validate()?;
+        cfg.validate().map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            e => e,
+        })?;
         Ok(cfg)
     }
 

@@ -7,9 +7,7 @@
 //! `tsc ... tail` reads them.
 
 use super::cluster::ClusterConfig;
-use super::node::{
-    labels, next_free_ip, server_host, server_node_id, Node, Role, CLIENT_HOSTS, MAX_REPLICAS,
-};
+use super::node::{labels, next_free_ip, server_host, server_node_id, Node, Role, CLIENT_HOSTS};
 use super::services::{redis_args, wait_port};
 use super::{client_env, images, server_env, Endpoints, Progress};
 use crate::error::{Error, Result};
@@ -279,8 +277,7 @@ impl DockerRuntime {
         settings: &ServerSettings,
         replica: u64,
     ) -> Result<Node> {
-        let host = server_host(replica)
-            .ok_or_else(|| Error::Runtime(format!("replica ids go from 1 to {MAX_REPLICAS}")))?;
+        let host = server_host(replica)?;
         let ip = self.ip(host);
         let dir = self.cfg.server_log_dir.display().to_string();
         let http = std::net::SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_HTTP_PORT);

@@ -9,9 +9,7 @@
 //! `TS_*` identity, or for Redis its command line), so a reused PID is never signalled.
 
 use super::cluster::{ClusterConfig, LocalNode, State};
-use super::node::{
-    next_free_ip, server_host, server_node_id, Node, Role, CLIENT_HOSTS, MAX_REPLICAS,
-};
+use super::node::{next_free_ip, server_host, server_node_id, Node, Role, CLIENT_HOSTS};
 use super::services::{
     add_vhost, free_port, port_open, rabbitmqctl, redis_args, wait_port, RABBITMQ_PORT,
 };
@@ -190,8 +188,7 @@ impl LocalRuntime {
         settings: &ServerSettings,
         replica: u64,
     ) -> Result<Node> {
-        let host = server_host(replica)
-            .ok_or_else(|| Error::Runtime(format!("replica ids go from 1 to {MAX_REPLICAS}")))?;
+        let host = server_host(replica)?;
         let ip = Ipv4Addr::new(127, 0, 0, host);
         let http = std::net::SocketAddr::new(ip.into(), DEFAULT_HTTP_PORT);
         let env = server_env(&self.cfg, ep, settings, replica, http);

@@ -81,10 +81,14 @@ pub fn replica_of(node_id: &str) -> Option<u64> {
 }
 
 /// Host number of replica `replica` in the cluster's subnet (and on loopback): `.10` for 1.
-pub fn server_host(replica: u64) -> Option<u8> {
-    (1..=MAX_REPLICAS)
-        .contains(&replica)
-        .then(|| 9 + replica as u8)
+pub fn server_host(replica: u64) -> crate::Result<u8> {
+    if (1..=MAX_REPLICAS).contains(&replica) {
+        Ok(9 + replica as u8)
+    } else {
+        Err(crate::Error::Runtime(format!(
+            "replica ids go from 1 to {MAX_REPLICAS} (got {replica})"
+        )))
+    }
 }
 
 /// The lowest address in `first..=last` (host numbers within the subnet `base`) not in `taken`.
@@ -128,10 +132,10 @@ mod tests {
         assert_eq!(replica_of("server-3"), Some(3));
         assert_eq!(replica_of("server-x"), None);
         assert_eq!(replica_of("client-3"), None);
-        assert_eq!(server_host(1), Some(10));
-        assert_eq!(server_host(10), Some(19));
-        assert_eq!(server_host(0), None);
-        assert_eq!(server_host(11), None);
+        assert_eq!(server_host(1).unwrap(), 10);
+        assert_eq!(server_host(10).unwrap(), 19);
+        assert!(server_host(0).is_err());
+        assert!(server_host(11).is_err());
     }
 
     #[test]

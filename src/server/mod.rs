@@ -15,7 +15,7 @@
 //! connection and run broker *sessions* that are restarted after any failure
 //! ([`crate::broker::run_sessions`]); Redis is one self-reconnecting multiplexed connection
 //! shared by all. The scheduler and the reference task run once per leadership term
-//! ([`term::per_term`]). Shutdown is a [`CancellationToken`]: workers finish the batch in hand,
+//! (`term::per_term`). Shutdown is a [`CancellationToken`]: workers finish the batch in hand,
 //! cancel their consumers and close; a leader resigns.
 
 mod context;

@@ -1,12 +1,12 @@
 //! The scheduler: once per tick, make sure there is a live master and broadcast its time.
 //!
 //! [`Scheduler::tick`] is the decision of one tick against the report store (which it reads, and
-//! where it records a new master); [`run`] is its loop for one leadership term: a broker session
+//! where it records a new master); `run` is its loop for one leadership term: a broker session
 //! that ticks and publishes what the tick returns.
 //!
 //! The broadcast time is extrapolated, not echoed: the server knows the master's clock minus its
 //! own from the master's last report (measured at receipt), so `master_time = server_now +
-//! that offset` is the master's clock *now*, not up to a tick ago as in the seed. What remains is
+//! that offset` is the master's clock *now*, not as of its last report. What remains is
 //! transit time (report and update hops, a few hundred µs on one host), which the delay
 //! compensation of a later algorithm removes.
 

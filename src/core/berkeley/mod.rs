@@ -1,9 +1,9 @@
 //! The Berkeley algorithm (Gusella & Zatti's TEMPO): a coordinator polls every clock, averages
 //! them fault-tolerantly, and tells each how far to move.
 //!
-//! - [`average`]: the pure arithmetic of one round (round-trip compensation, the largest
+//! - [`mod@average`]: the pure arithmetic of one round (round-trip compensation, the largest
 //!   agreeing cluster, per-clock adjustments).
-//! - [`round`]: the coordinator's schedule as a state machine (polls, fastest answer per
+//! - [`mod@round`]: the coordinator's schedule as a state machine (polls, fastest answer per
 //!   client, closing a round).
 
 pub mod average;

@@ -5,7 +5,7 @@
 //! answer (a fanout poll reaches many clients one after another, so one poll's round trips are
 //! lopsided by milliseconds; TEMPO, too, measured each node several times), and
 //! [`RoundConfig::collect`] after the last poll it closes the round: it averages the readings
-//! ([`super::average`]) and tells every client that answered its own adjustment.
+//! ([`super::average()`]) and tells every client that answered its own adjustment.
 //!
 //! The driver ([`crate::server`]) feeds it time ([`Coordinator::tick`], whenever
 //! [`Coordinator::next_wakeup`] is due) and the readings it receives
