@@ -170,6 +170,7 @@ impl Checked for ToReplica {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     fn report() -> TimeReport {
         TimeReport {
