@@ -38,6 +38,9 @@ pub enum Error {
     /// A runtime (docker or local processes) could not do what was asked.
     #[error("{0}")]
     Runtime(String),
+    /// A key this node needs is not in its key directory.
+    #[error("keys: {0}")]
+    Keys(#[from] crate::core::keyring::MissingKey),
 }
 
 impl Error {

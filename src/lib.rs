@@ -32,6 +32,7 @@ pub mod cli;
 pub mod client;
 pub mod core;
 pub mod error;
+pub mod keys;
 pub mod logging;
 pub mod measure;
 pub mod net;

@@ -59,8 +59,11 @@ pub const REJECT_LOG_BURST: u32 = 10;
 /// Window of the reject log limit.
 pub const REJECT_LOG_WINDOW: Duration = Duration::from_secs(10);
 
-/// Logs the first few rejected messages of each window and a count of the rest, so a flood of
-/// garbage cannot fill the disk. Used by server workers, the reference task and clients.
+/// Logs the first few rejected or ignored messages of each window and a count of the rest, so
+/// a flood cannot fill the disk. The count of the rest is logged when the window ends, with
+/// the window's real length, by [`RejectLog::flush`], which every loop that rejects calls on a
+/// timer ([`RejectLog::window`] is its period). Used by server workers, the reference task,
+/// the election driver and clients.
 pub struct RejectLog {
     /// What rejects: `worker 2`, `reference`.
     source: String,
@@ -79,25 +82,68 @@ impl RejectLog {
         }
     }
 
+    /// How often [`RejectLog::flush`] should be called.
+    pub fn window() -> Duration {
+        REJECT_LOG_WINDOW
+    }
+
+    /// A rejected message of `len` bytes.
     pub fn record(&mut self, e: &crate::core::protocol::DecodeError, len: usize) {
-        if self.window_start.elapsed() >= REJECT_LOG_WINDOW {
-            if self.suppressed > 0 {
-                warn!(
-                    source = %self.source,
-                    suppressed = self.suppressed,
-                    "more messages were rejected than logged in the last {}s",
-                    REJECT_LOG_WINDOW.as_secs()
-                );
-            }
-            self.window_start = tokio::time::Instant::now();
-            self.logged = 0;
-            self.suppressed = 0;
-        }
+        self.note(e.kind(), &format!("rejected message: {e}"), len);
+    }
+
+    /// Anything refused or ignored, with a short stable `reason` and a line for people.
+    pub fn note(&mut self, reason: &str, what: &str, len: usize) {
+        self.flush();
         if self.logged < REJECT_LOG_BURST {
             self.logged += 1;
-            warn!(source = %self.source, reason = e.kind(), bytes = len, "rejected message: {e}");
+            warn!(source = %self.source, reason, bytes = len, "{what}");
         } else {
             self.suppressed += 1;
         }
+    }
+
+    /// Ends the window if it is over: says how many were not logged during it, and opens a
+    /// new one.
+    pub fn flush(&mut self) {
+        let elapsed = self.window_start.elapsed();
+        if elapsed < REJECT_LOG_WINDOW {
+            return;
+        }
+        if self.suppressed > 0 {
+            warn!(
+                source = %self.source,
+                suppressed = self.suppressed,
+                "{} more messages were refused than logged in the last {:.0}s",
+                self.suppressed,
+                elapsed.as_secs_f64()
+            );
+        }
+        self.window_start = tokio::time::Instant::now();
+        self.logged = 0;
+        self.suppressed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn logs_a_burst_then_counts_and_flushes_on_time() {
+        let mut log = RejectLog::new("test".into());
+        for _ in 0..25 {
+            log.note("malformed", "rejected", 3);
+        }
+        assert_eq!((log.logged, log.suppressed), (REJECT_LOG_BURST, 15));
+        log.flush();
+        assert_eq!(log.suppressed, 15, "the window is not over yet");
+        tokio::time::advance(REJECT_LOG_WINDOW).await;
+        log.flush();
+        assert_eq!(
+            (log.logged, log.suppressed),
+            (0, 0),
+            "flushed without a new reject"
+        );
     }
 }

@@ -22,6 +22,7 @@
 use crate::core::berkeley::{self, BerkeleyConfig, RoundConfig};
 use crate::core::clock::{DisciplineConfig, DEFAULT_MAX_SLEW_PPM, DEFAULT_STEP_THRESHOLD_US};
 use crate::core::leader_election::{self, BullyConfig};
+use crate::core::logical::DEFAULT_MAX_OFFSET_US;
 use crate::core::protocol::Algorithm;
 use crate::error::{Error, Result};
 use clap::{Args, FromArgMatches};
@@ -61,12 +62,18 @@ pub const DEFAULT_BERKELEY_COLLECT_MS: u64 = 500;
 pub const DEFAULT_REPLICA_ID: u64 = 1;
 /// Port of each replica's HTTP API.
 pub const DEFAULT_HTTP_PORT: u16 = 8470;
-/// Where a replica's HTTP API listens by default.
-pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8470";
+/// Where a replica's HTTP API listens by default: loopback only. Its mutating endpoints need
+/// the operator token anyway; a runtime that must reach the API from elsewhere (Docker) binds
+/// every address explicitly.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8470";
+/// Where a node's keys are when no `--key-dir` is given.
+pub const DEFAULT_KEY_DIR: &str = "/etc/time-sync/keys";
 /// Default server log directory (the seed's).
 pub const DEFAULT_SERVER_LOG_DIR: &str = "/tmp/ts_server_logs";
 /// Default client log directory (the seed's); each client writes `<dir>/<id>`.
 pub const DEFAULT_CLIENT_LOG_DIR: &str = "/tmp/ts_client_logs";
+/// Entries the event log keeps by default: a day of a quiet cluster, minutes of a busy one.
+pub const DEFAULT_EVENT_LOG_LEN: u64 = 10_000;
 /// Range of every period in milliseconds (ticks, reports).
 pub const PERIOD_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 
@@ -113,6 +120,12 @@ pub struct ServerSettings {
     /// Milliseconds a candidate waits for an outranking replica to answer before it leads.
     #[arg(long, env = "TS_ANSWER_TIMEOUT_MS", default_value_t = leader_election::ANSWER_TIMEOUT.as_millis() as u64)]
     pub answer_timeout_ms: u64,
+    /// Hybrid logical clock: remote timestamps further ahead than this (µs) are refused.
+    #[arg(long, env = "TS_HLC_MAX_OFFSET_US", default_value_t = DEFAULT_MAX_OFFSET_US)]
+    pub hlc_max_offset_us: i64,
+    /// Entries the cluster's event log keeps (older ones are trimmed).
+    #[arg(long, env = "TS_EVENT_LOG_LEN", default_value_t = DEFAULT_EVENT_LOG_LEN)]
+    pub event_log_len: u64,
 }
 
 impl Default for ServerSettings {
@@ -141,6 +154,13 @@ impl ServerSettings {
             return invalid(format!(
                 "berkeley_interval_ms must be at least 100 and above berkeley_collect_ms (got {} and {})",
                 self.berkeley_interval_ms, self.berkeley_collect_ms
+            ));
+        }
+        max_offset(self.hlc_max_offset_us)?;
+        if !(100..=10_000_000).contains(&self.event_log_len) {
+            return invalid(format!(
+                "event_log_len must be between 100 and 10000000 (got {})",
+                self.event_log_len
             ));
         }
         self.bully(DEFAULT_REPLICA_ID, 0)
@@ -204,6 +224,9 @@ pub struct ServerNode {
     /// Address of the HTTP API (`ip:port`; port 0 picks a free one, published in Redis).
     #[arg(long, env = "TS_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: SocketAddr,
+    /// Directory of this replica's keys (leader.key, replica.key, cluster.key, …).
+    #[arg(long, env = "TS_KEY_DIR", default_value = DEFAULT_KEY_DIR)]
+    pub key_dir: PathBuf,
     /// Directory of the server log (`server-<replica id>.json`).
     #[arg(long, env = "TS_LOG_DIR", default_value = DEFAULT_SERVER_LOG_DIR)]
     pub log_dir: PathBuf,
@@ -281,6 +304,9 @@ pub struct ClientSettings {
     /// Fastest slew, in ppm (µs per second).
     #[arg(long, env = "TS_MAX_SLEW_PPM", default_value_t = DEFAULT_MAX_SLEW_PPM)]
     pub max_slew_ppm: f64,
+    /// Hybrid logical clock: remote timestamps further ahead than this (µs) are refused.
+    #[arg(long, env = "TS_HLC_MAX_OFFSET_US", default_value_t = DEFAULT_MAX_OFFSET_US)]
+    pub hlc_max_offset_us: i64,
 }
 
 impl Default for ClientSettings {
@@ -319,7 +345,7 @@ impl ClientSettings {
                 self.max_slew_ppm
             ));
         }
-        Ok(())
+        max_offset(self.hlc_max_offset_us)
     }
 
     pub fn discipline(&self) -> DisciplineConfig {
@@ -352,6 +378,9 @@ pub struct ClientNode {
     /// Seed for the random initial offset, for reproducible runs.
     #[arg(long, env = "TS_SEED")]
     pub seed: Option<u64>,
+    /// Directory of this client's keys (client.key, leader.pub).
+    #[arg(long, env = "TS_KEY_DIR", default_value = DEFAULT_KEY_DIR)]
+    pub key_dir: PathBuf,
     /// Directory of the client log (`<dir>/<id>`).
     #[arg(long, env = "TS_LOG_DIR", default_value = DEFAULT_CLIENT_LOG_DIR)]
     pub log_dir: PathBuf,
@@ -428,6 +457,15 @@ fn in_period(name: &str, ms: u64) -> Result<()> {
         "{name} must be between {} and {} (got {ms})",
         PERIOD_MS.start(),
         PERIOD_MS.end()
+    ))
+}
+
+fn max_offset(us: i64) -> Result<()> {
+    if (1_000..=60_000_000).contains(&us) {
+        return Ok(());
+    }
+    invalid(format!(
+        "hlc_max_offset_us must be between 1000 and 60000000 (got {us})"
     ))
 }
 

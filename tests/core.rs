@@ -123,12 +123,20 @@ async fn garbage_flood_rejected_counted_and_sync_continues() {
     let good = TimeReport::new(uuid::Uuid::new_v4(), "127.0.0.77".parse().unwrap(), 0, 1);
     let mut wrong_version = serde_json::to_value(&good).unwrap();
     wrong_version["v"] = 99.into();
+    // Well formed, but sealed with another client's key: the cluster secret derives a key per
+    // client id, so one client cannot report as another.
+    let impostor = env.keys.client_ring(&uuid::Uuid::new_v4());
+    let forged = protocol::encode_sealed(&good, &impostor.client[0].kid, |d| {
+        impostor.client[0].tag(d)
+    });
     let kinds: Vec<Vec<u8>> = vec![
         b"not json".to_vec(),
         b"\x80\x02}q\x00(U\x02idq\x01".to_vec(), // a pickle, as the seed sent
         format!("{{\"v\":{}}}", protocol::PROTOCOL_VERSION).into_bytes(), // right version, missing fields
         serde_json::to_vec(&wrong_version).unwrap(),
         vec![b'{'; protocol::MAX_MESSAGE_BYTES + 10],
+        protocol::encode(&good), // well formed, unsigned
+        forged,
     ];
     let per_kind = 400;
     for _ in 0..per_kind {
@@ -143,13 +151,27 @@ async fn garbage_flood_rejected_counted_and_sync_continues() {
         Duration::from_secs(30),
         "every bad message counted",
         || async {
-            let n = stat(&store, "rejected_total").await;
+            let mut n = 0;
+            for k in [
+                "malformed",
+                "too_large",
+                "bad_version",
+                "unsigned",
+                "bad_signature",
+            ] {
+                n += stat(&store, &format!("rejected_{k}")).await;
+            }
             (n >= total).then_some(n)
         },
     )
     .await;
     assert_eq!(counted, total, "each bad message counted exactly once");
     assert_eq!(stat(&store, "rejected_too_large").await, per_kind as u64);
+    assert_eq!(stat(&store, "rejected_unsigned").await, per_kind as u64);
+    assert_eq!(
+        stat(&store, "rejected_bad_signature").await,
+        per_kind as u64
+    );
     assert_eq!(stat(&store, "rejected_bad_version").await, per_kind as u64);
     // Nothing was requeued: the reports queue drains.
     wait_for(
@@ -314,6 +336,8 @@ async fn waits_for_services_with_growing_backoff() {
             "--ip".into(),
             "127.0.0.8".into(),
             "--no-log-file".into(),
+            "--key-dir".into(),
+            env.client_keys(uuid::Uuid::new_v4()).display().to_string(),
         ],
         &env.path().join("client.out"),
     );
@@ -326,6 +350,8 @@ async fn waits_for_services_with_growing_backoff() {
             "--redis-url".into(),
             format!("redis://127.0.0.1:{dead}/0"),
             "--no-log-file".into(),
+            "--key-dir".into(),
+            env.server_keys().display().to_string(),
         ],
         &env.path().join("server.out"),
     );
@@ -362,6 +388,17 @@ fn bad_flags_get_one_line_and_nonzero_exit() {
         (SERVER_BIN, &["--workers", "0"], "workers must be"),
         (SERVER_BIN, &["--ttl", "0"], "ttl must be"),
         (SERVER_BIN, &["--redis-url", "localhost"], "redis://"),
+        // No keys, no start: nobody runs an unauthenticated node by mistake.
+        (
+            CLIENT_BIN,
+            &["--key-dir", "/nonexistent", "--no-log-file"],
+            "no client key",
+        ),
+        (
+            SERVER_BIN,
+            &["--key-dir", "/nonexistent", "--no-log-file"],
+            "no leader key",
+        ),
     ];
     for (bin, args, needle) in cases {
         let out = std::process::Command::new(bin)

@@ -149,7 +149,7 @@ async fn scenario(t: &Tsc) {
         started.elapsed()
     );
     let (ep, store) = t.endpoints().await;
-    let obs = Observer::start(&ep.amqp_url).await;
+    let obs = Observer::start(&ep.operator_amqp_url, t.keys().server_ring()).await;
     let (sid3, e1) = leads(t, &obs, 3, 0).await;
     t.ok(&["wait", "--timeout", "60", "--bound-ms", "1"]);
     let settled = Instant::now() + SETTLE;
@@ -163,8 +163,18 @@ async fn scenario(t: &Tsc) {
     // A requested election is visible while it runs and ends; the top replica keeps leading.
     let api2 = replica(&s, 2)["http"].as_str().unwrap().to_string();
     let (code, body) = http(&api2, "POST", "/election");
+    assert_eq!(code, 401, "no operator token: {body}");
+    let (code, _) = http_as(&api2, "POST", "/election", Some("not-the-token"), None);
+    assert_eq!(code, 401, "a wrong token");
+    assert_eq!(
+        replica(&t.servers(), 2)["leader"],
+        3,
+        "a refused request changes nothing"
+    );
+    let token = t.token();
+    let (code, body) = http_as(&api2, "POST", "/election", Some(&token), None);
     assert_eq!(code, 202, "{body}");
-    let (code, body) = http(&api2, "POST", "/election");
+    let (code, body) = http_as(&api2, "POST", "/election", Some(&token), None);
     assert_eq!(code, 409, "a second one while the first runs: {body}");
     wait_for(
         Duration::from_secs(10),
@@ -262,7 +272,7 @@ async fn scenario(t: &Tsc) {
         v: PROTOCOL_VERSION,
         server_id: uuid::Uuid::new_v4(),
         epoch: e1,
-        seq: u64::MAX / 2,
+        seq: 1 << 40,
         master_id: uuid::Uuid::new_v4(),
         master_ip: "10.0.0.1".parse().unwrap(),
         master_time_us: now + 10_000_000,
@@ -270,12 +280,15 @@ async fn scenario(t: &Tsc) {
         algorithm: Algorithm::Naive,
         master_ref_offset_us: None,
         master_ref_freq_ppm: None,
+        stamp: Default::default(),
     });
-    time_sync::broker::publish(
+    // Signed with the real leader key: what a deposed leader could still say.
+    let sealed = t.keys().server_ring().seal_to_clients(&forged).unwrap();
+    time_sync::broker::publish_raw(
         &obs.channel,
         time_sync::core::protocol::UPDATES_EXCHANGE,
         "",
-        &forged,
+        &sealed,
         None,
     )
     .await

@@ -74,8 +74,7 @@ pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Opt
     }
 }
 
-/// Declares the durable reports queue. Clients declare it too, so that reports published before
-/// the server first starts are kept rather than dropped (a defect of the seed).
+/// Declares the durable reports queue.
 pub async fn declare_reports_queue(ch: &Channel) -> Result<()> {
     declare_durable_queue(ch, REPORTS_QUEUE).await
 }
@@ -126,10 +125,48 @@ async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind) -> Resul
 
 /// Declares a server-named, exclusive, auto-delete queue bound to the updates exchange and
 /// returns its name. The broker deletes it when the connection goes, so a removed client leaves
-/// nothing behind.
+/// nothing behind. The exchange must exist ([`expect_client_topology`]).
 pub async fn declare_update_listener(ch: &Channel) -> Result<String> {
-    declare_updates_exchange(ch).await?;
     declare_bound_queue(ch, "", UPDATES_EXCHANGE, &[""]).await
+}
+
+/// Checks that what a client uses exists: the reports and RPC queues and the updates exchange.
+/// A client may not declare (nor so delete) them: servers and tsc do. Checking is a passive
+/// declaration, which needs no permission; a missing one closes the channel with NOT_FOUND, and
+/// the session is tried again a second later (reports are not published into the void).
+pub async fn expect_client_topology(ch: &Channel) -> Result<()> {
+    for q in [REPORTS_QUEUE, protocol::RPC_QUEUE] {
+        ch.queue_declare(
+            q.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    ch.exchange_declare(
+        UPDATES_EXCHANGE.into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Declares everything of the topology that outlives a connection: the reports and RPC queues,
+/// the updates and control exchanges. Servers do it when they connect, and tsc when it starts a
+/// cluster, so clients (which may not) find it.
+pub async fn declare_topology(ch: &Channel) -> Result<()> {
+    declare_reports_queue(ch).await?;
+    declare_rpc_queue(ch).await?;
+    declare_updates_exchange(ch).await?;
+    declare_control_exchange(ch).await
 }
 
 /// Declares replica `id`'s control queue, `ts.replica.<id>`: exclusive and auto-delete like a
@@ -183,13 +220,13 @@ async fn declare_bound_queue(
     Ok(name)
 }
 
-/// Publishes a control message to `routing_key` of the control exchange on a channel in
-/// confirm mode; `mandatory` makes the broker return it when no queue has that key. The
+/// Publishes a sealed control message to `routing_key` of the control exchange on a channel
+/// in confirm mode; `mandatory` makes the broker return it when no queue has that key. The
 /// returned confirmation resolves to the returned message, if any.
 pub async fn publish_control(
     ch: &Channel,
     routing_key: &str,
-    msg: &protocol::ToReplica,
+    sealed: &[u8],
     mandatory: bool,
     expire_after: std::time::Duration,
 ) -> Result<lapin::PublisherConfirm> {
@@ -201,7 +238,7 @@ pub async fn publish_control(
                 mandatory,
                 ..Default::default()
             },
-            &protocol::encode(msg),
+            sealed,
             BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_delivery_mode(1)
@@ -264,7 +301,7 @@ pub async fn publish_raw(
 /// queue the answer should go to.
 pub async fn publish_rpc(
     ch: &Channel,
-    msg: &protocol::ToServer,
+    sealed: &[u8],
     reply_to: &str,
     expire_after: std::time::Duration,
 ) -> Result<()> {
@@ -272,7 +309,7 @@ pub async fn publish_rpc(
         "".into(),
         protocol::RPC_QUEUE.into(),
         BasicPublishOptions::default(),
-        &protocol::encode(msg),
+        sealed,
         BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(1)

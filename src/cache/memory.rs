@@ -1,6 +1,6 @@
 //! In-memory [`ReportStore`] with TTLs against an injected clock, for unit tests.
 
-use super::ReportStore;
+use super::{ReportStore, Stored};
 use crate::core::clock::Clock;
 use crate::core::protocol::{MasterRecord, StoredReport};
 use crate::error::Result;
@@ -21,6 +21,7 @@ struct Inner {
     reports: HashMap<Uuid, (StoredReport, i64)>,
     master: Option<MasterRecord>,
     stats: Vec<(&'static str, u64)>,
+    orders: HashMap<Uuid, (i64, u64)>,
 }
 
 impl<C: Clock + Clone> MemoryStore<C> {
@@ -33,13 +34,27 @@ impl<C: Clock + Clone> MemoryStore<C> {
 }
 
 impl<C: Clock + Clone> ReportStore for MemoryStore<C> {
-    async fn store_reports(&self, reports: &[StoredReport], ttl: Duration) -> Result<()> {
-        let expires = self.clock.now_us() + ttl.as_micros() as i64;
+    async fn store_reports(&self, reports: &[StoredReport], ttl: Duration) -> Result<Vec<Stored>> {
+        let now = self.clock.now_us();
+        let expires = now + ttl.as_micros() as i64;
         let mut inner = self.inner.lock().expect("not poisoned");
+        let mut out = Vec::with_capacity(reports.len());
         for r in reports {
-            inner.reports.insert(r.report.id, (r.clone(), expires));
+            let id = r.report.id;
+            if inner
+                .orders
+                .get(&id)
+                .is_some_and(|o| *o >= r.report.order())
+            {
+                out.push(Stored::Replay);
+                continue;
+            }
+            inner.orders.insert(id, r.report.order());
+            let live = inner.reports.get(&id).is_some_and(|(_, exp)| *exp > now);
+            inner.reports.insert(id, (r.clone(), expires));
+            out.push(if live { Stored::Updated } else { Stored::New });
         }
-        Ok(())
+        Ok(out)
     }
 
     async fn report(&self, id: &Uuid) -> Result<Option<StoredReport>> {

@@ -17,14 +17,27 @@ use crate::error::Result;
 use std::future::Future;
 use std::time::Duration;
 
+/// What became of one report given to [`ReportStore::store_reports`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored; its client had a live report already.
+    Updated,
+    /// Stored; its client had none (it joined, or came back).
+    New,
+    /// Refused: a report of the same client with an equal or later order was stored before.
+    Replay,
+}
+
 /// Storage the server needs. Cloning shares the underlying connection or map.
 pub trait ReportStore: Clone + Send + Sync + 'static {
-    /// Stores each report under its client's key with `ttl`, in one round trip.
+    /// Stores each report under its client's key with `ttl`, in one round trip, unless an
+    /// equal or later report of that client was stored before (a replay). Says per report
+    /// what happened.
     fn store_reports(
         &self,
         reports: &[StoredReport],
         ttl: Duration,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<Vec<Stored>>> + Send;
 
     /// One client's latest report, if it is live.
     fn report(&self, id: &uuid::Uuid) -> impl Future<Output = Result<Option<StoredReport>>> + Send;

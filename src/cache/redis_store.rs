@@ -6,11 +6,12 @@
 //! `ts:replica:<id>` → [`ReplicaRecord`] JSON; `ts:stats:<server_id>` → counters. Listing uses
 //! `SCAN` (never `KEYS`, which blocks Redis) followed by one `MGET`.
 
-use super::ReportStore;
+use super::{ReportStore, Stored};
 use crate::backoff::Backoff;
 use crate::core::protocol::{
-    client_key, replica_record_key, MasterRecord, ReplicaRecord, StoredReport, CLIENT_KEY_PREFIX,
-    EPOCH_KEY, MASTER_KEY, REPLICA_KEY_PREFIX, STATS_KEY_PREFIX,
+    client_key, order_key, replica_record_key, Event, MasterRecord, ReplicaRecord, StoredReport,
+    CLIENT_KEY_PREFIX, EPOCH_KEY, EVENTS_KEY, MASTER_KEY, MAX_COUNTER, REPLICA_KEY_PREFIX,
+    STATS_KEY_PREFIX,
 };
 use crate::error::Result;
 use crate::net::endpoint_of;
@@ -25,10 +26,15 @@ use tracing::{info, warn};
 pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long connecting to Redis may take.
 pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// `max(stored epoch, ARGV[1]) + 1`, stored and returned atomically.
+/// `max(stored epoch, ARGV[1]) + 1`, stored and returned atomically; an error instead of a
+/// number above ARGV[2] (2^53), which Lua's doubles could no longer count exactly.
 const ACQUIRE_EPOCH: &str = r"
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-local n = math.max(cur, tonumber(ARGV[1])) + 1
+local seen = tonumber(ARGV[1]) or 0
+local n = math.max(cur, seen) + 1
+if n > tonumber(ARGV[2]) or n ~= n then
+  return redis.error_reply('epoch would exceed 2^53')
+end
 redis.call('SET', KEYS[1], string.format('%d', n))
 return n
 ";
@@ -45,6 +51,33 @@ end
 redis.call('SET', KEYS[1], ARGV[1])
 return 1
 ";
+/// Stores each report of a batch unless an equal or later one of its client is already
+/// stored (a replay): compares the reports' order (`<boot>:<seq>`, fixed width, so strings
+/// compare like numbers) with the one kept in `ts:order:<id>`. KEYS: the client keys, then the
+/// order keys; ARGV: the TTL, the order keys' TTL, then per report its order and its JSON.
+/// Returns per report: 0 refused as a replay, 1 stored, 2 stored and the client is new (its
+/// key did not exist).
+const STORE_REPORTS: &str = r"
+local n = #KEYS / 2
+local out = {}
+for i = 1, n do
+  local key, okey = KEYS[i], KEYS[n + i]
+  local order, json = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  local prev = redis.call('GET', okey)
+  if prev and prev >= order then
+    out[i] = 0
+  else
+    local existed = redis.call('EXISTS', key)
+    redis.call('SET', key, json, 'EX', ARGV[1])
+    redis.call('SET', okey, order, 'EX', ARGV[2])
+    out[i] = 2 - existed
+  end
+end
+return out
+";
+/// How long a client's last report order is remembered after its last report: a day, so an
+/// old report replayed after the client went away is still refused.
+pub const ORDER_TTL: Duration = Duration::from_secs(86_400);
 /// Keys fetched per `SCAN` step.
 const SCAN_COUNT: usize = 1000;
 
@@ -124,7 +157,8 @@ impl RedisStore {
     pub async fn acquire_epoch(&self, at_least: u64) -> Result<u64> {
         let n: u64 = redis::Script::new(ACQUIRE_EPOCH)
             .key(EPOCH_KEY)
-            .arg(at_least)
+            .arg(at_least.min(MAX_COUNTER))
+            .arg(MAX_COUNTER)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(n)
@@ -165,6 +199,61 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// Appends events to the cluster's log, trimming it to about `max_len` entries.
+    pub async fn append_events(&self, events: &[Event], max_len: u64) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for e in events {
+            let json = serde_json::to_string(e).expect("events serialize");
+            pipe.cmd("XADD")
+                .arg(EVENTS_KEY)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(max_len)
+                .arg("*")
+                .arg("e")
+                .arg(json)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// Up to `count` events of the log after stream id `after` (from the start if `None`),
+    /// oldest first, with their stream ids. Entries that are not events are skipped.
+    pub async fn events(&self, after: Option<&str>, count: usize) -> Result<Vec<(String, Event)>> {
+        let start = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+        let raw: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(EVENTS_KEY)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                let json = fields.into_iter().find(|(k, _)| k == "e")?.1;
+                serde_json::from_str(&json).ok().map(|e| (id, e))
+            })
+            .collect())
+    }
+
+    /// Asks Redis to announce expired keys (`notify-keyspace-events Ex`), so that a client
+    /// leaving is noticed when its report expires.
+    pub async fn announce_expiries(&self) -> Result<()> {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg("Ex")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
     /// The underlying connection, for callers (tsc, tests) that read other keys.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
@@ -201,18 +290,33 @@ impl ReportStore for RedisStore {
         Ok(raw.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
-    async fn store_reports(&self, reports: &[StoredReport], ttl: Duration) -> Result<()> {
+    async fn store_reports(&self, reports: &[StoredReport], ttl: Duration) -> Result<Vec<Stored>> {
         if reports.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let ttl = ttl.as_secs().max(1);
-        let mut pipe = redis::pipe();
+        let store = redis::Script::new(STORE_REPORTS);
+        let mut script = store.prepare_invoke();
         for r in reports {
-            let json = serde_json::to_string(r).expect("stored reports serialize");
-            pipe.set_ex(client_key(&r.report.id), json, ttl).ignore();
+            script.key(client_key(&r.report.id));
         }
-        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(())
+        for r in reports {
+            script.key(order_key(&r.report.id));
+        }
+        script.arg(ttl.as_secs().max(1)).arg(ORDER_TTL.as_secs());
+        for r in reports {
+            let (boot, seq) = r.report.order();
+            script.arg(format!("{boot:020}:{seq:020}"));
+            script.arg(serde_json::to_string(r).expect("stored reports serialize"));
+        }
+        let codes: Vec<u8> = script.invoke_async(&mut self.conn.clone()).await?;
+        Ok(codes
+            .into_iter()
+            .map(|c| match c {
+                0 => Stored::Replay,
+                2 => Stored::New,
+                _ => Stored::Updated,
+            })
+            .collect())
     }
 
     async fn live_reports(&self) -> Result<Vec<StoredReport>> {

@@ -1,10 +1,12 @@
 //! `tsc clients …`: list, inspect, add, remove and tail clients.
 
+use super::operator::command;
 use super::output::{exit, CliResult, Failure, Out};
 use super::snapshot::snapshot;
 use super::tail::{tail_file, TailArgs};
 use super::view::{find_by_prefix, ms, ClientRow};
-use crate::core::clock::format_us;
+use crate::core::clock::{format_us, parse_rfc3339};
+use crate::core::protocol::TimeChange;
 use crate::runtime::cluster::{ClusterConfig, RuntimeKind, State};
 use crate::runtime::node::MAX_CLIENTS;
 use crate::runtime::{Node, Role, Runtime};
@@ -41,7 +43,62 @@ pub enum ClientsCommand {
     },
     /// Show a client's log.
     Tail(TailArgs),
+    /// Set a client's clock: to a time, or shifted by some seconds. The leader relays it,
+    /// signed; a follower comes back to the master within seconds, a master takes the whole
+    /// cluster with it.
+    SetTime {
+        #[arg(short = 'c', long = "client")]
+        client: String,
+        /// An RFC 3339 time, e.g. 2026-11-27T12:00:00Z.
+        #[arg(long, conflicts_with = "shift", required_unless_present = "shift")]
+        time: Option<String>,
+        /// Seconds to move the clock by (negative: back).
+        #[arg(long, allow_hyphen_values = true)]
+        shift: Option<f64>,
+    },
 }
+
+/// Asks the leader to set client `client`'s (an id or a unique prefix of a live client) time;
+/// the leader's answer. The one code path of `tsc clients set-time` and the dashboard.
+pub async fn set_time(
+    cfg: &ClusterConfig,
+    rt: &Runtime,
+    state: &State,
+    client: &str,
+    change: TimeChange,
+) -> CliResult<serde_json::Value> {
+    let s = snapshot(rt, state).await?;
+    let live: Vec<&ClientRow> = s.rows.iter().filter(|r| r.time_us.is_some()).collect();
+    let id = find_by_prefix(&live, |r| &r.id, client)?.id.clone();
+    let body = match change {
+        TimeChange::Absolute { time_us } => json!({ "time_us": time_us }),
+        TimeChange::Shift { shift_us } => json!({ "shift_us": shift_us }),
+    };
+    command(cfg, rt, state, &format!("/clients/{id}/time"), body).await
+}
+
+/// The change `--time` or `--shift` asks for.
+fn time_change(time: Option<&str>, shift: Option<f64>) -> CliResult<TimeChange> {
+    match (time, shift) {
+        (Some(t), None) => parse_rfc3339(t)
+            .map(|time_us| TimeChange::Absolute { time_us })
+            .ok_or_else(|| {
+                Failure::usage(format!(
+                    "--time {t:?} is not an RFC 3339 time (2026-11-27T12:00:00Z)"
+                ))
+            }),
+        (None, Some(s)) if s.is_finite() && s.abs() <= MAX_SHIFT_SECS => Ok(TimeChange::Shift {
+            shift_us: (s * 1e6).round() as i64,
+        }),
+        (None, Some(s)) => Err(Failure::usage(format!(
+            "--shift {s} is out of range (at most ±{MAX_SHIFT_SECS} s)"
+        ))),
+        _ => Err(Failure::usage("give --time or --shift")),
+    }
+}
+
+/// Largest shift accepted (s): a year.
+pub const MAX_SHIFT_SECS: f64 = 366.0 * 86_400.0;
 
 /// Starts `n` clients, one line each.
 pub async fn add_clients(
@@ -203,6 +260,59 @@ pub async fn clients(
             let id = find_by_prefix(&clients, |n| &n.id, &a.client)?.id.clone();
             tail_file(&cfg.client_log_dir.join(id), &a.opts).await?;
         }
+        ClientsCommand::SetTime {
+            client,
+            time,
+            shift,
+        } => {
+            let change = time_change(time.as_deref(), shift)?;
+            let answer = set_time(cfg, rt, state, &client, change).await?;
+            if out.json {
+                out.json(answer);
+            } else {
+                let what = match change {
+                    TimeChange::Absolute { time_us } => format!("set to {}", format_us(time_us)),
+                    TimeChange::Shift { shift_us } => {
+                        format!("shifted by {:+.6} s", shift_us as f64 / 1e6)
+                    }
+                };
+                out.line(&format!(
+                    "Client {} {what} (command {})",
+                    answer["client_id"].as_str().unwrap_or("?"),
+                    answer["op_id"].as_str().unwrap_or("?")
+                ));
+            }
+        }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_changes_from_flags() {
+        assert_eq!(
+            time_change(Some("1970-01-01T00:00:01Z"), None).unwrap(),
+            TimeChange::Absolute { time_us: 1_000_000 }
+        );
+        assert_eq!(
+            time_change(None, Some(-2.5)).unwrap(),
+            TimeChange::Shift {
+                shift_us: -2_500_000
+            }
+        );
+        for (t, s) in [
+            (Some("yesterday"), None),
+            (None, Some(f64::NAN)),
+            (None, Some(1e12)),
+        ] {
+            assert_eq!(
+                time_change(t, s).unwrap_err().code,
+                exit::USAGE,
+                "{t:?} {s:?}"
+            );
+        }
+    }
 }

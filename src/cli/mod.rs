@@ -8,11 +8,15 @@
 //!
 //! This file is the command line and its dispatch; each command group has a file of its own:
 //! [`lifecycle`] (init, bootstrap, teardown), [`clients`], [`servers`], [`status`] (status,
-//! wait), [`report`], [`tail`]. [`snapshot`] reads a running cluster, [`view`] joins what it
+//! wait), [`report`], [`tail`], [`events`], [`keys`]; [`operator`] carries commands to the
+//! leader's HTTP API. [`snapshot`] reads a running cluster, [`view`] joins what it
 //! read into rows, and [`verdict`] judges health and sync.
 
 pub mod clients;
+pub mod events;
+pub mod keys;
 pub mod lifecycle;
+pub mod operator;
 pub mod output;
 pub mod report;
 pub mod servers;
@@ -102,6 +106,13 @@ pub enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// The cluster's event log in causal order (-f: follow; --explain-master: the master's story).
+    Events(events::EventsArgs),
+    /// Rotate the cluster's keys without stopping it.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Remove every container, network, process, vhost the cluster created (nothing else).
     Teardown,
 }
@@ -144,6 +155,7 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
             lifecycle::teardown(&cfg, &mut state, cli.runtime, &out).await?;
             Ok(0)
         }
+        Command::Keys { command } => keys::keys(&cfg, command, &out).await,
         command => {
             let rt = snapshot::open(&cfg, &state).await?;
             match command {
@@ -169,9 +181,11 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
                     let duration = Duration::from_secs(duration);
                     report::report(&cfg, &state, &rt, duration, plot, &out).await
                 }
-                Command::Init { .. } | Command::Bootstrap { .. } | Command::Teardown => {
-                    unreachable!("handled above")
-                }
+                Command::Events(args) => events::events(&rt, &state, args, &out).await,
+                Command::Init { .. }
+                | Command::Bootstrap { .. }
+                | Command::Teardown
+                | Command::Keys { .. } => unreachable!("handled above"),
             }
         }
     }

@@ -10,8 +10,11 @@ use crate::backoff::Backoff;
 use crate::broker;
 use crate::core::client::{ClientCore, UpdateOutcome};
 use crate::core::clock::{Action, Clock, Discipline, SystemClock, VirtualClock};
-use crate::core::protocol::{self, BerkeleyReading, ToClient, ToServer, REPORTS_QUEUE};
+use crate::core::keyring::KeyRing;
+use crate::core::protocol::{BerkeleyReading, ToClient, ToServer, REPORTS_QUEUE};
 use crate::error::{Error, Result};
+use crate::keys::KeySource;
+use crate::logging::RejectLog;
 use crate::net::{endpoint_of, local_ip_toward};
 use crate::settings::ClientConfig;
 use futures_util::StreamExt;
@@ -44,9 +47,11 @@ pub fn initial_offset_us(cfg: &ClientConfig) -> i64 {
 }
 
 /// Runs a client until `shutdown`. `cfg.id` must be set (the binary picks one before logging
-/// starts, since the log file is named after it).
+/// starts, since the log file is named after it). The client's keys come from its key
+/// directory, which is watched for rotations.
 pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
     cfg.validate()?;
+    let keys = KeySource::open(&cfg.node.key_dir, KeyRing::check_client)?;
     let id = cfg.node.id.unwrap_or_else(Uuid::new_v4);
     let Some(ip) = advertised_ip(&cfg, &shutdown).await else {
         return Ok(());
@@ -58,6 +63,8 @@ pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
         ip,
         VirtualClock::new(clock.now_us(), offset, cfg.settings.drift_ppm),
         Discipline::new(cfg.settings.discipline()),
+        clock.now_us(),
+        cfg.settings.hlc_max_offset_us,
     );
     info!(
         client_id = %id,
@@ -66,9 +73,14 @@ pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
         drift_ppm = cfg.settings.drift_ppm,
         "ts-client starting"
     );
+    tokio::spawn(keys.clone().watch(shutdown.clone()));
     let core = Arc::new(Mutex::new(core));
+    let link = Link {
+        keys,
+        rejects: Arc::new(Mutex::new(RejectLog::new("client".into()))),
+    };
     broker::run_sessions(&cfg.node.amqp_url, "ts-client", &shutdown, |conn| {
-        session(conn, core.clone(), &cfg, clock, &shutdown)
+        session(conn, core.clone(), &cfg, clock, link.clone(), &shutdown)
     })
     .await;
     let stats = core.lock().expect("not poisoned").stats;
@@ -79,6 +91,13 @@ pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
         "ts-client stopped"
     );
     Ok(())
+}
+
+/// What a client's sessions share besides its core: its keys and its log of refusals.
+#[derive(Clone)]
+struct Link {
+    keys: KeySource,
+    rejects: Arc<Mutex<RejectLog>>,
 }
 
 async fn advertised_ip(cfg: &ClientConfig, shutdown: &CancellationToken) -> Option<IpAddr> {
@@ -107,11 +126,14 @@ async fn session<C: Clock>(
     core: Arc<Mutex<ClientCore>>,
     cfg: &ClientConfig,
     clock: C,
+    link: Link,
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let ch = conn.create_channel().await?;
-    broker::declare_reports_queue(&ch).await?;
-    broker::declare_rpc_queue(&ch).await?;
+    if let Err(e) = broker::expect_client_topology(&ch).await {
+        warn!(error = %e, "the servers have not declared the reports queue and updates exchange yet");
+        return Err(e);
+    }
     // One queue for everything addressed to this client: fanout updates and polls, and direct
     // replies (its name is the `reply_to` of probes and Berkeley readings).
     let queue = broker::declare_update_listener(&ch).await?;
@@ -127,20 +149,23 @@ async fn session<C: Clock>(
     let mut ticker = tokio::time::interval(cfg.settings.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut next_probe = tokio::time::Instant::now();
-    let mut rejects = crate::logging::RejectLog::new("client".into());
+    let expiry = broker::expiry_for(cfg.settings.interval());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {
+                link.rejects.lock().expect("not poisoned").flush();
                 let report = core.lock().expect("not poisoned").report(clock.now_us());
-                broker::publish(&ch, "", REPORTS_QUEUE, &report, Some(broker::expiry_for(cfg.settings.interval()))).await?;
+                let sealed = link.keys.get().seal_from_client(&report)?;
+                broker::publish_raw(&ch, "", REPORTS_QUEUE, &sealed, Some(expiry)).await?;
             }
             _ = tokio::time::sleep_until(next_probe) => {
                 let (probe, every) = {
                     let mut c = core.lock().expect("not poisoned");
                     (c.probe(clock.now_us()), c.probe_interval())
                 };
-                broker::publish_rpc(&ch, &ToServer::Probe(probe), &queue, PROBE_EXPIRY).await?;
+                let sealed = link.keys.get().seal_from_client(&ToServer::Probe(probe))?;
+                broker::publish_rpc(&ch, &sealed, &queue, PROBE_EXPIRY).await?;
                 next_probe = tokio::time::Instant::now() + every;
             }
             next = consumer.next() => {
@@ -151,17 +176,19 @@ async fn session<C: Clock>(
                 };
                 // Stamp arrival first: everything after it would count as transit.
                 let host_us = clock.now_us();
-                match protocol::decode::<ToClient>(&d.data) {
+                // Authenticate before anything else: fencing, clocks, corrections.
+                match link.keys.get().open_from_leader(&d.data) {
                     Ok(msg) => {
-                        let reply = handle(&core, &msg, host_us);
+                        let reply = handle(&core, &msg, host_us, &link);
                         d.acker.ack(BasicAckOptions::default()).await?;
                         if let Some(reading) = reply {
-                            broker::publish_rpc(&ch, &ToServer::BerkeleyReading(reading), &queue, PROBE_EXPIRY).await?;
+                            let sealed = link.keys.get().seal_from_client(&ToServer::BerkeleyReading(reading))?;
+                            broker::publish_rpc(&ch, &sealed, &queue, PROBE_EXPIRY).await?;
                         }
                     }
                     Err(e) => {
                         core.lock().expect("not poisoned").stats.updates_rejected += 1;
-                        rejects.record(&e, d.data.len());
+                        link.rejects.lock().expect("not poisoned").record(&e, d.data.len());
                         d.acker.reject(BasicRejectOptions { requeue: false }).await?;
                     }
                 }
@@ -177,18 +204,28 @@ async fn session<C: Clock>(
 /// A probe or reading older than this is not worth answering.
 const PROBE_EXPIRY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Applies one message; returns the Berkeley reading to send, for a poll.
-fn handle(core: &Mutex<ClientCore>, msg: &ToClient, host_us: i64) -> Option<BerkeleyReading> {
+/// Applies one authenticated message; returns the Berkeley reading to send, for a poll.
+fn handle(
+    core: &Mutex<ClientCore>,
+    msg: &ToClient,
+    host_us: i64,
+    link: &Link,
+) -> Option<BerkeleyReading> {
     let mut c = core.lock().expect("not poisoned");
     if !c.admit(msg.epoch(), host_us) {
-        info!(
-            epoch = msg.epoch(),
-            following = c.epoch(),
-            ignored = c.stats.stale_epoch,
-            "ignored a message from a stale leader epoch"
+        let what = format!(
+            "ignored a message of leader epoch {} (following {:?}; {} ignored so far)",
+            msg.epoch(),
+            c.epoch(),
+            c.stats.stale_epoch
         );
+        link.rejects
+            .lock()
+            .expect("not poisoned")
+            .note("stale_epoch", &what, 0);
         return None;
     }
+    c.observe(msg, host_us);
     match msg {
         ToClient::MasterUpdate(u) => {
             let outcome = c.on_update(u, host_us);
@@ -208,6 +245,12 @@ fn handle(core: &Mutex<ClientCore>, msg: &ToClient, host_us: i64) -> Option<Berk
         ToClient::BerkeleyAdjust(a) => {
             let outcome = c.on_adjust(a, host_us);
             log_outcome("berkeley average", a.round, outcome);
+        }
+        ToClient::SetTime(t) => {
+            let outcome = c.on_set_time(t, host_us);
+            if let UpdateOutcome::Applied { offset_us, .. } = outcome {
+                info!(op_id = %t.op_id, step_us = offset_us, "the operator set this clock");
+            }
         }
     }
     None
@@ -230,5 +273,6 @@ fn log_outcome(target: &str, seq: u64, outcome: UpdateOutcome) {
         }
         UpdateOutcome::Stale => debug!(seq, "ignored stale update"),
         UpdateOutcome::Held => debug!(seq, "holding over a change of reference"),
+        UpdateOutcome::NotForMe => {}
     }
 }

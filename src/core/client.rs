@@ -17,12 +17,14 @@
 use crate::core::clock::{
     Action, Discipline, Estimate, MinDelayFilter, OffsetEstimator, Sample, VirtualClock,
 };
+use crate::core::logical::{NodeClocks, Stamp};
 use crate::core::protocol::{
-    Algorithm, BerkeleyAdjust, BerkeleyPoll, BerkeleyReading, MasterUpdate, Probe, ProbeReply,
-    TimeReport, PROTOCOL_VERSION,
+    Algorithm, BerkeleyAdjust, BerkeleyPoll, BerkeleyReading, Event, EventKind, MasterUpdate,
+    Probe, ProbeReply, SetTime, TimeChange, TimeReport, ToClient, MAX_REPORT_EVENTS,
+    PROTOCOL_VERSION,
 };
 use rand::{Rng, SeedableRng};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 use uuid::Uuid;
@@ -51,11 +53,14 @@ pub const BERKELEY_FREQ_GAIN: f64 = 0.3;
 /// Largest frequency change one Berkeley round may make (ppm).
 pub const BERKELEY_MAX_FREQ_STEP_PPM: f64 = 10.0;
 
-/// How long a client keeps refusing lower epochs after the last message of the epoch it
-/// follows. Fencing only has to outlast a deposed leader's pause while its successor is
-/// talking; if the whole leadership vanishes this long (say every replica restarted on a Redis
-/// that lost its epoch counter), accepting the lower epoch beats waiting forever.
-pub const EPOCH_LEASE: Duration = Duration::from_secs(30);
+/// Largest jump up in leader epoch a client follows in one message. Epochs grow by one per
+/// election, so a real jump is small; a larger one would be a corrupt or forged epoch that,
+/// once followed, would fence off every real leader.
+pub const MAX_EPOCH_STEP: u64 = 1_000_000;
+/// Events kept for the next reports, at most (the oldest go first).
+pub const MAX_PENDING_EVENTS: usize = 64;
+/// Operator commands remembered, so that each applies once.
+pub const REMEMBERED_OPS: usize = 256;
 
 /// What happened to a message.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,6 +75,8 @@ pub enum UpdateOutcome {
     /// against one reference right now (the leader, and with it the reference clock, just
     /// changed). Keeping the current frequency beats the coarser fallback for those seconds.
     Held,
+    /// A command for another client.
+    NotForMe,
 }
 
 /// Longest hold-over before a client falls back to the filtered master time.
@@ -89,6 +96,8 @@ pub struct ClientStats {
     pub stale_epoch: u64,
     /// Updates not applied while holding over a change of reference.
     pub holdovers: u64,
+    /// Operator commands applied.
+    pub time_sets: u64,
 }
 
 /// One client's clock and sync state.
@@ -116,15 +125,32 @@ pub struct ClientCore {
     /// Host time, coordinator and round of the last Berkeley adjustment.
     last_round: Option<(i64, (Uuid, u64), u64)>,
     rng: rand::rngs::SmallRng,
-    /// Leader epoch followed, and host time of its latest message.
-    epoch: Option<(u64, i64)>,
+    /// Leader epoch followed.
+    epoch: Option<u64>,
+    /// The highest stale epoch already recorded as an event (one event per stale epoch).
+    refused_epoch: Option<u64>,
+    /// When this process started (host clock, µs): the incarnation in every report.
+    boot_us: i64,
+    clocks: NodeClocks,
+    /// Events for the next reports.
+    events: VecDeque<Event>,
+    /// Operator commands applied, newest last.
+    applied_ops: VecDeque<Uuid>,
     /// Master whose reference offset was last used, and when (host µs): hold-over applies to it.
     last_ref_sync: Option<(Uuid, i64)>,
     pub stats: ClientStats,
 }
 
 impl ClientCore {
-    pub fn new(id: Uuid, ip: IpAddr, clock: VirtualClock, discipline: Discipline) -> Self {
+    /// A client started at host time `boot_us`; `max_offset_us` bounds its HLC.
+    pub fn new(
+        id: Uuid,
+        ip: IpAddr,
+        clock: VirtualClock,
+        discipline: Discipline,
+        boot_us: i64,
+        max_offset_us: i64,
+    ) -> Self {
         ClientCore {
             id,
             ip,
@@ -144,30 +170,91 @@ impl ClientCore {
             last_round: None,
             rng: rand::rngs::SmallRng::seed_from_u64(id.as_u128() as u64),
             epoch: None,
+            refused_epoch: None,
+            boot_us,
+            clocks: NodeClocks::new(max_offset_us),
+            events: VecDeque::new(),
+            applied_ops: VecDeque::new(),
             last_ref_sync: None,
             stats: ClientStats::default(),
         }
     }
 
+    /// The physical time the HLC may use: the disciplined clock, once it is synced.
+    fn pt(&self, host_us: i64) -> Option<i64> {
+        self.synced.then(|| self.clock.now_at(host_us))
+    }
+
+    /// Stamps a send or a local event at host time `host_us`.
+    pub fn stamp(&mut self, host_us: i64) -> Stamp {
+        let pt = self.pt(host_us);
+        self.clocks.tick(pt)
+    }
+
+    /// Takes in the logical clocks of a message received at `host_us` (after it was
+    /// authenticated and admitted); returns the receive event's stamp.
+    pub fn observe(&mut self, msg: &ToClient, host_us: i64) -> Stamp {
+        let pt = self.pt(host_us);
+        self.clocks.observe(msg.stamp(), pt)
+    }
+
+    /// Remote timestamps the HLC refused for being too far ahead.
+    pub fn hlc_refused(&self) -> u64 {
+        self.clocks.hlc_refused()
+    }
+
+    /// Records an event for the next reports.
+    fn record(
+        &mut self,
+        kind: EventKind,
+        text: String,
+        data: BTreeMap<String, serde_json::Value>,
+        cause: Option<&Stamp>,
+        host_us: i64,
+    ) {
+        let stamp = self.stamp(host_us);
+        if self.events.len() == MAX_PENDING_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event {
+            kind,
+            node: format!("client-{}", self.id),
+            stamp,
+            cause: cause.cloned(),
+            text,
+            data,
+        });
+    }
+
     /// Fencing: whether a message from leader epoch `epoch`, received at host time `host_us`,
-    /// may be acted on. Lower epochs than the one followed are refused (and counted) for
-    /// [`EPOCH_LEASE`] after the followed epoch last spoke; a higher epoch is followed from now
-    /// on. Every message from the server passes here first.
+    /// may be acted on. Epochs below the one followed are refused and counted: a deposed leader
+    /// is still talking, or someone replays its messages. So is a jump above it by more than
+    /// [`MAX_EPOCH_STEP`]. A higher epoch is followed from now on. Every authenticated message
+    /// from the server passes here first.
     pub fn admit(&mut self, epoch: u64, host_us: i64) -> bool {
-        if let Some((current, heard)) = self.epoch {
-            let lease = i64::try_from(EPOCH_LEASE.as_micros()).unwrap_or(i64::MAX);
-            if epoch < current && host_us - heard < lease {
+        if let Some(current) = self.epoch {
+            if epoch < current || epoch - current > MAX_EPOCH_STEP {
                 self.stats.stale_epoch += 1;
+                if self.refused_epoch.is_none_or(|r| r < epoch) && epoch < current {
+                    self.refused_epoch = Some(epoch);
+                    let data = BTreeMap::from([
+                        ("epoch".to_string(), epoch.into()),
+                        ("following".to_string(), current.into()),
+                    ]);
+                    let text =
+                        format!("refused a message of deposed epoch {epoch} (following {current})");
+                    self.record(EventKind::FencingRefused, text, data, None, host_us);
+                }
                 return false;
             }
         }
-        self.epoch = Some((epoch, host_us));
+        self.epoch = Some(epoch);
         true
     }
 
     /// The leader epoch followed.
     pub fn epoch(&self) -> Option<u64> {
-        self.epoch.map(|(e, _)| e)
+        self.epoch
     }
 
     /// The client's clock at host time `host_us`.
@@ -219,6 +306,13 @@ impl ClientCore {
             ref_server_id: reference.and(self.reference),
             epoch: self.epoch(),
             stale_epoch_msgs: Some(self.stats.stale_epoch),
+            rejected_msgs: Some(self.stats.updates_rejected),
+            boot_us: self.boot_us,
+            stamp: self.stamp(host_us),
+            events: self
+                .events
+                .drain(..self.events.len().min(MAX_REPORT_EVENTS))
+                .collect(),
         }
     }
 
@@ -236,6 +330,7 @@ impl ClientCore {
             id: self.id,
             seq: self.probe_seq,
             t1_us: self.clock.now_at(host_us),
+            stamp: self.stamp(host_us),
         }
     }
 
@@ -285,7 +380,7 @@ impl ClientCore {
             Algorithm::Naive => {
                 // The seed: set the clock to the master time, whatever it is.
                 let offset = u.master_time_us - self.clock.now_at(host_us);
-                return self.apply(host_us, offset, Action::Step(offset), true);
+                return self.apply(host_us, offset, Action::Step(offset), true, &u.stamp);
             }
             Algorithm::Master | Algorithm::Berkeley => match self.master_offset(u, host_us) {
                 Some(offset) => {
@@ -300,7 +395,7 @@ impl ClientCore {
             },
         };
         let action = self.discipline.decide(offset_us, self.synced);
-        self.apply(host_us, offset_us, action, true)
+        self.apply(host_us, offset_us, action, true, &u.stamp)
     }
 
     /// Target minus local from reference offsets, setting frequency to the master's rate.
@@ -345,12 +440,16 @@ impl ClientCore {
     }
 
     /// Applies a correction; `confirms` says whether a small one may mark the clock synced.
+    /// Corrects the clock by `action` (the measured target-minus-local offset is `offset_us`),
+    /// in answer to the message stamped `cause`. `confirms`: whether a small offset may mark
+    /// the clock synced.
     fn apply(
         &mut self,
         host_us: i64,
         offset_us: i64,
         action: Action,
         confirms: bool,
+        cause: &Stamp,
     ) -> UpdateOutcome {
         let was_synced = self.synced;
         if confirms && offset_us.abs() < SYNCED_US {
@@ -365,11 +464,56 @@ impl ClientCore {
                 }
                 self.clock.step(host_us, delta);
                 self.stats.steps += 1;
+                if was_synced {
+                    let data = BTreeMap::from([("step_us".to_string(), delta.into())]);
+                    let text = format!("stepped {:+.6} s to follow the master", delta as f64 / 1e6);
+                    self.record(EventKind::ClockStepped, text, data, Some(cause), host_us);
+                }
             }
             Action::Slew { delta_us, rate_ppm } => self.clock.slew(host_us, delta_us, rate_ppm),
         }
+        if self.synced && !was_synced {
+            let data = BTreeMap::from([("offset_us".to_string(), offset_us.into())]);
+            let text = format!("synced: within {} µs of the master", offset_us.abs());
+            self.record(EventKind::ClockSynced, text, data, Some(cause), host_us);
+        }
         self.stats.updates_applied += 1;
         UpdateOutcome::Applied { offset_us, action }
+    }
+
+    /// An operator's command received at host time `host_us`: set or shift this clock, once.
+    /// The clock counts as not synced afterwards, so coming back to the master is an initial
+    /// sync (stepped), not a step of a synced clock.
+    pub fn on_set_time(&mut self, t: &SetTime, host_us: i64) -> UpdateOutcome {
+        if t.client_id != self.id {
+            return UpdateOutcome::NotForMe;
+        }
+        if self.applied_ops.contains(&t.op_id) {
+            self.stats.updates_ignored += 1;
+            return UpdateOutcome::Stale;
+        }
+        if self.applied_ops.len() == REMEMBERED_OPS {
+            self.applied_ops.pop_front();
+        }
+        self.applied_ops.push_back(t.op_id);
+        let delta = match t.change {
+            TimeChange::Absolute { time_us } => time_us - self.clock.now_at(host_us),
+            TimeChange::Shift { shift_us } => shift_us,
+        };
+        let data = BTreeMap::from([
+            ("step_us".to_string(), delta.into()),
+            ("op_id".to_string(), t.op_id.to_string().into()),
+        ]);
+        let text = format!("set by the operator: stepped {:+.6} s", delta as f64 / 1e6);
+        self.record(EventKind::ClockStepped, text, data, Some(&t.stamp), host_us);
+        self.synced = false;
+        self.clock.step(host_us, delta);
+        self.stats.steps += 1;
+        self.stats.time_sets += 1;
+        UpdateOutcome::Applied {
+            offset_us: delta,
+            action: Action::Step(delta),
+        }
     }
 
     /// Answers a Berkeley poll received at host time `host_us`.
@@ -386,6 +530,7 @@ impl ClientCore {
                 .then(|| self.ref_offset(host_us))
                 .flatten()
                 .map(|(o, _)| o.round() as i64),
+            stamp: self.stamp(host_us),
         }
     }
 
@@ -421,7 +566,7 @@ impl ClientCore {
             }
         }
         self.last_round = Some((host_us, term, a.round));
-        self.apply(host_us, a.adjust_us, action, consecutive)
+        self.apply(host_us, a.adjust_us, action, consecutive, &a.stamp)
     }
 }
 
@@ -438,6 +583,8 @@ mod tests {
             "10.0.0.9".parse().unwrap(),
             VirtualClock::new(0, offset_us, drift_ppm),
             Discipline::default(),
+            0,
+            crate::core::logical::DEFAULT_MAX_OFFSET_US,
         )
     }
 
@@ -454,6 +601,7 @@ mod tests {
             algorithm: Algorithm::Master,
             master_ref_offset_us: None,
             master_ref_freq_ppm: None,
+            stamp: Stamp::default(),
         }
     }
 
@@ -470,6 +618,7 @@ mod tests {
             t1_us: p.t1_us,
             t2_us: t2,
             t3_us: t2 + 10,
+            stamp: Stamp::default(),
         };
         c.on_probe_reply(&reply, t2 + 10 + down).unwrap();
     }
@@ -608,21 +757,111 @@ mod tests {
     }
 
     #[test]
-    fn lower_epochs_are_fenced_off_until_the_lease_runs_out() {
+    fn lower_epochs_are_fenced_off_for_good_and_wild_jumps_refused() {
         let mut c = core(1, 0, 0.0);
         assert!(c.admit(5, 0));
         assert!(c.admit(6, S), "a new leader's epoch is followed");
         assert!(!c.admit(5, 2 * S), "a deposed leader is ignored");
         assert!(c.admit(6, 3 * S));
         assert_eq!((c.epoch(), c.stats.stale_epoch), (Some(6), 1));
-        let quiet = 3 * S + EPOCH_LEASE.as_micros() as i64;
-        assert!(!c.admit(5, quiet - 1));
+        // However long the silence: a lower epoch is never followed again.
+        assert!(!c.admit(5, 3600 * S));
+        // A jump of more than MAX_EPOCH_STEP would fence off every real leader: refused.
+        assert!(!c.admit(6 + MAX_EPOCH_STEP + 1, 3601 * S));
+        assert!(c.admit(6 + MAX_EPOCH_STEP, 3602 * S));
+        let r = c.report(3603 * S);
+        assert_eq!(r.epoch, Some(6 + MAX_EPOCH_STEP));
+        assert_eq!(r.stale_epoch_msgs, Some(3));
+        // One event per deposed epoch, not one per message.
+        let refusals = r
+            .events
+            .iter()
+            .filter(|e| e.kind == EventKind::FencingRefused)
+            .count();
+        assert_eq!(refusals, 1, "{:?}", r.events);
+    }
+
+    #[test]
+    fn set_time_applies_once_to_its_client_and_unsyncs_it() {
+        let mut c = core(1, 0, 0.0);
+        c.on_update(&update(1, 7, S), S);
+        c.on_update(&update(2, 7, 2 * S), 2 * S);
+        assert!(c.report(2 * S).max_step_us.is_some(), "synced");
+        let mut t = SetTime {
+            v: PROTOCOL_VERSION,
+            server_id: Uuid::from_u128(SERVER),
+            epoch: 1,
+            client_id: Uuid::from_u128(2),
+            op_id: Uuid::from_u128(77),
+            change: TimeChange::Shift { shift_us: 30 * S },
+            stamp: Stamp {
+                lt: 40,
+                ..Stamp::default()
+            },
+        };
+        assert_eq!(c.on_set_time(&t, 3 * S), UpdateOutcome::NotForMe);
+        t.client_id = c.id;
+        assert!(matches!(
+            c.on_set_time(&t, 3 * S),
+            UpdateOutcome::Applied {
+                action: Action::Step(_),
+                ..
+            }
+        ));
+        assert_eq!(c.now_at(3 * S), 33 * S, "shifted by 30 s");
+        assert_eq!(c.on_set_time(&t, 4 * S), UpdateOutcome::Stale, "once");
+        let r = c.report(4 * S);
+        assert_eq!(r.max_step_us, None, "not synced after an operator's change");
+        let step = r
+            .events
+            .iter()
+            .find(|e| e.kind == EventKind::ClockStepped)
+            .expect("a step event");
+        assert_eq!(step.cause.as_ref().map(|s| s.lt), Some(40));
+        // Absolute: set to a given time.
+        t.op_id = Uuid::from_u128(78);
+        t.change = TimeChange::Absolute { time_us: 100 * S };
+        c.on_set_time(&t, 5 * S);
+        assert_eq!(c.now_at(5 * S), 100 * S);
+        // The next update brings it back (stepped: it is an initial sync again).
+        let out = c.on_update(&update(3, 7, 6 * S), 6 * S);
         assert!(
-            c.admit(5, quiet),
-            "after the lease, a lower epoch is better than none"
+            matches!(
+                out,
+                UpdateOutcome::Applied {
+                    action: Action::Step(_),
+                    ..
+                }
+            ),
+            "{out:?}"
         );
-        assert_eq!(c.report(quiet).epoch, Some(5));
-        assert_eq!(c.report(quiet).stale_epoch_msgs, Some(2));
+        c.on_update(&update(4, 7, 7 * S), 7 * S);
+        assert_eq!(
+            c.report(7 * S).max_step_us,
+            Some(0),
+            "synced again, and the way back was not a step of a synced clock"
+        );
+    }
+
+    #[test]
+    fn reports_carry_logical_time_and_events() {
+        let mut c = core(1, 0, 0.0);
+        let a = c.report(S);
+        let b = c.report(2 * S);
+        assert!(a.stamp.lt < b.stamp.lt);
+        assert_eq!(a.stamp.hlc, None, "no HLC before sync");
+        c.on_update(&update(1, 7, 3 * S), 3 * S);
+        let r = c.report(3 * S);
+        assert!(
+            r.stamp.hlc.is_some(),
+            "synced: an HLC from the disciplined clock"
+        );
+        assert!(
+            r.events.iter().any(|e| e.kind == EventKind::ClockSynced),
+            "{:?}",
+            r.events
+        );
+        assert!(r.events.iter().all(|e| e.stamp.lt < r.stamp.lt));
     }
 
     #[test]
@@ -659,6 +898,7 @@ mod tests {
             t1_us: 0,
             t2_us: 100,
             t3_us: 110,
+            stamp: Stamp::default(),
         };
         assert_eq!(c.on_probe_reply(&r, 200), None, "unknown seq");
         r.seq = p.seq;
@@ -676,6 +916,7 @@ mod tests {
             round,
             adjust_us,
             outlier: false,
+            stamp: Stamp::default(),
         }
     }
 
@@ -718,6 +959,7 @@ mod tests {
                 epoch: 1,
                 round: 1,
                 poll: 3,
+                stamp: Stamp::default(),
             },
             5 * S,
         );

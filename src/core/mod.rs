@@ -16,11 +16,16 @@
 //! - [`leader_election`]: which server replica leads (Bully with fenced epochs).
 //! - [`client`]: a client's decisions: what to report and probe, how to apply what it hears.
 //! - [`berkeley`]: the Berkeley algorithm: the fault-tolerant average and the coordinator's round.
+//! - [`auth`], [`keyring`]: keys, and sealing and opening messages with them.
+//! - [`logical`]: Lamport, vector and hybrid logical clocks.
 
+pub mod auth;
 pub mod berkeley;
 pub mod client;
 pub mod clock;
+pub mod keyring;
 pub mod leader_election;
+pub mod logical;
 pub mod master_election;
 pub mod protocol;
 

@@ -78,9 +78,52 @@ impl Default for DockerSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
+    /// Prefix of the cluster's three RabbitMQ users: `<prefix>-client`, `<prefix>-server` and
+    /// `<prefix>-operator` (tsc), each allowed only what its role needs.
     pub rabbitmq_user: String,
-    pub rabbitmq_password: String,
+    #[serde(default)]
+    pub rabbitmq_client_password: String,
+    #[serde(default)]
+    pub rabbitmq_server_password: String,
+    #[serde(default)]
+    pub rabbitmq_operator_password: String,
     pub redis_password: String,
+    /// Every request that changes something (HTTP API, dashboard controls) needs it.
+    #[serde(default)]
+    pub operator_token: String,
+}
+
+impl Credentials {
+    fn generate() -> Self {
+        Credentials {
+            rabbitmq_user: "timesync".into(),
+            rabbitmq_client_password: password(),
+            rabbitmq_server_password: password(),
+            rabbitmq_operator_password: password(),
+            redis_password: password(),
+            operator_token: token(),
+        }
+    }
+
+    /// Fills in credentials that a cluster.toml from an earlier version lacks; whether any was.
+    fn complete(&mut self) -> bool {
+        let mut changed = false;
+        for (field, fresh) in [
+            (
+                &mut self.rabbitmq_client_password,
+                password as fn() -> String,
+            ),
+            (&mut self.rabbitmq_server_password, password),
+            (&mut self.rabbitmq_operator_password, password),
+            (&mut self.operator_token, token),
+        ] {
+            if field.is_empty() {
+                *field = fresh();
+                changed = true;
+            }
+        }
+        changed
+    }
 }
 
 /// `cluster.toml`.
@@ -125,6 +168,11 @@ fn password() -> String {
         .collect()
 }
 
+/// A fresh operator token: 32 random bytes in hex.
+fn token() -> String {
+    hex::encode(crate::core::auth::random_key(&mut rand::thread_rng()))
+}
+
 impl ClusterConfig {
     /// A new configuration with fresh credentials.
     pub fn generate(home: &Path) -> Self {
@@ -136,11 +184,7 @@ impl ClusterConfig {
             server: ServerSettings::default(),
             client: ClientSettings::default(),
             docker: DockerSection::default(),
-            credentials: Credentials {
-                rabbitmq_user: "timesync".into(),
-                rabbitmq_password: password(),
-                redis_password: password(),
-            },
+            credentials: Credentials::generate(),
             home: home.to_path_buf(),
         }
     }
@@ -167,6 +211,21 @@ impl ClusterConfig {
             Error::Config(format!("{}:{at} {}", path.display(), e.message().trim()))
         })?;
         cfg.home = home.to_path_buf();
+        let c = &cfg.credentials;
+        if [
+            &c.rabbitmq_client_password,
+            &c.rabbitmq_server_password,
+            &c.rabbitmq_operator_password,
+            &c.operator_token,
+        ]
+        .iter()
+        .any(|f| f.is_empty())
+        {
+            return Err(Error::Config(format!(
+                "{}: credentials of an earlier version; run `tsc init` again to add the new ones",
+                path.display()
+            )));
+        }
         cfg.validate().map_err(|e| match e {
             Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
             e => e,
@@ -181,7 +240,7 @@ impl ClusterConfig {
             "# time-sync cluster configuration, written by `tsc init`. See README.md.\n{}",
             toml::to_string_pretty(self).expect("config serializes")
         );
-        write_private(&path, &text)
+        crate::keys::write_private(&path, &text)
     }
 
     /// Checks every section with the same checks the binaries make, naming the section.
@@ -195,6 +254,16 @@ impl ClusterConfig {
         };
         section("server", self.server.validate())?;
         section("client", self.client.validate())
+    }
+
+    /// tsc's copy of the cluster's keys.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.home.join("keys")
+    }
+
+    /// The key directory tsc gives node `node_id` (`server-2`, a client's id).
+    pub fn node_keys_dir(&self, node_id: &str) -> PathBuf {
+        self.keys_dir().join("nodes").join(node_id)
     }
 
     /// The Docker subnet's network address (a /24 is required: addresses are host numbers).
@@ -269,27 +338,11 @@ impl State {
                 _ => Ok(()),
             };
         }
-        write_private(
+        crate::keys::write_private(
             &path,
             &serde_json::to_string_pretty(self).expect("state serializes"),
         )
     }
-}
-
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// `~/.tsc`.
@@ -325,12 +378,25 @@ pub fn init(home: &Path, record_pointer: bool) -> Result<(ClusterConfig, bool)> 
     std::fs::create_dir_all(home).map_err(|e| Error::io(home, e))?;
     let home = home.canonicalize().map_err(|e| Error::io(home, e))?;
     let (cfg, fresh) = if home.join(CONFIG_FILE).exists() {
+        let text = std::fs::read_to_string(home.join(CONFIG_FILE))
+            .map_err(|e| Error::io(home.join(CONFIG_FILE), e))?;
+        // A configuration of an earlier version gets the credentials it lacks.
+        if let Ok(mut old) = toml::from_str::<ClusterConfig>(&text) {
+            old.home = home.clone();
+            if old.credentials.complete() {
+                old.save()?;
+            }
+        }
         (ClusterConfig::load(&home)?, false)
     } else {
         let cfg = ClusterConfig::generate(&home);
         cfg.save()?;
         (cfg, true)
     };
+    let keys_dir = cfg.keys_dir();
+    if crate::keys::ClusterKeys::load(&keys_dir).is_err() {
+        crate::keys::ClusterKeys::generate(&cfg.credentials.operator_token).save(&keys_dir)?;
+    }
     for dir in [&cfg.client_log_dir, &cfg.server_log_dir] {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
@@ -353,7 +419,10 @@ mod tests {
         let (cfg, fresh) = init(&dir, false).unwrap();
         assert!(fresh);
         assert_eq!(ClusterConfig::load(&cfg.home).unwrap(), cfg);
-        assert_ne!(cfg.credentials.rabbitmq_password, "guest");
+        assert_ne!(cfg.credentials.rabbitmq_operator_password, "guest");
+        assert_eq!(cfg.credentials.operator_token.len(), 64);
+        let keys = crate::keys::ClusterKeys::load(&cfg.keys_dir()).unwrap();
+        assert_eq!(keys.operator, vec![cfg.credentials.operator_token.clone()]);
         assert_eq!(cfg.credentials.redis_password.len(), PASSWORD_LEN);
         let (again, fresh) = init(&dir, false).unwrap();
         assert!(!fresh, "re-init keeps the existing configuration");

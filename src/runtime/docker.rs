@@ -8,8 +8,11 @@
 
 use super::cluster::ClusterConfig;
 use super::node::{labels, next_free_ip, server_host, server_node_id, Node, Role, CLIENT_HOSTS};
-use super::services::{redis_args, wait_port};
-use super::{client_env, images, server_env, Endpoints, Progress};
+use super::services::{apply_broker_setup, broker_setup, redis_args, wait_port, BrokerRole};
+use super::{
+    broker_users, client_env, declare_topology, images, remove_node_keys, server_env,
+    write_node_keys, Endpoints, Progress, CONTAINER_KEY_DIR,
+};
 use crate::error::{Error, Result};
 use crate::settings::{ServerSettings, DEFAULT_HTTP_PORT};
 use bollard::models::{
@@ -21,6 +24,7 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use uuid::Uuid;
@@ -72,13 +76,17 @@ impl DockerRuntime {
             c.redis_password,
             self.ip(REDIS_HOST)
         );
+        let url = |role: BrokerRole| {
+            let (user, pass, _) = broker_users(&self.cfg, "")
+                .into_iter()
+                .find(|(_, _, r)| *r == role)
+                .expect("a user per role");
+            format!("amqp://{user}:{pass}@{}:5672/%2f", self.ip(RABBITMQ_HOST))
+        };
         Endpoints {
-            amqp_url: format!(
-                "amqp://{}:{}@{}:5672/%2f",
-                c.rabbitmq_user,
-                c.rabbitmq_password,
-                self.ip(RABBITMQ_HOST)
-            ),
+            client_amqp_url: url(BrokerRole::Client),
+            server_amqp_url: url(BrokerRole::Server),
+            operator_amqp_url: url(BrokerRole::Operator),
             redis_url: redis,
         }
     }
@@ -259,16 +267,69 @@ impl DockerRuntime {
             rabbit_ip,
             &base,
             vec!["/usr/lib/rabbitmq/bin/rabbitmq-server".into()],
-            vec![
-                format!("RABBITMQ_DEFAULT_USER={}", c.rabbitmq_user),
-                format!("RABBITMQ_DEFAULT_PASS={}", c.rabbitmq_password),
-            ],
+            vec![],
             // As root, rabbitmq-server ignores SIGTERM and `docker stop` must kill it.
             Some("rabbitmq"),
             vec![],
         )
         .await?;
-        wait_port("rabbitmq", rabbit_ip, 5672, p).await
+        wait_port("rabbitmq", rabbit_ip, 5672, p).await?;
+        // The broker starts with `guest`, an administrator that can log in only from inside
+        // its container. The cluster's three users replace it.
+        let container = format!("ts-{}-rabbitmq-rabbitmq", self.cfg.cluster_id);
+        self.exec(&container, &["rabbitmqctl", "-q", "await_startup"])
+            .await?;
+        let users = broker_users(&self.cfg, "");
+        apply_broker_setup(broker_setup("/", &users), |args| {
+            let container = container.clone();
+            async move {
+                let cmd: Vec<&str> = ["rabbitmqctl", "-q"]
+                    .into_iter()
+                    .chain(args.iter().map(String::as_str))
+                    .collect();
+                self.exec(&container, &cmd).await
+            }
+        })
+        .await?;
+        self.exec(&container, &["rabbitmqctl", "-q", "delete_user", "guest"])
+            .await?;
+        declare_topology(&self.endpoints().operator_amqp_url).await?;
+        p("RabbitMQ ready for the cluster's client, server and operator users");
+        Ok(())
+    }
+
+    /// Runs `cmd` in container `name` and returns its output; an error if it exits non-zero.
+    async fn exec(&self, name: &str, cmd: &[&str]) -> Result<String> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let exec = self
+            .docker
+            .create_exec(
+                name,
+                CreateExecOptions {
+                    cmd: Some(cmd.iter().map(|s| s.to_string()).collect::<Vec<String>>()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut out = String::new();
+        if let StartExecResults::Attached { mut output, .. } =
+            self.docker.start_exec(&exec.id, None).await?
+        {
+            while let Some(chunk) = output.next().await {
+                out.push_str(&chunk?.to_string());
+            }
+        }
+        let code = self.docker.inspect_exec(&exec.id).await?.exit_code;
+        if code != Some(0) {
+            return Err(Error::Runtime(format!(
+                "{} in {name} failed ({code:?}): {}",
+                cmd.join(" "),
+                out.trim()
+            )));
+        }
+        Ok(out)
     }
 
     pub async fn start_server(
@@ -281,35 +342,41 @@ impl DockerRuntime {
         let ip = self.ip(host);
         let dir = self.cfg.server_log_dir.display().to_string();
         let http = std::net::SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_HTTP_PORT);
-        let env = server_env(&self.cfg, ep, settings, replica, http);
-        self.run_app(
-            Role::Server,
-            &server_node_id(replica),
-            ip,
-            "ts-server",
-            env,
-            dir,
-        )
-        .await
+        let node = server_node_id(replica);
+        let keys = write_node_keys(&self.cfg, &node)?;
+        let env = server_env(
+            &self.cfg,
+            ep,
+            settings,
+            replica,
+            http,
+            CONTAINER_KEY_DIR.as_ref(),
+        );
+        self.run_app(Role::Server, &node, keys, ip, "ts-server", env, dir)
+            .await
     }
 
     /// Runs one of our binaries from the app image with its settings as `TS_*` variables, its
-    /// log directory bind-mounted.
+    /// log directory bind-mounted, and its key directory (`keys`) mounted read-only.
+    #[allow(clippy::too_many_arguments)]
     async fn run_app(
         &self,
         role: Role,
         id: &str,
+        keys: std::path::PathBuf,
         ip: IpAddr,
         program: &str,
         env: Vec<(String, String)>,
         log_dir: String,
     ) -> Result<Node> {
         let image = self.cfg.docker.image.clone();
-        let bind = format!("{log_dir}:{log_dir}");
+        let binds = vec![
+            format!("{log_dir}:{log_dir}"),
+            format!("{}:{CONTAINER_KEY_DIR}:ro", keys.display()),
+        ];
         let env = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         let cmd = vec![program.to_string()];
-        self.run(role, id, ip, &image, cmd, env, None, vec![bind])
-            .await
+        self.run(role, id, ip, &image, cmd, env, None, binds).await
     }
 
     pub async fn start_client(&self, ep: &Endpoints, id: Uuid) -> Result<Node> {
@@ -319,9 +386,18 @@ impl DockerRuntime {
                 Error::Runtime("no free client address in the subnet (max 235)".into())
             })?;
         let dir = self.cfg.client_log_dir.display().to_string();
-        let env = client_env(&self.cfg, ep, id, None);
-        self.run_app(Role::Client, &id.to_string(), ip, "ts-client", env, dir)
-            .await
+        let keys = write_node_keys(&self.cfg, &id.to_string())?;
+        let env = client_env(&self.cfg, ep, id, None, CONTAINER_KEY_DIR.as_ref());
+        self.run_app(
+            Role::Client,
+            &id.to_string(),
+            keys,
+            ip,
+            "ts-client",
+            env,
+            dir,
+        )
+        .await
     }
 
     /// `docker stop` (SIGTERM, then SIGKILL after the grace period); the container stays.
@@ -369,6 +445,7 @@ impl DockerRuntime {
     pub async fn remove(&self, node: &Node) -> Result<()> {
         // Stop first so the process gets SIGTERM and closes its AMQP connection cleanly.
         let _ = self.stop(node).await;
+        remove_node_keys(&self.cfg, &node.id)?;
         self.docker
             .remove_container(
                 &node.handle,

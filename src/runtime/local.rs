@@ -11,9 +11,13 @@
 use super::cluster::{ClusterConfig, LocalNode, State};
 use super::node::{next_free_ip, server_host, server_node_id, Node, Role, CLIENT_HOSTS};
 use super::services::{
-    add_vhost, free_port, port_open, rabbitmqctl, redis_args, wait_port, RABBITMQ_PORT,
+    apply_broker_setup, broker_setup, free_port, port_open, rabbitmqctl, redis_args, wait_port,
+    BrokerRole, RABBITMQ_PORT,
 };
-use super::{client_env, images, server_env, Endpoints, Progress};
+use super::{
+    broker_users, client_env, declare_topology, images, remove_node_keys, server_env,
+    write_node_keys, Endpoints, Progress,
+};
 use crate::error::{Error, Result};
 use crate::settings::{ServerSettings, DEFAULT_HTTP_PORT};
 use std::net::{IpAddr, Ipv4Addr};
@@ -41,11 +45,10 @@ impl LocalRuntime {
         format!("tsc-{}", self.cfg.cluster_id)
     }
 
-    fn user(&self) -> String {
-        format!(
-            "{}-{}",
-            self.cfg.credentials.rabbitmq_user, self.cfg.cluster_id
-        )
+    /// The cluster's broker users on the shared broker: named after the cluster too, so that
+    /// several local clusters can share it.
+    fn users(&self) -> Vec<(String, String, BrokerRole)> {
+        broker_users(&self.cfg, &format!("-{}", self.cfg.cluster_id))
     }
 
     pub fn endpoints(&self, state: &State) -> Endpoints {
@@ -55,13 +58,21 @@ impl LocalRuntime {
             c.redis_password,
             state.local.redis_port.unwrap_or(6379)
         );
-        Endpoints {
-            amqp_url: format!(
-                "amqp://{}:{}@127.0.0.1:{RABBITMQ_PORT}/{}",
-                self.user(),
-                c.rabbitmq_password,
+        let url = |role: BrokerRole| {
+            let (user, pass, _) = self
+                .users()
+                .into_iter()
+                .find(|(_, _, r)| *r == role)
+                .expect("a user per role");
+            format!(
+                "amqp://{user}:{pass}@127.0.0.1:{RABBITMQ_PORT}/{}",
                 self.vhost()
-            ),
+            )
+        };
+        Endpoints {
+            client_amqp_url: url(BrokerRole::Client),
+            server_amqp_url: url(BrokerRole::Server),
+            operator_amqp_url: url(BrokerRole::Operator),
             redis_url: redis,
         }
     }
@@ -168,14 +179,19 @@ impl LocalRuntime {
         }
         wait_port("rabbitmq", lo, RABBITMQ_PORT, p).await?;
         let _ = rabbitmqctl(None, &["-q", "await_startup"]);
-        let (vhost, user) = (self.vhost(), self.user());
-        add_vhost(
-            None,
-            &vhost,
-            &user,
-            Some(&self.cfg.credentials.rabbitmq_password),
-        )?;
-        p(&format!("RabbitMQ vhost {vhost} ready for user {user}"));
+        let vhost = self.vhost();
+        let setup = broker_setup(&vhost, &self.users());
+        apply_broker_setup(setup, |args| async move {
+            let args: Vec<&str> = std::iter::once("-q")
+                .chain(args.iter().map(String::as_str))
+                .collect();
+            rabbitmqctl(None, &args)
+        })
+        .await?;
+        declare_topology(&self.endpoints(state).operator_amqp_url).await?;
+        p(&format!(
+            "RabbitMQ vhost {vhost} ready for its client, server and operator users"
+        ));
         Ok(())
     }
 
@@ -191,8 +207,9 @@ impl LocalRuntime {
         let host = server_host(replica)?;
         let ip = Ipv4Addr::new(127, 0, 0, host);
         let http = std::net::SocketAddr::new(ip.into(), DEFAULT_HTTP_PORT);
-        let env = server_env(&self.cfg, ep, settings, replica, http);
         let node = server_node_id(replica);
+        let keys = write_node_keys(&self.cfg, &node)?;
+        let env = server_env(&self.cfg, ep, settings, replica, http, &keys);
         self.launch(state, Role::Server, node, ip.into(), "ts-server", env)
     }
 
@@ -200,7 +217,8 @@ impl LocalRuntime {
         let taken: Vec<IpAddr> = state.local.nodes.iter().map(|n| n.ip).collect();
         let ip = next_free_ip(LOOPBACK, CLIENT_HOSTS.0, CLIENT_HOSTS.1, &taken)
             .ok_or_else(|| Error::Runtime("no free loopback address for a client".into()))?;
-        let env = client_env(&self.cfg, ep, id, Some(ip));
+        let keys = write_node_keys(&self.cfg, &id.to_string())?;
+        let env = client_env(&self.cfg, ep, id, Some(ip), &keys);
         self.launch(state, Role::Client, id.to_string(), ip, "ts-client", env)
     }
 
@@ -298,6 +316,7 @@ impl LocalRuntime {
             .local
             .nodes
             .retain(|n| !(n.id == node.id && n.role == node.role));
+        remove_node_keys(&self.cfg, &node.id)?;
         state.save(&self.cfg.home)
     }
 
@@ -309,13 +328,17 @@ impl LocalRuntime {
             p(&format!("Stopped {} {} ({})", n.role.as_str(), n.id, n.ip));
         }
         state.local.nodes.clear();
+        for n in &nodes {
+            remove_node_keys(&self.cfg, &n.id)?;
+        }
         if port_open(IpAddr::V4(Ipv4Addr::LOCALHOST), RABBITMQ_PORT) {
             let _ = rabbitmqctl(None, &["-q", "delete_vhost", &self.vhost()]);
-            let _ = rabbitmqctl(None, &["-q", "delete_user", &self.user()]);
+            for (user, _, _) in self.users() {
+                let _ = rabbitmqctl(None, &["-q", "delete_user", &user]);
+            }
             p(&format!(
-                "Removed RabbitMQ vhost {} and user {}",
-                self.vhost(),
-                self.user()
+                "Removed RabbitMQ vhost {} and its users",
+                self.vhost()
             ));
             if state.local.started_rabbitmq {
                 let _ = rabbitmqctl(None, &["-q", "stop"]);

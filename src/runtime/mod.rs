@@ -21,15 +21,20 @@ use crate::error::Result;
 use crate::settings::{self, ClientNode, ServerNode, ServerSettings};
 use cluster::{ClusterConfig, RuntimeKind, State};
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
-/// How tsc reaches the cluster's services from where it runs.
+/// How the cluster's nodes, and tsc itself, reach its services. Each kind of node has a broker
+/// user of its own ([`services::BrokerRole`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoints {
-    /// For `ts-server` and `ts-client` processes (inside the cluster's network).
-    pub amqp_url: String,
-    /// For `ts-server`, and for tsc itself: the host reaches the cluster's bridge network and
-    /// loopback alike, so one URL serves both.
+    /// For `ts-client` processes (inside the cluster's network).
+    pub client_amqp_url: String,
+    /// For `ts-server` processes.
+    pub server_amqp_url: String,
+    /// For tsc (and tests): the host reaches the cluster's network and loopback alike.
+    pub operator_amqp_url: String,
+    /// For `ts-server`, and for tsc itself. Clients never get it.
     pub redis_url: String,
 }
 
@@ -177,12 +182,14 @@ pub fn server_env(
     settings: &ServerSettings,
     replica: u64,
     http: SocketAddr,
+    key_dir: &Path,
 ) -> Vec<(String, String)> {
     let node = ServerNode {
-        amqp_url: ep.amqp_url.clone(),
+        amqp_url: ep.server_amqp_url.clone(),
         redis_url: ep.redis_url.clone(),
         replica_id: replica,
         http_addr: http,
+        key_dir: key_dir.to_path_buf(),
         log_dir: cfg.server_log_dir.clone(),
         ..settings::defaults()
     };
@@ -199,15 +206,106 @@ pub fn client_env(
     ep: &Endpoints,
     id: Uuid,
     ip: Option<IpAddr>,
+    key_dir: &Path,
 ) -> Vec<(String, String)> {
     let node = ClientNode {
-        amqp_url: ep.amqp_url.clone(),
+        amqp_url: ep.client_amqp_url.clone(),
         id: Some(id),
         ip,
+        key_dir: key_dir.to_path_buf(),
         log_dir: cfg.client_log_dir.clone(),
         ..settings::defaults()
     };
     let mut env = settings::to_env(&node);
     env.extend(settings::to_env(&cfg.client));
     env
+}
+
+/// Where a node's key directory is in its container (bind-mounted read-only from the host).
+pub const CONTAINER_KEY_DIR: &str = "/run/time-sync/keys";
+
+/// Writes the key directory of node `node_id` (`server-N`, or a client's id) from tsc's copy
+/// of the cluster's keys: a replica gets the server keys, a client only its own key and the
+/// leader's public key. Returns the directory.
+pub fn write_node_keys(cfg: &ClusterConfig, node_id: &str) -> Result<PathBuf> {
+    let keys = crate::keys::ClusterKeys::load(&cfg.keys_dir())?;
+    let dir = cfg.node_keys_dir(node_id);
+    write_node_ring(&keys, node_id, &dir)?;
+    Ok(dir)
+}
+
+/// What node `node_id` holds of `keys`, written to `dir`.
+pub fn write_node_ring(keys: &crate::keys::ClusterKeys, node_id: &str, dir: &Path) -> Result<()> {
+    let ring = if node::replica_of(node_id).is_some() {
+        keys.server_ring()
+    } else {
+        let id: Uuid = node_id.parse().map_err(|_| {
+            crate::Error::Runtime(format!("{node_id:?} is neither a replica nor a client id"))
+        })?;
+        keys.client_ring(&id)
+    };
+    crate::keys::write_ring(dir, &ring)
+}
+
+/// Gives every node directory under tsc's home `keys` (tsc's own copy is written too): how a
+/// key rotation reaches a running cluster.
+pub fn write_all_keys(cfg: &ClusterConfig, keys: &crate::keys::ClusterKeys) -> Result<usize> {
+    keys.save(&cfg.keys_dir())?;
+    let nodes = cfg.keys_dir().join("nodes");
+    let mut n = 0;
+    let entries = match std::fs::read_dir(&nodes) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(crate::Error::io(&nodes, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| crate::Error::io(&nodes, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        write_node_ring(keys, &name, &entry.path())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Removes node `node_id`'s key directory.
+pub fn remove_node_keys(cfg: &ClusterConfig, node_id: &str) -> Result<()> {
+    let dir = cfg.node_keys_dir(node_id);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(crate::Error::io(&dir, e)),
+        _ => Ok(()),
+    }
+}
+
+/// The broker users of a cluster: (name, password, role), named `<prefix><suffix>-<role>`.
+pub fn broker_users(
+    cfg: &ClusterConfig,
+    suffix: &str,
+) -> Vec<(String, String, services::BrokerRole)> {
+    let c = &cfg.credentials;
+    services::BrokerRole::ALL
+        .iter()
+        .map(|role| {
+            let pass = match role {
+                services::BrokerRole::Client => &c.rabbitmq_client_password,
+                services::BrokerRole::Server => &c.rabbitmq_server_password,
+                services::BrokerRole::Operator => &c.rabbitmq_operator_password,
+            };
+            (
+                format!("{}{suffix}-{}", c.rabbitmq_user, role.as_str()),
+                pass.clone(),
+                *role,
+            )
+        })
+        .collect()
+}
+
+/// Declares the shared topology as the operator, so that clients (which may not declare it)
+/// find it from their first connection.
+pub async fn declare_topology(operator_amqp_url: &str) -> Result<()> {
+    let uri = crate::broker::parse_url(operator_amqp_url)?;
+    let conn = lapin::Connection::connect_uri(uri, Default::default()).await?;
+    let ch = conn.create_channel().await?;
+    crate::broker::declare_topology(&ch).await?;
+    let _ = conn.close(200, "topology declared".into()).await;
+    Ok(())
 }

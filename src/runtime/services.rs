@@ -253,6 +253,92 @@ pub fn rabbitmqctl(node: Option<&str>, args: &[&str]) -> Result<String> {
     }
 }
 
+/// What a RabbitMQ user of a cluster is for, and so what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerRole {
+    /// A ts-client: publish reports and requests, keep one queue of its own bound to the
+    /// updates exchange. It may not publish to `ts.master_updates` or `ts.control`, nor
+    /// declare (and so delete) the shared queues and exchanges.
+    Client,
+    /// A ts-server replica: the shared topology, its control queue, the updates and control
+    /// exchanges, and answers to client queues.
+    Server,
+    /// tsc: everything in the cluster's vhost, and nothing beyond it (not an administrator).
+    Operator,
+}
+
+impl BrokerRole {
+    pub const ALL: [BrokerRole; 3] = [BrokerRole::Client, BrokerRole::Server, BrokerRole::Operator];
+
+    /// Its user name's suffix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerRole::Client => "client",
+            BrokerRole::Server => "server",
+            BrokerRole::Operator => "operator",
+        }
+    }
+
+    /// `[configure, write, read]` permission patterns (RabbitMQ's regular expressions over
+    /// exchange and queue names; the default exchange is `amq.default`).
+    pub fn permissions(self) -> [&'static str; 3] {
+        match self {
+            // Configure: its own server-named queue. Write: publish through the default
+            // exchange, and bind its queue. Read: consume its queue, bind to the updates
+            // exchange. Passive declarations of the shared topology need no permission.
+            BrokerRole::Client => [
+                r"^amq\.gen-.*$",
+                r"^(amq\.default|amq\.gen-.*)$",
+                r"^(amq\.gen-.*|ts\.master_updates)$",
+            ],
+            BrokerRole::Server => [
+                r"^(ts\.reports|ts\.rpc|ts\.master_updates|ts\.control|ts\.replica\..*)$",
+                r"^(amq\.default|ts\.master_updates|ts\.control|ts\.replica\..*)$",
+                r"^(ts\.reports|ts\.rpc|ts\.control|ts\.replica\..*)$",
+            ],
+            BrokerRole::Operator => [".*", ".*", ".*"],
+        }
+    }
+}
+
+/// The `rabbitmqctl` invocations that give a cluster its vhost and one user per role with
+/// exactly that role's permissions, no tags (so no administrator). `users`: (name, password,
+/// role). Creating a user that exists changes its password instead (see [`apply_broker_setup`]).
+pub fn broker_setup(vhost: &str, users: &[(String, String, BrokerRole)]) -> Vec<Vec<String>> {
+    let mut cmds = vec![vec!["add_vhost".to_string(), vhost.to_string()]];
+    for (name, pass, role) in users {
+        let [c, w, r] = role.permissions();
+        cmds.push(vec!["add_user".into(), name.clone(), pass.clone()]);
+        cmds.push(vec!["set_user_tags".into(), name.clone()]);
+        cmds.push(
+            ["set_permissions", "-p", vhost, name, c, w, r]
+                .map(String::from)
+                .to_vec(),
+        );
+    }
+    cmds
+}
+
+/// Runs [`broker_setup`]'s commands with `run` (rabbitmqctl here, or inside a container): an
+/// `add_user` or `add_vhost` that fails because the thing exists is not an error.
+pub async fn apply_broker_setup<F, Fut>(cmds: Vec<Vec<String>>, mut run: F) -> Result<()>
+where
+    F: FnMut(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<String>>,
+{
+    for cmd in cmds {
+        match (cmd[0].as_str(), run(cmd.clone()).await) {
+            (_, Ok(_)) | ("add_vhost", Err(_)) => {}
+            ("add_user", Err(_)) => {
+                let change = vec!["change_password".into(), cmd[1].clone(), cmd[2].clone()];
+                run(change).await?;
+            }
+            (_, Err(e)) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Creates `vhost` and gives `user` (created with `password` if one is given; else it must
 /// exist, like `guest`) every permission in it.
 pub fn add_vhost(

@@ -1,18 +1,96 @@
-//! What every task of one replica shares.
+//! What every task of one replica shares: configuration, identity, store, clock, keys, logical
+//! clocks, counters, the event log's inbox and the shutdown signal.
 
-use super::metrics::Metrics;
+use super::commands::Commands;
+use super::metrics::{Counter, Metrics};
+use crate::core::clock::Clock;
+use crate::core::keyring::MissingKey;
+use crate::core::logical::{NodeClocks, Stamp};
+use crate::core::protocol::{Event, EventKind, ToClient};
+use crate::keys::KeySource;
 use crate::settings::ServerConfig;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The replica's configuration, identity, store, clock, counters and shutdown signal.
+/// Facts of an event, for programs.
+pub type EventData = BTreeMap<String, serde_json::Value>;
+
+/// The replica's configuration, identity, store, clock, keys, counters and shutdown signal.
 pub(crate) struct ServerContext<S, C> {
     pub cfg: ServerConfig,
     /// This process's id, new at every start: it names the sender of every message.
     pub server_id: Uuid,
     pub store: S,
     pub clock: C,
+    pub keys: KeySource,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// The replica's Lamport, hybrid and vector clocks.
+    pub clocks: Mutex<NodeClocks>,
+    /// Events on their way to the log ([`super::events`] writes them).
+    pub events: mpsc::UnboundedSender<Event>,
+    /// The highest leader epoch any client reported following: the floor of the next claim.
+    pub epoch_floor: AtomicU64,
+    /// Operator commands for the leader's tasks.
+    pub commands: Commands,
+}
+
+impl<S, C: Clock> ServerContext<S, C> {
+    /// This replica's name in the event log.
+    pub fn node(&self) -> String {
+        format!("server-{}", self.cfg.node.replica_id)
+    }
+
+    /// Stamps a send or a local event.
+    pub fn stamp(&self) -> Stamp {
+        let pt = self.clock.now_us();
+        self.clocks.lock().expect("not poisoned").tick(Some(pt))
+    }
+
+    /// Takes in the logical clocks of a received (authenticated) message; returns the receive
+    /// event's stamp.
+    pub fn observe(&self, remote: &Stamp) -> Stamp {
+        let pt = self.clock.now_us();
+        let mut c = self.clocks.lock().expect("not poisoned");
+        let before = c.hlc_refused();
+        let stamp = c.observe(remote, Some(pt));
+        if c.hlc_refused() > before {
+            self.metrics.inc(Counter::HlcRefused);
+        }
+        stamp
+    }
+
+    /// Records an event of this replica in the cluster's log; `cause` is the stamp of the
+    /// message that caused it, if one did.
+    pub fn record(&self, kind: EventKind, text: String, data: EventData, cause: Option<Stamp>) {
+        let event = Event {
+            kind,
+            node: self.node(),
+            stamp: self.stamp(),
+            cause,
+            text,
+            data,
+        };
+        // The writer ends only at shutdown; an event then is not worth an error.
+        let _ = self.events.send(event);
+    }
+
+    /// A message to clients, stamped and signed with the leader key. Clients get the Lamport
+    /// counter and the HLC; the vector clock is for replicas and the event log.
+    pub fn seal_to_clients(&self, mut msg: ToClient) -> Result<Vec<u8>, MissingKey> {
+        *msg.stamp_mut() = Stamp {
+            vc: None,
+            ..self.stamp()
+        };
+        self.keys.get().seal_to_clients(&msg)
+    }
+
+    /// Notes the epoch a client follows (from its report).
+    pub fn saw_epoch(&self, epoch: u64) {
+        self.epoch_floor.fetch_max(epoch, Relaxed);
+    }
 }

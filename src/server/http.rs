@@ -5,23 +5,37 @@
 //! Errors are JSON (`{"error": "..."}`) with a 4xx/5xx status, including unknown paths (404)
 //! and wrong methods (405): a script talking to the API never has to parse HTML or an empty
 //! body.
+//!
+//! Reading is open; every request that changes something (`POST`) needs the operator token, as
+//! `Authorization: Bearer <token>` or the cookie `ts_operator=<token>`, and gets 401 without
+//! it. Commands that only the leader can carry out (set a client's time, run a Berkeley round)
+//! answer 409 with the leader's id on any other replica.
 
+use super::commands::SetTimeRequest;
 use super::context::ServerContext;
+use super::metrics::Counter;
 use super::replica::Replica;
 use crate::cache::{RedisStore, ReportStore};
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::leader_election::ElectionStatus;
+use crate::core::logical::Stamp;
 use crate::core::protocol::{ReplicaRole, StoredReport, PROTOCOL_VERSION};
-use axum::extract::State;
-use axum::http::{header, StatusCode, Uri};
+use crate::core::protocol::{TimeChange, MAX_COUNTER, MAX_TIME_US};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tracing::{info, warn};
+use uuid::Uuid;
+
+/// How long a command may take before the API answers 503.
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 type Ctx = Arc<ServerContext<RedisStore, SystemClock>>;
 
@@ -82,6 +96,9 @@ fn router(api: Api) -> Router {
         .route("/leader", get(leader))
         .route("/electionStatus", get(election_status))
         .route("/election", post(start_election))
+        .route("/clients/{id}/time", post(set_time))
+        .route("/berkeley/round", post(berkeley_round))
+        .route("/events", get(events))
         .route("/nodes", get(nodes))
         .route("/clients", get(clients))
         .route("/master", get(master))
@@ -92,7 +109,7 @@ fn router(api: Api) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed here (POST /election; everything else is GET)".into(),
+                "method not allowed here (POST /election, /clients/{id}/time, /berkeley/round; everything else is GET)".into(),
             )
         })
         .with_state(api)
@@ -179,9 +196,63 @@ async fn election_status(State(api): State<Api>) -> ApiResult<Json<ElectionStatu
     ))
 }
 
+/// Refuses a request without the operator token (401), counting it.
+fn authorize(api: &Api, headers: &HeaderMap) -> ApiResult<()> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix("ts_operator="))
+        .next();
+    let keys = api.ctx.keys.get();
+    if bearer
+        .or(cookie)
+        .is_some_and(|t| keys.is_operator(t.trim()))
+    {
+        return Ok(());
+    }
+    api.ctx.metrics.inc(Counter::Unauthorized);
+    Err(ApiError(
+        StatusCode::UNAUTHORIZED,
+        "this needs the operator token (Authorization: Bearer <token>)".into(),
+    ))
+}
+
+/// Refuses a command only the leader can carry out, on any other replica (409).
+fn leading(api: &Api) -> ApiResult<()> {
+    if api.replica.leading().borrow().is_some() {
+        return Ok(());
+    }
+    let v = api.view();
+    Err(ApiError(
+        StatusCode::CONFLICT,
+        format!(
+            "replica {} does not lead; the leader is {}",
+            v.id,
+            v.leader
+                .map_or_else(|| "not known yet".into(), |l| format!("replica {l}"))
+        ),
+    ))
+}
+
+/// The operator's logical clock, sent with a command (tsc keeps a Lamport counter).
+fn operator_stamp(lt: Option<u64>) -> Stamp {
+    Stamp {
+        lt: lt.unwrap_or(0).min(MAX_COUNTER),
+        ..Stamp::default()
+    }
+}
+
 async fn start_election(
     State(api): State<Api>,
+    headers: HeaderMap,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    authorize(&api, &headers)?;
     match api.replica.request_election().await {
         Some(true) => Ok((StatusCode::ACCEPTED, Json(json!({ "started": true })))),
         Some(false) => Err(ApiError(
@@ -193,6 +264,135 @@ async fn start_election(
             "no broker session: cannot run an election".into(),
         )),
     }
+}
+
+/// `POST /clients/{id}/time`'s body: one of `time_us` (absolute) or `shift_us`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetTimeBody {
+    time_us: Option<i64>,
+    shift_us: Option<i64>,
+    /// Names the command (a retry with the same id is applied once); new if absent.
+    op_id: Option<Uuid>,
+    /// The operator's Lamport counter.
+    lt: Option<u64>,
+}
+
+async fn set_time(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<SetTimeBody>>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    authorize(&api, &headers)?;
+    let bad = |m: &str| ApiError(StatusCode::BAD_REQUEST, m.to_string());
+    let client_id: Uuid = id.parse().map_err(|_| bad("the client id is not a UUID"))?;
+    let Json(body) =
+        body.ok_or_else(|| bad("a JSON body {\"time_us\": …} or {\"shift_us\": …}"))?;
+    let range = -MAX_TIME_US..=MAX_TIME_US;
+    let change = match (body.time_us, body.shift_us) {
+        (Some(t), None) if range.contains(&t) => TimeChange::Absolute { time_us: t },
+        (None, Some(s)) if range.contains(&s) => TimeChange::Shift { shift_us: s },
+        (Some(_), Some(_)) => return Err(bad("give time_us or shift_us, not both")),
+        (None, None) => return Err(bad("give time_us or shift_us")),
+        _ => return Err(bad("time out of range (|µs| ≤ 2^53)")),
+    };
+    leading(&api)?;
+    let op_id = body.op_id.unwrap_or_else(Uuid::new_v4);
+    let (reply, answer) = oneshot::channel();
+    let req = SetTimeRequest {
+        client_id,
+        change,
+        op_id,
+        cause: operator_stamp(body.lt),
+        reply,
+    };
+    let unavailable = || {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the scheduler is not running (no broker session?)".into(),
+        )
+    };
+    api.ctx
+        .commands
+        .set_time
+        .send(req)
+        .map_err(|_| unavailable())?;
+    match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+        Ok(Ok(Ok(()))) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "op_id": op_id, "client_id": client_id, "lt": api.ctx.stamp().lt })),
+        )),
+        Ok(Ok(Err(e))) if e.starts_with("no live client") => {
+            Err(ApiError(StatusCode::NOT_FOUND, e))
+        }
+        Ok(Ok(Err(e))) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e)),
+        _ => Err(unavailable()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RoundBody {
+    lt: Option<u64>,
+}
+
+async fn berkeley_round(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Option<Json<RoundBody>>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    authorize(&api, &headers)?;
+    leading(&api)?;
+    if let Some(Json(b)) = body {
+        api.ctx.observe(&operator_stamp(b.lt));
+    }
+    let (reply, answer) = oneshot::channel();
+    let unavailable = || {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the reference clock is not running (no broker session?)".into(),
+        )
+    };
+    api.ctx
+        .commands
+        .round
+        .send(reply)
+        .map_err(|_| unavailable())?;
+    match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+        Ok(Ok(Ok(round))) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "round": round, "lt": api.ctx.stamp().lt })),
+        )),
+        Ok(Ok(Err(e))) => Err(ApiError(StatusCode::CONFLICT, e)),
+        _ => Err(unavailable()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Only events after this stream id.
+    after: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    count: Option<usize>,
+}
+
+async fn events(
+    State(api): State<Api>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let count = q.count.unwrap_or(100).clamp(1, 1000);
+    let after = q.after.filter(|a| {
+        a.split_once('-')
+            .is_some_and(|(ms, n)| ms.parse::<u64>().is_ok() && n.parse::<u64>().is_ok())
+    });
+    let events = api.ctx.store.events(after.as_deref(), count).await?;
+    let list: Vec<serde_json::Value> = events
+        .into_iter()
+        .map(|(id, e)| json!({ "id": id, "event": e }))
+        .collect();
+    Ok(Json(json!({ "events": list })))
 }
 
 /// One replica as this one knows it.

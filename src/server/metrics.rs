@@ -52,6 +52,16 @@ counters! {
         "Messages rejected by this replica, by reason.";
     RejectedBadVersion => "rejected_bad_version", "ts_rejected_messages_total", "{reason=\"bad_version\"}",
         "Messages rejected by this replica, by reason.";
+    RejectedUnsigned => "rejected_unsigned", "ts_rejected_messages_total", "{reason=\"unsigned\"}",
+        "Messages rejected by this replica, by reason.";
+    RejectedUnknownKey => "rejected_unknown_key", "ts_rejected_messages_total", "{reason=\"unknown_key\"}",
+        "Messages rejected by this replica, by reason.";
+    RejectedBadSignature => "rejected_bad_signature", "ts_rejected_messages_total", "{reason=\"bad_signature\"}",
+        "Messages rejected by this replica, by reason.";
+    RejectedReplay => "rejected_replay", "ts_rejected_messages_total", "{reason=\"replay\"}",
+        "Messages rejected by this replica, by reason.";
+    RejectedBadReplyTo => "rejected_bad_reply_to", "ts_rejected_messages_total", "{reason=\"bad_reply_to\"}",
+        "Messages rejected by this replica, by reason.";
     StoreErrors => "store_errors", "ts_store_errors_total", "",
         "Failed Redis writes.";
     UpdatesPublished => "updates_published", "ts_updates_published_total", "",
@@ -68,6 +78,14 @@ counters! {
         "Leader terms this replica won.";
     ControlRejected => "control_rejected", "ts_control_rejected_total", "",
         "Control messages rejected (also counted in ts_rejected_messages_total).";
+    HlcRefused => "hlc_refused", "ts_hlc_refused_total", "",
+        "Remote hybrid logical timestamps refused for being too far ahead.";
+    EventsWritten => "events_written", "ts_events_written_total", "",
+        "Events this replica added to the cluster's event log.";
+    OperatorCommands => "operator_commands", "ts_operator_commands_total", "",
+        "Operator commands this replica carried out.";
+    Unauthorized => "unauthorized", "ts_unauthorized_requests_total", "",
+        "HTTP requests refused for a missing or wrong operator token.";
 }
 
 /// A replica's counters, plus the one measured rate.
@@ -110,25 +128,32 @@ impl Metrics {
         self.cell(c).load(Relaxed)
     }
 
-    /// Counts one rejected message under its reason.
-    pub fn rejected(&self, e: &DecodeError) {
-        self.inc(match e {
+    /// The counter of one reason for rejecting a message.
+    pub fn rejection(e: &DecodeError) -> Counter {
+        match e {
             DecodeError::TooLarge(_) => Counter::RejectedTooLarge,
             DecodeError::Version(_) => Counter::RejectedBadVersion,
-            DecodeError::Malformed(_) => Counter::RejectedMalformed,
-        });
+            DecodeError::Unsigned(_) => Counter::RejectedUnsigned,
+            DecodeError::UnknownKey(_) => Counter::RejectedUnknownKey,
+            DecodeError::BadSignature => Counter::RejectedBadSignature,
+            DecodeError::Replay(_) => Counter::RejectedReplay,
+            DecodeError::BadReplyTo(_) => Counter::RejectedBadReplyTo,
+            _ => Counter::RejectedMalformed,
+        }
+    }
+
+    /// Counts one rejected message under its reason.
+    pub fn rejected(&self, e: &DecodeError) {
+        self.inc(Self::rejection(e));
     }
 
     /// All rejected messages, whatever the reason.
     pub fn rejected_total(&self) -> u64 {
-        [
-            Counter::RejectedMalformed,
-            Counter::RejectedTooLarge,
-            Counter::RejectedBadVersion,
-        ]
-        .into_iter()
-        .map(|c| self.get(c))
-        .sum()
+        Counter::ALL
+            .iter()
+            .filter(|c| c.metric() == "ts_rejected_messages_total")
+            .map(|c| self.get(*c))
+            .sum()
     }
 
     /// Records the storage rate measured over the last interval.

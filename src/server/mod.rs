@@ -18,7 +18,9 @@
 //! (`term::per_term`). Shutdown is a [`CancellationToken`]: workers finish the batch in hand,
 //! cancel their consumers and close; a leader resigns.
 
+mod commands;
 mod context;
+mod events;
 mod http;
 pub mod metrics;
 mod reference;
@@ -30,12 +32,18 @@ mod worker;
 use crate::broker;
 use crate::cache::RedisStore;
 use crate::core::clock::{Clock, SystemClock};
+use crate::core::keyring::KeyRing;
+use crate::core::logical::NodeClocks;
 use crate::error::Result;
+use crate::keys::KeySource;
 use crate::settings::ServerConfig;
+use commands::Commands;
 use context::ServerContext;
 use metrics::Counter;
 use replica::Replica;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -57,6 +65,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<()> {
         algorithm = s.algorithm.as_str(),
         "ts-server starting"
     );
+    let keys = KeySource::open(&cfg.node.key_dir, KeyRing::check_server)?;
     let addr = cfg.node.http_addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -64,16 +73,25 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<()> {
     let Some(store) = RedisStore::connect(&cfg.node.redis_url, &shutdown).await? else {
         return Ok(());
     };
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let clocks = NodeClocks::replica(cfg.node.replica_id, cfg.settings.hlc_max_offset_us);
     let ctx = Arc::new(ServerContext {
         cfg,
         server_id,
         store,
         clock: SystemClock,
+        keys: keys.clone(),
         metrics: Arc::default(),
         shutdown: shutdown.clone(),
+        clocks: Mutex::new(clocks),
+        events: events_tx,
+        epoch_floor: AtomicU64::new(0),
+        commands: Commands::default(),
     });
     let replica = Arc::new(Replica::new(ctx.clock.now_us()));
     let mut tasks = JoinSet::new();
+    tasks.spawn(keys.watch(shutdown.clone()));
+    tasks.spawn(events::write(ctx.clone(), events_rx));
     tasks.spawn(http::serve(listener, ctx.clone(), replica.clone()));
     for idx in 0..ctx.cfg.settings.workers {
         let ctx = ctx.clone();
@@ -100,6 +118,14 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<()> {
     tasks.spawn(async move {
         term::per_term(leading, &c.shutdown.clone(), |epoch, term| {
             reference::run(c.clone(), epoch, term)
+        })
+        .await
+    });
+    let leading = replica.leading();
+    let c = ctx.clone();
+    tasks.spawn(async move {
+        term::per_term(leading, &c.shutdown.clone(), |epoch, term| {
+            events::leaves(c.clone(), epoch, term)
         })
         .await
     });

@@ -8,15 +8,20 @@
 //!
 //! The Berkeley rounds are [`crate::core::berkeley::Coordinator`]'s: this task wakes it when it
 //! asks, hands it the readings, and publishes the polls and adjustments it returns.
+//!
+//! A request counts only if it is sealed with the key of the client it names, and an answer
+//! goes only to a client's own queue (`amq.gen-…`): a probe cannot make the server publish into
+//! its own input queues. Every answer is signed with the leader key.
 
-use super::context::ServerContext;
+use super::context::{EventData, ServerContext};
 use super::metrics::Counter;
 use crate::broker;
 use crate::cache::ReportStore;
 use crate::core::berkeley::{Coordinator, Output};
 use crate::core::clock::Clock;
 use crate::core::protocol::{
-    self, Algorithm, ProbeReply, ToClient, ToServer, PROTOCOL_VERSION, RPC_QUEUE, UPDATES_EXCHANGE,
+    Algorithm, DecodeError, EventKind, ProbeReply, Stamp, ToClient, ToServer, PROTOCOL_VERSION,
+    RPC_QUEUE, UPDATES_EXCHANGE,
 };
 use crate::error::{Error, Result};
 use futures_util::StreamExt;
@@ -32,6 +37,17 @@ use tracing::info;
 
 /// A probe reply or adjustment older than this is useless to its client.
 const REPLY_EXPIRY: Duration = Duration::from_secs(1);
+
+/// Whether `queue` can be a client's own queue: the broker names those `amq.gen-` and 22
+/// URL-safe base64 characters.
+pub fn is_client_queue(queue: &str) -> bool {
+    queue.strip_prefix("amq.gen-").is_some_and(|rest| {
+        (16..=64).contains(&rest.len())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
+}
 
 /// Runs the reference clock for leadership term `epoch` until `term` is cancelled.
 pub(crate) async fn run<S: ReportStore, C: Clock>(
@@ -89,6 +105,8 @@ async fn session<S: ReportStore, C: Clock>(
         .await?;
     let poll_expiry = ctx.cfg.settings.berkeley().interval;
     let mut rejects = crate::logging::RejectLog::new("reference".into());
+    let mut flush = tokio::time::interval(crate::logging::RejectLog::window());
+    let mut requests = ctx.commands.round_rx.lock().await;
     loop {
         let wake = berkeley
             .as_ref()
@@ -103,34 +121,58 @@ async fn session<S: ReportStore, C: Clock>(
                     None => return Err(Error::Runtime("the broker cancelled the RPC consumer".into())),
                 };
                 let t2 = ctx.clock.now_us();
-                let reply_to = d.properties.reply_to().as_ref().map(|q| q.to_string());
-                match (protocol::decode::<ToServer>(&d.data), reply_to) {
-                    (Ok(ToServer::Probe(p)), Some(to)) => {
-                        let reply = ToClient::ProbeReply(ProbeReply {
+                let reply_to: Option<String> = d.properties.reply_to().as_ref().map(|q| q.to_string());
+                let opened = ctx.keys.get().open_from_client::<ToServer>(&d.data);
+                let checked = match (opened, reply_to) {
+                    (Ok(m), Some(to)) if is_client_queue(&to) => Ok((m, to)),
+                    (Ok(_), to) => Err(DecodeError::BadReplyTo(to.unwrap_or_default())),
+                    (Err(e), _) => Err(e),
+                };
+                match checked {
+                    Ok((ToServer::Probe(p), to)) => {
+                        let mut reply = ProbeReply {
                             v: PROTOCOL_VERSION,
                             server_id: ctx.server_id,
                             epoch,
                             seq: p.seq,
                             t1_us: p.t1_us,
                             t2_us: t2,
-                            t3_us: ctx.clock.now_us(),
-                        });
-                        broker::publish(&ch, "", &to, &reply, Some(REPLY_EXPIRY)).await?;
+                            t3_us: 0,
+                            stamp: Stamp::default(),
+                        };
+                        ctx.observe(&p.stamp);
+                        // t3 as late as possible: only the signature follows it.
+                        reply.t3_us = ctx.clock.now_us();
+                        let sealed = ctx.seal_to_clients(ToClient::ProbeReply(reply))?;
+                        broker::publish_raw(&ch, "", &to, &sealed, Some(REPLY_EXPIRY)).await?;
                         ctx.metrics.inc(Counter::ProbesAnswered);
                     }
-                    (Ok(ToServer::BerkeleyReading(r)), Some(to)) => {
+                    Ok((ToServer::BerkeleyReading(r), to)) => {
+                        ctx.observe(&r.stamp);
                         if let Some((c, _)) = berkeley.as_mut() {
                             c.on_reading(&r, &to, t2);
                         }
                     }
-                    (Ok(_), None) => {
-                        ctx.metrics.rejected(&protocol::DecodeError::Malformed("no reply_to".into()));
-                    }
-                    (Err(e), _) => {
+                    Err(e) => {
                         ctx.metrics.rejected(&e);
                         rejects.record(&e, d.data.len());
                     }
                 }
+            }
+            _ = flush.tick() => rejects.flush(),
+            Some(reply) = requests.recv() => {
+                let answer = match berkeley.as_mut() {
+                    None => Err("the cluster does not run the berkeley algorithm".to_string()),
+                    Some((c, origin)) => {
+                        if c.request_round(origin.elapsed()) {
+                            ctx.metrics.inc(Counter::OperatorCommands);
+                            Ok(c.round() + 1)
+                        } else {
+                            Err("a Berkeley round is already running".to_string())
+                        }
+                    }
+                };
+                let _ = reply.send(answer);
             }
             _ = sleep_until(wake), if wake.is_some() => {
                 let (c, origin) = berkeley.as_mut().expect("a coordinator");
@@ -147,7 +189,7 @@ async fn session<S: ReportStore, C: Clock>(
 }
 
 /// Publishes what the coordinator asked for.
-async fn carry<S, C>(
+async fn carry<S, C: Clock>(
     ch: &Channel,
     ctx: &ServerContext<S, C>,
     outputs: Vec<Output>,
@@ -156,12 +198,12 @@ async fn carry<S, C>(
     for out in outputs {
         match out {
             Output::Poll(p) => {
-                let msg = ToClient::BerkeleyPoll(p);
-                broker::publish(ch, UPDATES_EXCHANGE, "", &msg, Some(poll_expiry)).await?;
+                let sealed = ctx.seal_to_clients(ToClient::BerkeleyPoll(p))?;
+                broker::publish_raw(ch, UPDATES_EXCHANGE, "", &sealed, Some(poll_expiry)).await?;
             }
             Output::Adjust { reply_to, adjust } => {
-                let msg = ToClient::BerkeleyAdjust(adjust);
-                broker::publish(ch, "", &reply_to, &msg, Some(REPLY_EXPIRY)).await?;
+                let sealed = ctx.seal_to_clients(ToClient::BerkeleyAdjust(adjust))?;
+                broker::publish_raw(ch, "", &reply_to, &sealed, Some(REPLY_EXPIRY)).await?;
             }
             Output::Closed {
                 round,
@@ -182,6 +224,17 @@ async fn carry<S, C>(
                     average_us = avg.average_us,
                     "berkeley round"
                 );
+                let data = EventData::from([
+                    ("round".to_string(), round.into()),
+                    ("readings".to_string(), readings.into()),
+                    ("used".to_string(), avg.used.len().into()),
+                    ("average_us".to_string(), avg.average_us.into()),
+                ]);
+                let text = format!(
+                    "berkeley round {round}: {} of {readings} clocks averaged, outliers adjusted too",
+                    avg.used.len()
+                );
+                ctx.record(EventKind::BerkeleyRound, text, data, None);
             }
         }
     }

@@ -8,15 +8,21 @@
 //!
 //! A replica that loses its broker session cannot hear the others, so it stops leading at once
 //! and starts over (a fresh election) when it is back; the highest epoch it saw is kept, so
-//! its next claim is above it. On shutdown a leader resigns, so the others elect at once.
+//! its next claim is above it. So is the highest epoch any client reports following
+//! ([`ServerContext::saw_epoch`]): a Redis that lost its epoch count cannot hand out an epoch
+//! that clients would refuse. On shutdown a leader resigns, so the others elect at once.
+//!
+//! Every control message is sealed with the replica key and carries the replica's logical
+//! clocks, vector clock included; what the election does goes to the cluster's event log.
 
-use super::context::ServerContext;
+use super::context::{EventData, ServerContext};
 use super::metrics::Counter;
 use crate::broker;
 use crate::cache::{RedisStore, ReportStore};
 use crate::core::clock::Clock;
 use crate::core::leader_election::{Bully, Output};
-use crate::core::protocol::{self, ReplicaRecord, ToReplica, CONTROL_ALL};
+use crate::core::logical::Stamp;
+use crate::core::protocol::{self, EventKind, ReplicaRecord, ToReplica, CONTROL_ALL};
 use crate::error::{Error, Result};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
@@ -28,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// How often the state machine is ticked: the resolution of every election timeout.
 pub const TICK: Duration = Duration::from_millis(20);
@@ -42,7 +48,7 @@ pub(crate) enum Command {
 }
 
 /// What the driver learns asynchronously.
-enum Event {
+enum Learnt {
     Epoch(u64),
     Unreachable(u64),
 }
@@ -101,6 +107,15 @@ impl Replica {
             .ok()
     }
 
+    /// The epoch of the term this replica is in (0: none).
+    pub fn epoch(&self) -> u64 {
+        self.bully
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .map_or(0, |b| b.epoch())
+    }
+
     /// Elections started since the process started.
     pub fn elections(&self) -> u64 {
         self.elections_with(self.bully.lock().expect("not poisoned").as_ref())
@@ -142,9 +157,14 @@ impl Replica {
 /// Runs the election driver until shutdown.
 pub(crate) async fn run<C: Clock>(ctx: Arc<ServerContext<RedisStore, C>>, replica: Arc<Replica>) {
     let name = format!("ts-server replica {} control", ctx.cfg.node.replica_id);
+    let sessions = Arc::new(AtomicU64::new(0));
     broker::run_sessions(&ctx.cfg.node.amqp_url, &name, &ctx.shutdown, |conn| {
-        let (ctx, replica) = (ctx.clone(), replica.clone());
+        let (ctx, replica, sessions) = (ctx.clone(), replica.clone(), sessions.clone());
         async move {
+            if sessions.fetch_add(1, Relaxed) > 0 {
+                let text = "reconnected to RabbitMQ after losing it".to_string();
+                ctx.record(EventKind::Reconnected, text, EventData::new(), None);
+            }
             let outcome = session(&conn, &ctx, &replica).await;
             // Without a session we hear nobody: stop leading, keep what we learnt.
             replica.lead_tx.send_replace(None);
@@ -201,25 +221,33 @@ async fn session<C: Clock>(
         priority = ctx.cfg.node.priority,
         "joined the replicas' election"
     );
-    io.execute(first).await?;
+    io.execute(first, None).await?;
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut records = tokio::time::interval(cfg.heartbeat);
     records.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut commands = replica.commands_rx.lock().await;
     let mut rejects = crate::logging::RejectLog::new("control".into());
+    let mut flush = tokio::time::interval(crate::logging::RejectLog::window());
     let record_ttl = cfg.heartbeat * RECORD_TTL_HEARTBEATS;
     let mut rate_from = (Instant::now(), ctx.metrics.get(Counter::ReportsStored));
     loop {
         // Each branch runs the state machine under the lock and hands back its outputs.
-        let outs = tokio::select! {
+        let (outs, cause) = tokio::select! {
             _ = ctx.shutdown.cancelled() => {
                 let outs = replica.with(|b, _| b.resign());
-                io.execute(outs).await?;
+                io.execute(outs, None).await?;
                 let _ = ch.close(200, "shutdown".into()).await;
                 return Ok(());
             }
-            _ = ticker.tick() => replica.with(|b, now| b.tick(now)),
+            _ = ticker.tick() => {
+                let floor = ctx.epoch_floor.load(Relaxed);
+                (replica.with(|b, now| { b.observe_epoch(floor); b.tick(now) }), None)
+            }
+            _ = flush.tick() => {
+                rejects.flush();
+                continue;
+            }
             _ = records.tick() => {
                 let (at, stored) = (Instant::now(), ctx.metrics.get(Counter::ReportsStored));
                 let secs = at.duration_since(rate_from.0).as_secs_f64();
@@ -237,8 +265,14 @@ async fn session<C: Clock>(
                 continue;
             }
             d = consumer.next() => match d {
-                Some(Ok(d)) => match protocol::decode::<ToReplica>(&d.data) {
-                    Ok(msg) => replica.with(|b, now| b.step(&msg, now)),
+                Some(Ok(d)) => match ctx.keys.get().open_control(&d.data) {
+                    Ok(msg) => {
+                        // Our own broadcasts come back; they are no news to our clocks.
+                        if msg.from() != ctx.cfg.node.replica_id {
+                            ctx.observe(msg.stamp());
+                        }
+                        (replica.with(|b, now| b.step(&msg, now)), Some(msg.stamp().clone()))
+                    }
                     Err(e) => {
                         ctx.metrics.rejected(&e);
                         ctx.metrics.inc(Counter::ControlRejected);
@@ -250,20 +284,23 @@ async fn session<C: Clock>(
                 None => return Err(Error::Runtime("the broker cancelled the control consumer".into())),
             },
             Some(ev) = events.recv() => match ev {
-                Event::Epoch(e) => replica.with(|b, now| b.on_epoch(e, now)),
-                Event::Unreachable(id) => {
+                Learnt::Epoch(e) => (replica.with(|b, now| b.on_epoch(e, now)), None),
+                Learnt::Unreachable(id) => {
                     info!(replica = id, "replica unreachable (its queue is gone)");
-                    replica.with(|b, now| b.on_unreachable(id, now))
+                    (replica.with(|b, now| b.on_unreachable(id, now)), None)
                 }
             },
             Some(Command::Elect(reply)) = commands.recv() => {
                 let mut started = false;
                 let outs = replica.with(|b, now| started = b.request_election(now));
                 let _ = reply.send(started);
-                outs
+                if started {
+                    ctx.metrics.inc(Counter::OperatorCommands);
+                }
+                (outs, None)
             }
         };
-        io.execute(outs).await?;
+        io.execute(outs, cause).await?;
     }
 }
 
@@ -287,60 +324,98 @@ struct Io<'a, C> {
     ch: &'a Channel,
     ctx: &'a ServerContext<RedisStore, C>,
     replica: &'a Replica,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedSender<Learnt>,
     expiry: Duration,
 }
 
 impl<C: Clock> Io<'_, C> {
-    async fn execute(&self, outs: Vec<Output>) -> Result<()> {
+    /// Carries out the state machine's outputs; `cause` is the stamp of the message that led
+    /// to them, if one did.
+    async fn execute(&self, outs: Vec<Output>, cause: Option<Stamp>) -> Result<()> {
+        let ctx = self.ctx;
+        let epoch_data = |epoch: u64| {
+            EventData::from([
+                ("replica".to_string(), ctx.cfg.node.replica_id.into()),
+                ("epoch".to_string(), epoch.into()),
+            ])
+        };
         for out in outs {
             match out {
-                Output::Broadcast(msg) => {
+                Output::Broadcast(mut msg) => {
+                    if let ToReplica::Resign(r) = &msg {
+                        let text = format!("resigned from epoch {} (shutting down)", r.epoch);
+                        ctx.record(EventKind::Resigned, text, epoch_data(r.epoch), None);
+                    }
+                    *msg.stamp_mut() = ctx.stamp();
+                    let sealed = ctx.keys.get().seal_control(&msg)?;
                     // Confirmations of broadcasts carry nothing we act on.
                     drop(
-                        broker::publish_control(self.ch, CONTROL_ALL, &msg, false, self.expiry)
+                        broker::publish_control(self.ch, CONTROL_ALL, &sealed, false, self.expiry)
                             .await?,
                     );
                 }
-                Output::Send(to, msg) => {
+                Output::Send(to, mut msg) => {
+                    *msg.stamp_mut() = ctx.stamp();
+                    let sealed = ctx.keys.get().seal_control(&msg)?;
                     let key = protocol::replica_key(to);
                     let confirm =
-                        broker::publish_control(self.ch, &key, &msg, true, self.expiry).await?;
+                        broker::publish_control(self.ch, &key, &sealed, true, self.expiry).await?;
                     let events = self.events.clone();
                     tokio::spawn(async move {
                         if let Ok(c) = confirm.await {
                             if c.take_message().is_some() {
-                                let _ = events.send(Event::Unreachable(to));
+                                let _ = events.send(Learnt::Unreachable(to));
                             }
                         }
                     });
                 }
                 Output::AcquireEpoch { at_least } => {
-                    let (store, events) = (self.ctx.store.clone(), self.events.clone());
+                    let (store, events) = (ctx.store.clone(), self.events.clone());
                     tokio::spawn(async move {
                         match store.acquire_epoch(at_least).await {
                             Ok(e) => {
-                                let _ = events.send(Event::Epoch(e));
+                                let _ = events.send(Learnt::Epoch(e));
                             }
                             // The claim times out and the election starts over.
-                            Err(e) => warn!(error = %e, "cannot take an epoch from Redis"),
+                            Err(e) => error!(
+                                error = %e,
+                                at_least,
+                                "cannot take an epoch from Redis; the election will start over"
+                            ),
                         }
                     });
                 }
                 Output::Lead(epoch) => {
-                    self.ctx.metrics.inc(Counter::TermsLed);
-                    info!(replica = self.ctx.cfg.node.replica_id, epoch, "leading");
+                    ctx.metrics.inc(Counter::TermsLed);
+                    info!(replica = ctx.cfg.node.replica_id, epoch, "leading");
                     self.replica.lead_tx.send_replace(Some(epoch));
+                    let text = format!("took office as leader with epoch {epoch}");
+                    ctx.record(
+                        EventKind::LeaderElected,
+                        text,
+                        epoch_data(epoch),
+                        cause.clone(),
+                    );
                 }
                 Output::StepDown => {
-                    if self.replica.lead_tx.send_replace(None).is_some() {
-                        info!(replica = self.ctx.cfg.node.replica_id, "no longer leading");
+                    if let Some(epoch) = self.replica.lead_tx.send_replace(None) {
+                        info!(replica = ctx.cfg.node.replica_id, "no longer leading");
+                        let text = format!("stepped down from epoch {epoch}");
+                        ctx.record(
+                            EventKind::SteppedDown,
+                            text,
+                            epoch_data(epoch),
+                            cause.clone(),
+                        );
                     }
+                }
+                Output::Event(kind, text) => {
+                    let epoch = self.replica.epoch();
+                    ctx.record(kind, text, epoch_data(epoch), cause.clone());
                 }
             }
         }
-        self.ctx
-            .metrics
+        ctx.metrics
             .set(Counter::Elections, self.replica.elections());
         Ok(())
     }

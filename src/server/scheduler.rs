@@ -10,15 +10,16 @@
 //! transit time (report and update hops, a few hundred µs on one host), which the delay
 //! compensation of a later algorithm removes.
 
-use super::context::ServerContext;
+use super::commands::SetTimeRequest;
+use super::context::{EventData, ServerContext};
 use super::metrics::{Counter, Metrics};
 use crate::broker;
 use crate::cache::ReportStore;
 use crate::core::clock::{Clock, MinDelayFilter};
 use crate::core::master_election::{decide, Decision};
 use crate::core::protocol::{
-    Algorithm, MasterRecord, MasterUpdate, StoredReport, ToClient, PROTOCOL_VERSION,
-    UPDATES_EXCHANGE,
+    Algorithm, EventKind, MasterRecord, MasterUpdate, SetTime, Stamp, StoredReport, ToClient,
+    PROTOCOL_VERSION, UPDATES_EXCHANGE,
 };
 use crate::error::Result;
 use std::sync::Arc;
@@ -62,6 +63,8 @@ pub struct Scheduler<S, C> {
     /// Samples of (master clock − server clock) from the current master's reports.
     filter: MinDelayFilter,
     filtered: Option<(Uuid, u64)>,
+    /// Events of the last ticks, for the cluster's log ([`Scheduler::take_events`]).
+    events: Vec<(EventKind, String, EventData)>,
 }
 
 impl<S: ReportStore, C: Clock> Scheduler<S, C> {
@@ -85,7 +88,13 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             election_armed: false,
             filter: MinDelayFilter::default(),
             filtered: None,
+            events: Vec::new(),
         }
+    }
+
+    /// What the last ticks did that belongs in the event log.
+    pub fn take_events(&mut self) -> Vec<(EventKind, String, EventData)> {
+        std::mem::take(&mut self.events)
     }
 
     /// One tick: elect if needed, and return the update to broadcast (`None`: no live clients).
@@ -146,6 +155,27 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
                     live_clients = live.len(),
                     "elected new master"
                 );
+                let why = match previous {
+                    Some(p) => format!("master {p} has not reported for the TTL"),
+                    None => "there was no master".to_string(),
+                };
+                let mut data = EventData::from([
+                    ("master_id".to_string(), record.id.to_string().into()),
+                    ("ip".to_string(), record.ip.to_string().into()),
+                    ("epoch".to_string(), self.epoch.into()),
+                    ("live_clients".to_string(), live.len().into()),
+                    ("reason".to_string(), why.clone().into()),
+                ]);
+                if let Some(p) = previous {
+                    data.insert("previous".to_string(), p.to_string().into());
+                }
+                let text = format!(
+                    "elected master {} ({}), the lowest IP of {} live clients: {why}",
+                    record.id,
+                    record.ip,
+                    live.len()
+                );
+                self.events.push((EventKind::MasterElected, text, data));
                 master
             }
         };
@@ -177,6 +207,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             algorithm: self.algorithm,
             master_ref_offset_us,
             master_ref_freq_ppm,
+            stamp: Stamp::default(),
         }))
     }
 
@@ -196,7 +227,8 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
     }
 }
 
-/// Runs the scheduler for leadership term `epoch` until `term` is cancelled.
+/// Runs the scheduler for leadership term `epoch` until `term` is cancelled: ticks, publishes
+/// what the ticks return, and carries out the operator's time changes.
 pub(crate) async fn run<S: ReportStore, C: Clock + Clone>(
     ctx: Arc<ServerContext<S, C>>,
     epoch: u64,
@@ -220,6 +252,7 @@ pub(crate) async fn run<S: ReportStore, C: Clock + Clone>(
             let mut interval = tokio::time::interval(tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut cache_down = false;
+            let mut commands = ctx.commands.set_time_rx.lock().await;
             loop {
                 tokio::select! {
                     _ = term.cancelled() => {
@@ -227,13 +260,24 @@ pub(crate) async fn run<S: ReportStore, C: Clock + Clone>(
                         let _ = ch.close(200, "shutdown".into()).await;
                         return Ok(());
                     }
+                    Some(req) = commands.recv() => {
+                        let outcome = set_time(&ch, &ctx, epoch, &req).await;
+                        let _ = req.reply.send(outcome);
+                        continue;
+                    }
                     _ = interval.tick() => {}
                 }
-                match scheduler.lock().await.tick().await {
+                let mut s = scheduler.lock().await;
+                let ticked = s.tick().await;
+                for (kind, text, data) in s.take_events() {
+                    ctx.record(kind, text, data, None);
+                }
+                match ticked {
                     Ok(Some(update)) => {
-                        let msg = ToClient::MasterUpdate(update);
+                        let sealed = ctx.seal_to_clients(ToClient::MasterUpdate(update))?;
                         let expiry = broker::expiry_for(tick);
-                        broker::publish(&ch, UPDATES_EXCHANGE, "", &msg, Some(expiry)).await?;
+                        broker::publish_raw(&ch, UPDATES_EXCHANGE, "", &sealed, Some(expiry))
+                            .await?;
                         ctx.metrics.inc(Counter::UpdatesPublished);
                     }
                     Ok(None) => {}
@@ -254,6 +298,65 @@ pub(crate) async fn run<S: ReportStore, C: Clock + Clone>(
         }
     })
     .await;
+}
+
+/// How long an operator's time change may wait in a client's queue: a command is meant for
+/// now, not for whenever a client comes back.
+const SET_TIME_EXPIRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Publishes an operator's time change (signed, like every leader message) to every client;
+/// only the client it names applies it. Refused for a client that is not live.
+async fn set_time<S: ReportStore, C: Clock>(
+    ch: &lapin::Channel,
+    ctx: &ServerContext<S, C>,
+    epoch: u64,
+    req: &SetTimeRequest,
+) -> Result<(), String> {
+    let live = ctx
+        .store
+        .report(&req.client_id)
+        .await
+        .map_err(|e| format!("cannot read Redis: {e}"))?;
+    if live.is_none() {
+        return Err(format!("no live client {}", req.client_id));
+    }
+    ctx.observe(&req.cause);
+    let msg = ToClient::SetTime(SetTime {
+        v: PROTOCOL_VERSION,
+        server_id: ctx.server_id,
+        epoch,
+        client_id: req.client_id,
+        op_id: req.op_id,
+        change: req.change,
+        stamp: Stamp::default(),
+    });
+    let sealed = ctx.seal_to_clients(msg).map_err(|e| e.to_string())?;
+    broker::publish_raw(ch, UPDATES_EXCHANGE, "", &sealed, Some(SET_TIME_EXPIRY))
+        .await
+        .map_err(|e| format!("cannot publish: {e}"))?;
+    ctx.metrics.inc(Counter::OperatorCommands);
+    let data = EventData::from([
+        ("client_id".to_string(), req.client_id.to_string().into()),
+        ("op_id".to_string(), req.op_id.to_string().into()),
+        (
+            "change".to_string(),
+            serde_json::to_value(req.change).expect("serializes"),
+        ),
+    ]);
+    let text = match req.change {
+        crate::core::protocol::TimeChange::Absolute { time_us } => format!(
+            "operator set client {} to {}",
+            req.client_id,
+            crate::core::clock::format_us(time_us)
+        ),
+        crate::core::protocol::TimeChange::Shift { shift_us } => format!(
+            "operator shifted client {} by {:+.6} s",
+            req.client_id,
+            shift_us as f64 / 1e6
+        ),
+    };
+    ctx.record(EventKind::TimeSet, text, data, Some(req.cause.clone()));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,13 +6,18 @@
 //! rejected without requeue (requeueing garbage would loop forever), counted, and logged with a
 //! rate limit so a flood cannot fill the disk. If Redis fails, the batch is requeued and the
 //! worker pauses briefly: nothing valid is lost.
+//!
+//! A report counts only if it is sealed with the key of the client it says it is from, and if
+//! it is later than every report of that client stored before (Redis refuses replays
+//! atomically, [`ReportStore::store_reports`]). A client's first stored report, and the events
+//! a report carries, go to the cluster's event log.
 
-use super::context::ServerContext;
+use super::context::{EventData, ServerContext};
 use super::metrics::Counter;
 use crate::broker;
-use crate::cache::ReportStore;
+use crate::cache::{ReportStore, Stored};
 use crate::core::clock::Clock;
-use crate::core::protocol::{self, StoredReport, TimeReport, REPORTS_QUEUE};
+use crate::core::protocol::{DecodeError, EventKind, StoredReport, TimeReport, REPORTS_QUEUE};
 use crate::error::{Error, Result};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -36,7 +41,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
     let ch = conn.create_channel().await?;
     ch.basic_qos(ctx.cfg.settings.prefetch, BasicQosOptions::default())
         .await?;
-    broker::declare_reports_queue(&ch).await?;
+    broker::declare_topology(&ch).await?;
     let tag = format!("ts-server-{}-w{idx}", ctx.server_id.simple());
     let mut consumer = ch
         .basic_consume(
@@ -48,6 +53,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
         .await?;
     info!(worker = idx, "consuming {REPORTS_QUEUE}");
     let mut rejects = crate::logging::RejectLog::new(format!("worker {idx}"));
+    let mut flush = tokio::time::interval(crate::logging::RejectLog::window());
     let max_batch = usize::from(ctx.cfg.settings.prefetch);
     let mut batch: Vec<(Delivery, i64)> = Vec::with_capacity(max_batch);
     let mut failure = None;
@@ -56,6 +62,10 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
             biased;
             _ = ctx.shutdown.cancelled() => break,
             d = consumer.next() => d,
+            _ = flush.tick() => {
+                rejects.flush();
+                continue;
+            }
         };
         match next {
             Some(Ok(d)) => batch.push((d, ctx.clock.now_us())),
@@ -94,10 +104,11 @@ async fn process<S: ReportStore, C: Clock>(
     ctx: &ServerContext<S, C>,
     rejects: &mut crate::logging::RejectLog,
 ) -> Result<()> {
+    let keys = ctx.keys.get();
     let mut good = Vec::with_capacity(batch.len());
     let mut last_good = None;
     for (d, received_at_us) in batch.drain(..) {
-        match protocol::decode::<TimeReport>(&d.data) {
+        match keys.open_from_client::<TimeReport>(&d.data) {
             Ok(report) => {
                 good.push(StoredReport {
                     report,
@@ -118,9 +129,11 @@ async fn process<S: ReportStore, C: Clock>(
         return Ok(());
     };
     match ctx.store.store_reports(&good, ctx.cfg.settings.ttl()).await {
-        Ok(()) => {
+        Ok(outcomes) => {
             acker.ack(BasicAckOptions { multiple: true }).await?;
-            ctx.metrics.add(Counter::ReportsStored, good.len() as u64);
+            for (r, outcome) in good.into_iter().zip(outcomes) {
+                accepted(ctx, r, outcome, rejects);
+            }
         }
         Err(e) => {
             ctx.metrics.inc(Counter::StoreErrors);
@@ -138,4 +151,47 @@ async fn process<S: ReportStore, C: Clock>(
         }
     }
     Ok(())
+}
+
+/// What follows from one report Redis took or refused: counters, logical clocks, the epoch
+/// floor, and the event log.
+fn accepted<S, C: Clock>(
+    ctx: &ServerContext<S, C>,
+    r: StoredReport,
+    outcome: Stored,
+    rejects: &mut crate::logging::RejectLog,
+) {
+    let report = r.report;
+    if outcome == Stored::Replay {
+        let e = DecodeError::Replay(format!(
+            "report {}:{} of client {} is not later than one stored",
+            report.boot_us, report.seq, report.id
+        ));
+        ctx.metrics.rejected(&e);
+        rejects.record(&e, 0);
+        return;
+    }
+    ctx.metrics.inc(Counter::ReportsStored);
+    ctx.observe(&report.stamp);
+    if let Some(epoch) = report.epoch {
+        ctx.saw_epoch(epoch);
+    }
+    if outcome == Stored::New {
+        let data = EventData::from([
+            ("client_id".to_string(), report.id.to_string().into()),
+            ("ip".to_string(), report.ip.to_string().into()),
+        ]);
+        let text = format!("client {} ({}) joined", report.id, report.ip);
+        ctx.record(
+            EventKind::ClientJoined,
+            text,
+            data,
+            Some(report.stamp.clone()),
+        );
+    }
+    // The client's own events, under its own name (the seal proved who it is).
+    for mut e in report.events {
+        e.node = format!("client-{}", report.id);
+        let _ = ctx.events.send(e);
+    }
 }

@@ -12,13 +12,18 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use time_sync::cache::{RedisStore, ReportStore};
+pub use time_sync::core::keyring::KeyRing;
 use time_sync::core::protocol::{MasterRecord, StoredReport};
+pub use time_sync::keys::{self, ClusterKeys};
 use time_sync::runtime::cluster::{ClusterConfig, RuntimeKind};
 pub use time_sync::runtime::services::{self, Process, RabbitNode, RedisServer, Vhost};
+
+/// The operator token of every TestEnv.
+pub const OPERATOR_TOKEN: &str = "test-operator-token";
 use tokio_util::sync::CancellationToken;
 
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_ts-server");
@@ -93,6 +98,8 @@ pub struct TestEnv {
     pub vhost: Vhost,
     pub redis: RedisServer,
     pub procs: Vec<Process>,
+    /// The test cluster's keys: every server gets the server set, every client its own.
+    pub keys: ClusterKeys,
 }
 
 pub mod tempdir {
@@ -140,12 +147,32 @@ impl TestEnv {
     fn with_vhost(vhost: impl FnOnce() -> time_sync::Result<Vhost>) -> TestEnv {
         let dir = tempdir::Dir::new("ts-test");
         let redis = RedisServer::start(dir.path(), None).expect("redis-server starts");
+        let keys = ClusterKeys::generate(OPERATOR_TOKEN);
+        keys::write_ring(&dir.path().join("keys").join("server"), &keys.server_ring()).unwrap();
         TestEnv {
             vhost: vhost().expect("a vhost of the test's own"),
             redis,
             dir,
             procs: Vec::new(),
+            keys,
         }
+    }
+
+    /// The servers' key directory.
+    pub fn server_keys(&self) -> PathBuf {
+        self.path().join("keys").join("server")
+    }
+
+    /// Client `id`'s key directory (written on first use).
+    pub fn client_keys(&self, id: uuid::Uuid) -> PathBuf {
+        let dir = self.path().join("keys").join(id.to_string());
+        keys::write_ring(&dir, &self.keys.client_ring(&id)).unwrap();
+        dir
+    }
+
+    /// What a test holding the server keys can seal and open.
+    pub fn ring(&self) -> KeyRing {
+        self.keys.server_ring()
     }
 
     pub fn path(&self) -> &Path {
@@ -163,6 +190,8 @@ impl TestEnv {
             ttl_s.to_string(),
             "--log-dir".into(),
             self.path().join("server").display().to_string(),
+            "--key-dir".into(),
+            self.server_keys().display().to_string(),
         ];
         if !extra.contains(&"--http-addr") {
             // Tests run in parallel: each API on a port of its own, published in Redis.
@@ -186,6 +215,8 @@ impl TestEnv {
             ip.into(),
             "--log-dir".into(),
             self.path().join("clients").display().to_string(),
+            "--key-dir".into(),
+            self.client_keys(id).display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.path().join(format!("client-{ip}.out"));
@@ -343,6 +374,19 @@ impl Tsc {
         self.ok(&["--json", "servers", "list"]).json()
     }
 
+    /// The cluster's keys, as tsc keeps them.
+    pub fn keys(&self) -> ClusterKeys {
+        ClusterKeys::load(&self.home.path().join("keys")).unwrap()
+    }
+
+    /// The operator token from cluster.toml.
+    pub fn token(&self) -> String {
+        ClusterConfig::load(self.home.path())
+            .unwrap()
+            .credentials
+            .operator_token
+    }
+
     /// The cluster's service endpoints as tsc sees them, and its Redis.
     pub async fn endpoints(&self) -> (time_sync::runtime::Endpoints, RedisStore) {
         let cfg = ClusterConfig::load(self.home.path()).unwrap();
@@ -377,7 +421,8 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub async fn start(amqp_url: &str) -> Observer {
+    /// Listens on `amqp_url` and opens what it hears with `ring` (the leader's public key).
+    pub async fn start(amqp_url: &str, ring: KeyRing) -> Observer {
         use futures_util::StreamExt;
         let conn = lapin::Connection::connect(amqp_url, Default::default())
             .await
@@ -403,7 +448,7 @@ impl Observer {
         let task = tokio::spawn(async move {
             while let Some(Ok(d)) = consumer.next().await {
                 if let Ok(time_sync::core::protocol::ToClient::MasterUpdate(u)) =
-                    time_sync::core::protocol::decode(&d.data)
+                    ring.open_from_leader(&d.data)
                 {
                     s.lock().unwrap().push(Seen {
                         at: Instant::now(),
@@ -475,13 +520,32 @@ impl Drop for Observer {
 
 /// A minimal HTTP/1.1 request; returns the status code and the body.
 pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    http_as(addr, method, path, None, None)
+}
+
+/// An HTTP/1.1 request with an operator token and a JSON body, if given.
+pub fn http_as(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)
         .unwrap_or_else(|e| panic!("cannot connect to the API at {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.unwrap_or("");
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    let kind = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{kind}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut raw = String::new();

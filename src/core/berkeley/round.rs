@@ -19,7 +19,9 @@
 //! cannot skew an average.
 
 use super::average::{average, offset_from_poll, Average, BerkeleyConfig, Reading};
-use crate::core::protocol::{BerkeleyAdjust, BerkeleyPoll, BerkeleyReading, PROTOCOL_VERSION};
+use crate::core::protocol::{
+    BerkeleyAdjust, BerkeleyPoll, BerkeleyReading, Stamp, PROTOCOL_VERSION,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
@@ -98,6 +100,16 @@ impl Coordinator {
         }
     }
 
+    /// Starts a round at `now` if none is open (an operator asked for one); `false` if one is
+    /// already running. The rounds after it keep the interval's rhythm from then on.
+    pub fn request_round(&mut self, now: Duration) -> bool {
+        if self.open.is_some() {
+            return false;
+        }
+        self.next_round = now;
+        true
+    }
+
     /// The number of the latest round opened (0: none yet).
     pub fn round(&self) -> u64 {
         self.round
@@ -146,6 +158,7 @@ impl Coordinator {
                 epoch: self.epoch,
                 round: self.round,
                 poll,
+                stamp: Stamp::default(),
             }));
         }
         out
@@ -196,6 +209,7 @@ impl Coordinator {
                         round: self.round,
                         adjust_us: *adjust_us,
                         outlier: avg.discarded.contains(id),
+                        stamp: Stamp::default(),
                     },
                 });
             }
@@ -254,6 +268,7 @@ mod tests {
             poll,
             time_us,
             ref_offset_us: None,
+            stamp: Stamp::default(),
         }
     }
 
@@ -391,6 +406,20 @@ mod tests {
             .collect();
         // Offsets 250 (estimate) and 0 (poll: 100 µs each way): average 125.
         assert_eq!(adjusts, [-125, 125]);
+    }
+
+    #[test]
+    fn a_requested_round_starts_at_once_unless_one_is_open() {
+        let mut c = Coordinator::new(cfg(), SERVER, 7, Duration::ZERO);
+        run(&mut c, 0, 10);
+        assert!(
+            !c.request_round(Duration::from_millis(10)),
+            "round 1 is open"
+        );
+        run(&mut c, 11, 1_000);
+        assert!(c.request_round(Duration::from_millis(1_000)));
+        let out = run(&mut c, 1_000, 1_000);
+        assert!(matches!(&out[..], [(_, Output::Poll(p))] if p.round == 2 && p.poll == 0));
     }
 
     #[test]

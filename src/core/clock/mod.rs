@@ -95,6 +95,56 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Howard Hinnant's days-from-civil algorithm (proleptic Gregorian): days since 1970-01-01.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses an RFC 3339 time (`2026-11-27T16:04:50Z`, with an optional fraction of up to six
+/// digits and a `Z` or `±HH:MM` offset) to µs since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let (date, rest) = s.split_once(['T', 't', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let (y, m, day): (i64, u32, u32) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    let (time, offset_s) = if let Some(t) = rest.strip_suffix(['Z', 'z']) {
+        (t, 0)
+    } else {
+        let at = rest.rfind(['+', '-'])?;
+        let (t, off) = rest.split_at(at);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = off[1..].split_once(':')?;
+        let (oh, om): (i64, i64) = (oh.parse().ok()?, om.parse().ok()?);
+        (t, sign * (oh * 3600 + om * 60))
+    };
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':');
+    let (h, mi, sec): (i64, i64, i64) = (
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+    );
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let micros: i64 = format!("{frac:0<6}").parse().ok()?;
+    let days = days_from_civil(y, m, day);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
+    secs.checked_mul(1_000_000)?.checked_add(micros)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +161,36 @@ mod tests {
             "2000-02-29T00:00:00.000001Z"
         );
         assert_eq!(format_us(-1), "1969-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn parses_what_it_formats() {
+        for us in [
+            0,
+            1_485_069_026_060_000,
+            951_782_400_000_001,
+            -1,
+            1_796_000_000_123_456,
+        ] {
+            assert_eq!(parse_rfc3339(&format_us(us)), Some(us), "{}", format_us(us));
+        }
+        assert_eq!(
+            parse_rfc3339("2017-01-22T08:10:26.06+01:00"),
+            Some(1_485_069_026_060_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2017-01-22T07:10:26Z"),
+            Some(1_485_069_026_000_000)
+        );
+        for bad in [
+            "",
+            "2017-01-22",
+            "2017-13-01T00:00:00Z",
+            "2017-01-22T07:10:26.1234567Z",
+            "x",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //!   election of its own, which yields a still higher epoch).
 
 use crate::core::protocol::{
-    Answer, Coordinator, Election, Heartbeat, ReplicaRole, Resign, ToReplica, PROTOCOL_VERSION,
+    Answer, Coordinator, Election, EventKind, Heartbeat, ReplicaRole, Resign, Stamp, ToReplica,
+    PROTOCOL_VERSION,
 };
 use crate::core::InvalidSetting;
 use serde::Serialize;
@@ -119,6 +120,9 @@ pub enum Output {
     Lead(u64),
     /// Stop leading at once.
     StepDown,
+    /// Something worth the cluster's event log happened (an election started, a deposed
+    /// leader's message was refused).
+    Event(EventKind, String),
 }
 
 /// Where the replica is in the election.
@@ -182,6 +186,8 @@ pub struct Bully {
     election_started_at: Duration,
     /// Resigned for shutdown: takes no further part.
     retired: bool,
+    /// The highest deposed epoch already reported as refused (0: none).
+    refused_epoch: u64,
     out: Vec<Output>,
 }
 
@@ -201,6 +207,7 @@ impl Bully {
             won: 0,
             election_started_at: now,
             retired: false,
+            refused_epoch: 0,
             out: Vec::new(),
         };
         b.start_election(now, "starting up");
@@ -345,6 +352,7 @@ impl Bully {
                             v: PROTOCOL_VERSION,
                             from: self.cfg.id,
                             priority: self.cfg.priority,
+                            stamp: Stamp::default(),
                         }),
                     ));
                     match self.phase {
@@ -417,6 +425,13 @@ impl Bully {
         }
     }
 
+    /// An epoch learnt outside the election (clients report the epoch they follow): the next
+    /// claim goes above it, so a leader elected after the epoch store lost its count is not
+    /// fenced off by clients that remember a higher one.
+    pub fn observe_epoch(&mut self, epoch: u64) {
+        self.max_epoch = self.max_epoch.max(epoch);
+    }
+
     /// The epoch store answered a claim.
     pub fn on_epoch(&mut self, epoch: u64, now: Duration) {
         if !matches!(self.phase, Phase::Claiming { .. }) {
@@ -460,6 +475,7 @@ impl Bully {
                 v: PROTOCOL_VERSION,
                 from: self.cfg.id,
                 epoch: self.epoch,
+                stamp: Stamp::default(),
             })));
             self.step_down();
         }
@@ -468,7 +484,18 @@ impl Bully {
     /// A COORDINATOR, or a leader's heartbeat, from `r` for `epoch`.
     fn on_leader(&mut self, r: Rank, epoch: u64, now: Duration) {
         if epoch < self.epoch {
-            return; // a deposed leader still talking
+            // A deposed leader still talking: said once per deposed epoch.
+            if self.refused_epoch < epoch || self.refused_epoch == 0 {
+                self.refused_epoch = epoch;
+                self.out.push(Output::Event(
+                    EventKind::FencingRefused,
+                    format!(
+                        "refused replica {} leading deposed epoch {epoch} (following {})",
+                        r.id, self.epoch
+                    ),
+                ));
+            }
+            return;
         }
         let me = self.rank();
         match self.phase {
@@ -498,6 +525,10 @@ impl Bully {
         self.started += 1;
         self.election_started_at = now;
         info!(replica = self.cfg.id, reason = why, "starting an election");
+        self.out.push(Output::Event(
+            EventKind::ElectionStarted,
+            format!("started an election: {why}"),
+        ));
         self.phase = Phase::Electing {
             since: now,
             answered: None,
@@ -507,6 +538,7 @@ impl Bully {
                 v: PROTOCOL_VERSION,
                 from: self.cfg.id,
                 priority: self.cfg.priority,
+                stamp: Stamp::default(),
             })));
     }
 
@@ -551,6 +583,7 @@ impl Bully {
             role: self.role(),
             epoch: self.epoch,
             leader: self.leader(),
+            stamp: Stamp::default(),
         })
     }
 
@@ -560,6 +593,7 @@ impl Bully {
             from: self.cfg.id,
             priority: self.cfg.priority,
             epoch: self.epoch,
+            stamp: Stamp::default(),
         })
     }
 }

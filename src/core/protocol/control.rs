@@ -1,6 +1,7 @@
 //! The messages among server replicas (`ToReplica`, on `ts.control`) and each replica's record
 //! in Redis.
 
+use super::Stamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -35,6 +36,8 @@ pub struct Election {
     pub v: u32,
     pub from: u64,
     pub priority: u64,
+    /// The sender's logical clocks, vector clock included.
+    pub stamp: Stamp,
 }
 
 /// Bully: "I outrank you and I am alive; stand down", sent to the candidate alone.
@@ -44,6 +47,8 @@ pub struct Answer {
     pub v: u32,
     pub from: u64,
     pub priority: u64,
+    /// The sender's logical clocks, vector clock included.
+    pub stamp: Stamp,
 }
 
 /// Bully: "I am the leader of `epoch`", broadcast when a replica takes office, and again to
@@ -55,6 +60,8 @@ pub struct Coordinator {
     pub from: u64,
     pub priority: u64,
     pub epoch: u64,
+    /// The sender's logical clocks, vector clock included.
+    pub stamp: Stamp,
 }
 
 /// Every replica's periodic "alive" broadcast; the leader's doubles as its lease renewal.
@@ -69,6 +76,8 @@ pub struct Heartbeat {
     pub epoch: u64,
     /// The leader it follows (itself if leader).
     pub leader: Option<u64>,
+    /// The sender's logical clocks, vector clock included.
+    pub stamp: Stamp,
 }
 
 /// A leader's goodbye on a clean shutdown: followers elect at once instead of waiting out the
@@ -79,6 +88,8 @@ pub struct Resign {
     pub v: u32,
     pub from: u64,
     pub epoch: u64,
+    /// The sender's logical clocks, vector clock included.
+    pub stamp: Stamp,
 }
 
 /// Every message on [`CONTROL_EXCHANGE`](super::CONTROL_EXCHANGE), told apart by `"type"`.
@@ -101,6 +112,27 @@ impl ToReplica {
             ToReplica::Coordinator(m) => m.from,
             ToReplica::Heartbeat(m) => m.from,
             ToReplica::Resign(m) => m.from,
+        }
+    }
+
+    /// The sender's logical clocks.
+    pub fn stamp(&self) -> &Stamp {
+        match self {
+            ToReplica::Election(m) => &m.stamp,
+            ToReplica::Answer(m) => &m.stamp,
+            ToReplica::Coordinator(m) => &m.stamp,
+            ToReplica::Heartbeat(m) => &m.stamp,
+            ToReplica::Resign(m) => &m.stamp,
+        }
+    }
+
+    pub fn stamp_mut(&mut self) -> &mut Stamp {
+        match self {
+            ToReplica::Election(m) => &mut m.stamp,
+            ToReplica::Answer(m) => &mut m.stamp,
+            ToReplica::Coordinator(m) => &mut m.stamp,
+            ToReplica::Heartbeat(m) => &mut m.stamp,
+            ToReplica::Resign(m) => &mut m.stamp,
         }
     }
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use uuid::Uuid;
 
-use super::PROTOCOL_VERSION;
+use super::{Event, Stamp, PROTOCOL_VERSION};
 
 /// A client's periodic report of its clock, published to [`REPORTS_QUEUE`](super::REPORTS_QUEUE).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +51,20 @@ pub struct TimeReport {
     /// (a deposed leader still talking), since the client started.
     #[serde(default)]
     pub stale_epoch_msgs: Option<u64>,
+    /// Diagnostic: messages the client refused (unsigned, badly signed, unknown key, malformed,
+    /// replayed), since it started.
+    #[serde(default)]
+    pub rejected_msgs: Option<u64>,
+    /// When this client process started (µs since the epoch on its host's clock): with `seq`
+    /// it orders every report of a client id across restarts, so a replayed old report is
+    /// refused.
+    pub boot_us: i64,
+    /// The client's logical clocks when it sent the report.
+    pub stamp: Stamp,
+    /// Things that happened to the client since its last report (at most 8): the server adds
+    /// them to the cluster's event log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
 }
 
 /// What the server stores in Redis for each client: the report plus when the server got it.
@@ -81,7 +95,16 @@ impl TimeReport {
             ref_server_id: None,
             epoch: None,
             stale_epoch_msgs: None,
+            rejected_msgs: None,
+            boot_us: 0,
+            stamp: Stamp::default(),
+            events: Vec::new(),
         }
+    }
+
+    /// The order of this report among all of its client's reports: (incarnation, sequence).
+    pub fn order(&self) -> (i64, u64) {
+        (self.boot_us, self.seq)
     }
 }
 
@@ -182,6 +205,8 @@ pub struct MasterUpdate {
     /// `master` only: the master clock's rate minus the reference's (ppm).
     #[serde(default)]
     pub master_ref_freq_ppm: Option<f64>,
+    /// The sender's logical clocks.
+    pub stamp: Stamp,
 }
 
 /// Answer to a [`Probe`], sent to the probe's `reply_to` queue.
@@ -200,6 +225,8 @@ pub struct ProbeReply {
     pub t2_us: i64,
     /// Reference clock when this reply was sent (µs).
     pub t3_us: i64,
+    /// The sender's logical clocks.
+    pub stamp: Stamp,
 }
 
 /// Start of a Berkeley round, broadcast through [`UPDATES_EXCHANGE`](super::UPDATES_EXCHANGE).
@@ -213,6 +240,8 @@ pub struct BerkeleyPoll {
     pub round: u64,
     /// Which poll of the round (a round sends several; each client's fastest answer counts).
     pub poll: u32,
+    /// The sender's logical clocks.
+    pub stamp: Stamp,
 }
 
 /// A client's adjustment at the end of a Berkeley round, sent to its `reply_to` queue.
@@ -229,6 +258,36 @@ pub struct BerkeleyAdjust {
     /// Whether this client's reading was left out of the average (too far from the others, or
     /// too slow a round trip). It is adjusted all the same.
     pub outlier: bool,
+    /// The sender's logical clocks.
+    pub stamp: Stamp,
+}
+
+/// What an operator asked a client's clock to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TimeChange {
+    /// Set the clock to this time (µs since the epoch).
+    Absolute { time_us: i64 },
+    /// Move the clock by this much (µs, either way).
+    Shift { shift_us: i64 },
+}
+
+/// An operator's command to one client, relayed (and signed) by the leader, broadcast through
+/// [`UPDATES_EXCHANGE`](super::UPDATES_EXCHANGE): every other client ignores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetTime {
+    pub v: u32,
+    pub server_id: Uuid,
+    /// Leader epoch of the sender; receivers ignore anything below the highest they have seen.
+    pub epoch: u64,
+    /// The client it is for.
+    pub client_id: Uuid,
+    /// Names this command: a client applies each at most once.
+    pub op_id: Uuid,
+    pub change: TimeChange,
+    /// The sender's logical clocks.
+    pub stamp: Stamp,
 }
 
 /// Every message a client receives on its queue, told apart by `"type"`.
@@ -239,6 +298,7 @@ pub enum ToClient {
     ProbeReply(ProbeReply),
     BerkeleyPoll(BerkeleyPoll),
     BerkeleyAdjust(BerkeleyAdjust),
+    SetTime(SetTime),
 }
 
 impl ToClient {
@@ -249,6 +309,28 @@ impl ToClient {
             ToClient::ProbeReply(m) => m.epoch,
             ToClient::BerkeleyPoll(m) => m.epoch,
             ToClient::BerkeleyAdjust(m) => m.epoch,
+            ToClient::SetTime(m) => m.epoch,
+        }
+    }
+
+    /// The sender's logical clocks.
+    pub fn stamp(&self) -> &Stamp {
+        match self {
+            ToClient::MasterUpdate(m) => &m.stamp,
+            ToClient::ProbeReply(m) => &m.stamp,
+            ToClient::BerkeleyPoll(m) => &m.stamp,
+            ToClient::BerkeleyAdjust(m) => &m.stamp,
+            ToClient::SetTime(m) => &m.stamp,
+        }
+    }
+
+    pub fn stamp_mut(&mut self) -> &mut Stamp {
+        match self {
+            ToClient::MasterUpdate(m) => &mut m.stamp,
+            ToClient::ProbeReply(m) => &mut m.stamp,
+            ToClient::BerkeleyPoll(m) => &mut m.stamp,
+            ToClient::BerkeleyAdjust(m) => &mut m.stamp,
+            ToClient::SetTime(m) => &mut m.stamp,
         }
     }
 }
@@ -264,6 +346,8 @@ pub struct Probe {
     pub seq: u64,
     /// Client clock at send (µs).
     pub t1_us: i64,
+    /// The sender's logical clocks.
+    pub stamp: Stamp,
 }
 
 /// A client's answer to a [`BerkeleyPoll`], published to [`RPC_QUEUE`](super::RPC_QUEUE) with `reply_to`.
@@ -284,6 +368,8 @@ pub struct BerkeleyReading {
     /// fanout to many clients makes lopsided; absent when the client does not probe.
     #[serde(default)]
     pub ref_offset_us: Option<i64>,
+    /// The sender's logical clocks.
+    pub stamp: Stamp,
 }
 
 /// Every message on [`RPC_QUEUE`](super::RPC_QUEUE), told apart by `"type"`.
@@ -292,4 +378,22 @@ pub struct BerkeleyReading {
 pub enum ToServer {
     Probe(Probe),
     BerkeleyReading(BerkeleyReading),
+}
+
+impl ToServer {
+    /// The client that sent it.
+    pub fn client_id(&self) -> Uuid {
+        match self {
+            ToServer::Probe(m) => m.id,
+            ToServer::BerkeleyReading(m) => m.id,
+        }
+    }
+
+    /// The sender's logical clocks.
+    pub fn stamp(&self) -> &Stamp {
+        match self {
+            ToServer::Probe(m) => &m.stamp,
+            ToServer::BerkeleyReading(m) => &m.stamp,
+        }
+    }
 }

@@ -9,16 +9,25 @@
 //! - `names`: queues, exchanges, routing keys, Redis keys.
 //! - `messages`: reports, `ToClient`, `ToServer`, and the records kept about clients.
 //! - `control`: `ToReplica`, among server replicas, and the replicas' records.
+//! - `events`: the events of the cluster's log. Every message carries a [`Stamp`] of the
+//!   sender's logical clocks ([`crate::core::logical`]).
+//!
+//! Every message between nodes is *sealed* ([`crate::core::auth`]): [`encode_sealed`] and
+//! [`decode_sealed`] are the choke point for those, [`encode`] / [`decode`] for what is kept
+//! in Redis.
 //!
 //! Times are integers in **microseconds since the Unix epoch** (`*_us`). Microseconds keep every
 //! value below 2^53, so a JavaScript or Python client can use plain numbers, and they resolve the
 //! sub-millisecond errors this system is measured in.
 
 mod control;
+mod events;
 mod messages;
 mod names;
 
+pub use crate::core::logical::Stamp;
 pub use control::*;
+pub use events::*;
 pub use messages::*;
 pub use names::*;
 
@@ -26,10 +35,14 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version of the message format. Decoders reject any other value: a newer peer's message is
 /// counted as rejected rather than misread.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
-/// Largest message accepted, in bytes. A report is ~300 bytes; anything this large is abuse.
+/// Largest message accepted, in bytes. A report is ~700 bytes; anything this large is abuse.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Largest epoch or counter accepted (2^53): larger ones cannot be real, and every peer,
+/// JavaScript and Lua included, can hold them exactly.
+pub const MAX_COUNTER: u64 = 1 << 53;
 
 /// Why a message was rejected. Each variant is a counter in the server's stats.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,26 +54,75 @@ pub enum DecodeError {
     Version(u64),
     #[error("malformed: {0}")]
     Malformed(String),
+    #[error("unsigned: {0}")]
+    Unsigned(String),
+    #[error("signed with an unknown key {0:?}")]
+    UnknownKey(String),
+    #[error("bad signature")]
+    BadSignature,
+    #[error("replayed: {0}")]
+    Replay(String),
+    #[error("reply_to {0:?} is not a client queue")]
+    BadReplyTo(String),
 }
 
 impl DecodeError {
+    /// Every reason, by its counter name.
+    pub const KINDS: [&'static str; 8] = [
+        "malformed",
+        "too_large",
+        "bad_version",
+        "unsigned",
+        "unknown_key",
+        "bad_signature",
+        "replay",
+        "bad_reply_to",
+    ];
+
     /// Short stable name, used as a counter label.
     pub fn kind(&self) -> &'static str {
         match self {
             DecodeError::TooLarge(_) => "too_large",
             DecodeError::Version(_) => "bad_version",
             DecodeError::Malformed(_) => "malformed",
+            DecodeError::Unsigned(_) => "unsigned",
+            DecodeError::UnknownKey(_) => "unknown_key",
+            DecodeError::BadSignature => "bad_signature",
+            DecodeError::Replay(_) => "replay",
+            DecodeError::BadReplyTo(_) => "bad_reply_to",
         }
     }
 }
 
-/// Serializes a message. Infallible for the types in this module.
+impl From<crate::core::auth::AuthError> for DecodeError {
+    fn from(e: crate::core::auth::AuthError) -> Self {
+        use crate::core::auth::AuthError;
+        match e {
+            AuthError::Unsigned => DecodeError::Unsigned("no trailing kid and sig".into()),
+            AuthError::UnknownKey(k) => DecodeError::UnknownKey(k),
+            AuthError::BadSignature => DecodeError::BadSignature,
+        }
+    }
+}
+
+/// Serializes a message as it is (for Redis, and for tests that send what a broken peer
+/// would). Infallible for the types in this module.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     serde_json::to_vec(msg).expect("protocol messages always serialize")
 }
 
+/// Serializes and seals a message under key `kid` ([`crate::core::auth::seal`]).
+pub fn encode_sealed<T: Serialize>(
+    msg: &T,
+    kid: &str,
+    sign: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Vec<u8> {
+    crate::core::auth::seal(&encode(msg), kid, sign)
+}
+
 /// Parses a message, enforcing the size limit and the version before the schema, so that a
-/// newer peer's message is reported as a version mismatch rather than as garbage.
+/// newer peer's message is reported as a version mismatch rather than as garbage, then the
+/// field ranges.
 pub fn decode<T: DeserializeOwned + Checked>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge(bytes.len()));
@@ -86,6 +148,29 @@ pub fn decode<T: DeserializeOwned + Checked>(bytes: &[u8]) -> Result<T, DecodeEr
     Ok(msg)
 }
 
+/// Opens a sealed message: takes the seal off, decodes the message ([`decode`]), and only
+/// then asks `verify` whether its signature is good (the key may depend on who the message
+/// says it is from). Nothing of the message may be acted on before this returns `Ok`.
+pub fn decode_sealed<T: DeserializeOwned + Checked>(
+    bytes: &[u8],
+    verify: impl FnOnce(&T, &crate::core::auth::Unsealed) -> Result<(), crate::core::auth::AuthError>,
+) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    let unsealed = match crate::core::auth::unseal(bytes) {
+        Ok(u) => u,
+        // A message of another version or no JSON at all is reported as what it is.
+        Err(e) => {
+            decode::<T>(bytes)?;
+            return Err(e.into());
+        }
+    };
+    let msg = decode::<T>(&unsealed.message)?;
+    verify(&msg, &unsealed)?;
+    Ok(msg)
+}
+
 /// Largest magnitude accepted for any time or offset field (µs): 2^53, about 285 years. Beyond
 /// it a value is not a clock reading, and sums and differences of a few accepted values can
 /// never overflow, so no arithmetic on received times needs to be checked.
@@ -105,12 +190,54 @@ fn times(fields: &[(&str, Option<i64>)]) -> Result<(), DecodeError> {
     Ok(())
 }
 
+fn counters(fields: &[(&str, u64)]) -> Result<(), DecodeError> {
+    for (name, v) in fields {
+        if *v > MAX_COUNTER {
+            return Err(DecodeError::Malformed(format!("`{name}` above 2^53")));
+        }
+    }
+    Ok(())
+}
+
 fn freq(name: &str, v: Option<f64>) -> Result<(), DecodeError> {
     match v {
         Some(f) if !(f.is_finite() && f.abs() <= 1e6) => {
             Err(DecodeError::Malformed(format!("`{name}` out of range")))
         }
         _ => Ok(()),
+    }
+}
+
+impl Checked for Stamp {
+    fn check(&self) -> Result<(), DecodeError> {
+        counters(&[("stamp.lt", self.lt)])?;
+        if let Some(h) = self.hlc {
+            times(&[("stamp.hlc.us", Some(h.us))])?;
+        }
+        if let Some(vc) = &self.vc {
+            if vc.len() > crate::core::logical::MAX_VC_ENTRIES {
+                return Err(DecodeError::Malformed(
+                    "`stamp.vc` has too many entries".into(),
+                ));
+            }
+            for (id, n) in vc.entries() {
+                counters(&[("stamp.vc replica", id), ("stamp.vc counter", n)])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Checked for Event {
+    fn check(&self) -> Result<(), DecodeError> {
+        self.stamp.check()?;
+        if let Some(c) = &self.cause {
+            c.check()?;
+        }
+        if self.text.len() > MAX_EVENT_TEXT || self.node.len() > MAX_EVENT_TEXT {
+            return Err(DecodeError::Malformed("event text too long".into()));
+        }
+        Ok(())
     }
 }
 
@@ -122,13 +249,22 @@ impl Checked for TimeReport {
             ("true_offset_us", self.true_offset_us),
             ("ref_offset_us", self.ref_offset_us),
             ("max_step_us", self.max_step_us),
+            ("boot_us", Some(self.boot_us)),
         ])?;
-        freq("ref_freq_ppm", self.ref_freq_ppm)
+        counters(&[("seq", self.seq), ("epoch", self.epoch.unwrap_or(0))])?;
+        freq("ref_freq_ppm", self.ref_freq_ppm)?;
+        self.stamp.check()?;
+        if self.events.len() > MAX_REPORT_EVENTS {
+            return Err(DecodeError::Malformed("too many events".into()));
+        }
+        self.events.iter().try_for_each(Checked::check)
     }
 }
 
 impl Checked for ToClient {
     fn check(&self) -> Result<(), DecodeError> {
+        counters(&[("epoch", self.epoch())])?;
+        self.stamp().check()?;
         match self {
             ToClient::MasterUpdate(u) => {
                 times(&[
@@ -136,6 +272,7 @@ impl Checked for ToClient {
                     ("server_time_us", Some(u.server_time_us)),
                     ("master_ref_offset_us", u.master_ref_offset_us),
                 ])?;
+                counters(&[("seq", u.seq)])?;
                 freq("master_ref_freq_ppm", u.master_ref_freq_ppm)
             }
             ToClient::ProbeReply(r) => times(&[
@@ -143,27 +280,46 @@ impl Checked for ToClient {
                 ("t2_us", Some(r.t2_us)),
                 ("t3_us", Some(r.t3_us)),
             ]),
-            ToClient::BerkeleyPoll(_) => Ok(()),
-            ToClient::BerkeleyAdjust(a) => times(&[("adjust_us", Some(a.adjust_us))]),
+            ToClient::BerkeleyPoll(p) => counters(&[("round", p.round)]),
+            ToClient::BerkeleyAdjust(a) => {
+                counters(&[("round", a.round)])?;
+                times(&[("adjust_us", Some(a.adjust_us))])
+            }
+            ToClient::SetTime(t) => match t.change {
+                TimeChange::Absolute { time_us } => times(&[("time_us", Some(time_us))]),
+                TimeChange::Shift { shift_us } => times(&[("shift_us", Some(shift_us))]),
+            },
         }
     }
 }
 
 impl Checked for ToServer {
     fn check(&self) -> Result<(), DecodeError> {
+        self.stamp().check()?;
         match self {
             ToServer::Probe(p) => times(&[("t1_us", Some(p.t1_us))]),
-            ToServer::BerkeleyReading(r) => times(&[
-                ("time_us", Some(r.time_us)),
-                ("ref_offset_us", r.ref_offset_us),
-            ]),
+            ToServer::BerkeleyReading(r) => {
+                counters(&[("epoch", r.epoch), ("round", r.round)])?;
+                times(&[
+                    ("time_us", Some(r.time_us)),
+                    ("ref_offset_us", r.ref_offset_us),
+                ])
+            }
         }
     }
 }
 
 impl Checked for ToReplica {
     fn check(&self) -> Result<(), DecodeError> {
-        Ok(())
+        self.stamp().check()?;
+        let (epoch, ids) = match self {
+            ToReplica::Election(m) => (0, [m.from, m.priority]),
+            ToReplica::Answer(m) => (0, [m.from, m.priority]),
+            ToReplica::Coordinator(m) => (m.epoch, [m.from, m.priority]),
+            ToReplica::Heartbeat(m) => (m.epoch, [m.from, m.priority]),
+            ToReplica::Resign(m) => (m.epoch, [m.from, 0]),
+        };
+        counters(&[("epoch", epoch), ("from", ids[0]), ("priority", ids[1])])
     }
 }
 
@@ -200,7 +356,8 @@ mod tests {
             (b"[1,2]", "malformed"),
             (b"{\"v\":1,\"id\":1}", "bad_version"),
             (b"{\"v\":\"1\"}", "malformed"),
-            (b"{\"v\":3,\"id\":\"nope\"}", "malformed"),
+            (b"{\"v\":4,\"id\":\"nope\"}", "malformed"),
+            (b"{\"v\":3,\"id\":\"nope\"}", "bad_version"),
         ];
         for (bytes, kind) in cases {
             let err = decode::<TimeReport>(bytes).unwrap_err();
@@ -223,6 +380,7 @@ mod tests {
     fn tagged_messages_round_trip_and_reject_unknown_fields() {
         let m = ToClient::ProbeReply(ProbeReply {
             v: PROTOCOL_VERSION,
+            stamp: Stamp::default(),
             server_id: Uuid::from_u128(1),
             epoch: 1,
             seq: 4,
@@ -246,6 +404,7 @@ mod tests {
         );
         let p = ToServer::Probe(Probe {
             v: PROTOCOL_VERSION,
+            stamp: Stamp::default(),
             id: Uuid::from_u128(2),
             seq: 1,
             t1_us: 5,
@@ -266,6 +425,7 @@ mod tests {
         assert!(decode::<TimeReport>(&encode(&r)).is_err());
         let adj = ToClient::BerkeleyAdjust(BerkeleyAdjust {
             v: PROTOCOL_VERSION,
+            stamp: Stamp::default(),
             server_id: Uuid::from_u128(1),
             epoch: 1,
             round: 1,
@@ -280,22 +440,26 @@ mod tests {
         let msgs = [
             ToReplica::Election(Election {
                 v: PROTOCOL_VERSION,
+                stamp: Stamp::default(),
                 from: 10,
                 priority: 2,
             }),
             ToReplica::Answer(Answer {
                 v: PROTOCOL_VERSION,
+                stamp: Stamp::default(),
                 from: 11,
                 priority: 0,
             }),
             ToReplica::Coordinator(Coordinator {
                 v: PROTOCOL_VERSION,
+                stamp: Stamp::default(),
                 from: 12,
                 priority: 0,
                 epoch: 9,
             }),
             ToReplica::Heartbeat(Heartbeat {
                 v: PROTOCOL_VERSION,
+                stamp: Stamp::default(),
                 from: 13,
                 priority: 0,
                 role: ReplicaRole::Leader,
@@ -304,6 +468,7 @@ mod tests {
             }),
             ToReplica::Resign(Resign {
                 v: PROTOCOL_VERSION,
+                stamp: Stamp::default(),
                 from: 14,
                 epoch: 9,
             }),

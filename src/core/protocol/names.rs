@@ -63,3 +63,16 @@ pub const STATS_KEY_PREFIX: &str = "ts:stats:";
 pub fn client_key(id: &Uuid) -> String {
     format!("{CLIENT_KEY_PREFIX}{id}")
 }
+
+/// Redis key prefix of the order (`<boot>:<seq>`) of a client's latest stored report, kept a
+/// day so that an old report replayed later is refused.
+pub const ORDER_KEY_PREFIX: &str = "ts:order:";
+
+/// Redis key of the order of a client's latest stored report.
+pub fn order_key(id: &Uuid) -> String {
+    format!("{ORDER_KEY_PREFIX}{id}")
+}
+
+/// Redis stream of the cluster's event log: entries `* e <Event JSON>`, capped
+/// (`XADD … MAXLEN ~ N`).
+pub const EVENTS_KEY: &str = "ts:events";

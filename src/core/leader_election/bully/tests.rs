@@ -2,6 +2,7 @@
 //! delays and reorders, with one epoch store. Invariants are checked after every event.
 
 use super::*;
+use crate::core::protocol::Stamp;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -111,6 +112,7 @@ impl Sim {
         };
         for o in outs {
             match o {
+                Output::Event(..) => {}
                 Output::Broadcast(msg) => {
                     let ids: Vec<u64> = self.replicas.keys().copied().collect();
                     for to in ids {
@@ -442,6 +444,7 @@ fn follower_epochs_never_go_back() {
     let hb = |from: u64, epoch: u64| {
         ToReplica::Heartbeat(Heartbeat {
             v: PROTOCOL_VERSION,
+            stamp: Stamp::default(),
             from,
             priority: 0,
             role: ReplicaRole::Leader,
@@ -469,6 +472,7 @@ fn an_epoch_older_than_one_seen_is_not_led_with() {
     b.step(
         &ToReplica::Coordinator(Coordinator {
             v: PROTOCOL_VERSION,
+            stamp: Stamp::default(),
             from: 2,
             priority: 0,
             epoch: 4,
