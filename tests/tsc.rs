@@ -32,6 +32,11 @@ async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
         r.stdout
     );
 
+    // Each kind of node has its own broker user; a client's may not speak for the leader.
+    let (ep, _) = t.endpoints().await;
+    assert_client_user_is_confined(&ep.client_amqp_url).await;
+    no_admins_and_no_secrets_on_command_lines(t);
+
     // Bootstrapping twice is refused with its own exit code and a hint.
     let again = t.run(&["bootstrap"]);
     assert_eq!(again.code, 5);
@@ -134,6 +139,83 @@ async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
     println!("[{}] teardown took {:?}", t.runtime, started.elapsed());
     assert_eq!(t.run(&["status"]).code, 4, "no cluster after teardown");
     assert_eq!(t.ok(&["teardown"]).stdout.trim(), "Nothing to tear down.");
+}
+
+/// No broker user of the cluster is an administrator (on Docker, `guest` is gone), and no
+/// password, token or key is on any node's command line.
+fn no_admins_and_no_secrets_on_command_lines(t: &Tsc) {
+    let cfg = ClusterConfig::load(t.home.path()).unwrap();
+    let c = &cfg.credentials;
+    let secrets = [
+        c.rabbitmq_client_password.clone(),
+        c.rabbitmq_server_password.clone(),
+        c.rabbitmq_operator_password.clone(),
+        c.redis_password.clone(),
+        c.operator_token.clone(),
+    ];
+    let (users, cmdlines): (String, Vec<String>) = if t.runtime == "docker" {
+        let label = format!("label=time-sync.cluster={}", cfg.cluster_id);
+        let names = docker_ps(&label);
+        let rabbit = names.iter().find(|n| n.contains("rabbitmq")).unwrap();
+        let users = sh(
+            "docker",
+            &[
+                "exec",
+                rabbit,
+                "rabbitmqctl",
+                "-q",
+                "list_users",
+                "--no-table-headers",
+            ],
+        );
+        let cmds = names
+            .iter()
+            .map(|n| {
+                sh(
+                    "docker",
+                    &[
+                        "inspect",
+                        "--format",
+                        "{{json .Config.Cmd}} {{json .Args}}",
+                        n,
+                    ],
+                )
+            })
+            .collect();
+        (users, cmds)
+    } else {
+        let users = sh("rabbitmqctl", &["-q", "list_users", "--no-table-headers"])
+            .lines()
+            .filter(|l| l.contains(&cfg.cluster_id))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let state = time_sync::runtime::cluster::State::load(t.home.path()).unwrap();
+        let cmds = state
+            .local
+            .nodes
+            .iter()
+            .map(|n| {
+                let raw = std::fs::read(format!("/proc/{}/cmdline", n.pid)).unwrap_or_default();
+                String::from_utf8_lossy(&raw).into_owned()
+            })
+            .collect();
+        (users, cmds)
+    };
+    assert_eq!(
+        users.lines().count(),
+        3,
+        "client, server, operator: {users}"
+    );
+    assert!(!users.contains("administrator"), "{users}");
+    assert!(!users.contains("guest"), "{users}");
+    for cmd in &cmdlines {
+        for s in &secrets {
+            assert!(
+                !cmd.contains(s.as_str()),
+                "a secret on a command line: {cmd}"
+            );
+        }
+    }
 }
 
 fn docker_ps(filter: &str) -> Vec<String> {

@@ -216,15 +216,20 @@ pub fn explain_master(m: &MasterRecord, events: &[Logged]) -> Vec<String> {
     out
 }
 
-/// For every two replica events with vector clocks: whether their order by vector clock and by
-/// HLC agree (ordered pairs must be ordered the same way). Concurrent pairs are listed.
-pub fn concurrent_pairs(events: &[Logged]) -> Vec<(usize, usize)> {
+/// Pairs of `election_started` events (by stream id) whose vector clocks are concurrent: two
+/// replicas that started elections without either knowing of the other's.
+pub fn concurrent_elections(events: &[Logged]) -> Vec<(String, String)> {
+    let elections: Vec<&Logged> = events
+        .iter()
+        .filter(|e| e.event.kind == EventKind::ElectionStarted && e.event.stamp.vc.is_some())
+        .collect();
     let mut out = Vec::new();
-    for (i, a) in events.iter().enumerate() {
-        for (j, b) in events.iter().enumerate().skip(i + 1) {
-            if let (Some(va), Some(vb)) = (&a.event.stamp.vc, &b.event.stamp.vc) {
-                if va.compare(vb) == Causality::Concurrent {
-                    out.push((i, j));
+    for (i, a) in elections.iter().enumerate() {
+        for b in &elections[i + 1..] {
+            let (va, vb) = (a.event.stamp.vc.as_ref(), b.event.stamp.vc.as_ref());
+            if let (Some(va), Some(vb)) = (va, vb) {
+                if a.event.node != b.event.node && va.compare(vb) == Causality::Concurrent {
+                    out.push((a.id.clone(), b.id.clone()));
                 }
             }
         }
@@ -264,20 +269,40 @@ pub async fn events(rt: &Runtime, state: &State, args: EventsArgs, out: &Out) ->
         }
         return Ok(0);
     }
+    let concurrent = concurrent_elections(&all);
     let shown: Vec<&Logged> = all.iter().filter(|l| keep(l)).collect();
-    if out.json && !args.follow {
-        let list: Vec<serde_json::Value> = shown
+    let with_concurrency = |l: &Logged| {
+        let others: Vec<&str> = concurrent
             .iter()
-            .map(|l| json!({ "id": l.id, "event": l.event }))
+            .filter_map(|(a, b)| {
+                if *a == l.id {
+                    Some(b.as_str())
+                } else if *b == l.id {
+                    Some(a.as_str())
+                } else {
+                    None
+                }
+            })
             .collect();
+        json!({ "id": l.id, "event": l.event, "concurrent_with": others })
+    };
+    if out.json && !args.follow {
+        let list: Vec<serde_json::Value> = shown.iter().map(|l| with_concurrency(l)).collect();
         out.json(json!({ "events": list }));
         return Ok(0);
     }
     let print = |l: &Logged| {
         if out.json {
-            println!("{}", json!({ "id": l.id, "event": l.event }));
+            println!("{}", with_concurrency(l));
         } else {
-            println!("{}", line(l));
+            let v = with_concurrency(l);
+            let others = v["concurrent_with"].as_array().map_or(0, Vec::len);
+            let mark = if others > 0 {
+                format!("  (concurrent with {others} other election(s))")
+            } else {
+                String::new()
+            };
+            println!("{}{mark}", line(l));
         }
     };
     shown.iter().for_each(|l| print(l));
@@ -361,6 +386,33 @@ mod tests {
             ids,
             ["2-0", "5-0", "1-0"],
             "no HLC: the receipt time (2 ms)"
+        );
+    }
+
+    #[test]
+    fn elections_without_news_of_each_other_are_concurrent() {
+        use crate::core::logical::VectorClock;
+        let mut a = VectorClock::default();
+        let mut b = VectorClock::default();
+        a.tick(1);
+        b.tick(2);
+        let mut c = b.clone();
+        c.observe(2, &a);
+        let mut evs = vec![
+            ev("1-0", EventKind::ElectionStarted, Some(1), 1, &[]),
+            ev("1-1", EventKind::ElectionStarted, Some(2), 1, &[]),
+            ev("1-2", EventKind::ElectionStarted, Some(3), 2, &[]),
+        ];
+        for (e, (vc, node)) in
+            evs.iter_mut()
+                .zip([(a, "server-1"), (b, "server-2"), (c, "server-2")])
+        {
+            e.event.stamp.vc = Some(vc);
+            e.event.node = node.into();
+        }
+        assert_eq!(
+            concurrent_elections(&evs),
+            vec![("1-0".to_string(), "1-1".to_string())]
         );
     }
 

@@ -303,4 +303,98 @@ mod tests {
         assert!(parse_keys("zz").is_err());
         assert!(parse_keys("00ff").unwrap_err().contains("32 bytes"));
     }
+
+    mod decoders {
+        use super::*;
+        use crate::core::protocol::{encode, Algorithm, MasterUpdate, Probe};
+        use proptest::prelude::*;
+
+        fn update(seq: u64, master_time_us: i64) -> ToClient {
+            ToClient::MasterUpdate(MasterUpdate {
+                v: PROTOCOL_VERSION,
+                server_id: Uuid::from_u128(9),
+                epoch: 4,
+                seq,
+                master_id: Uuid::from_u128(1),
+                master_ip: "10.0.0.1".parse().unwrap(),
+                master_time_us,
+                server_time_us: master_time_us,
+                algorithm: Algorithm::Master,
+                master_ref_offset_us: Some(-3),
+                master_ref_freq_ppm: Some(1.5),
+                stamp: Stamp::default(),
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// No decoder panics on any bytes, and none accepts bytes nobody sealed.
+            #[test]
+            fn arbitrary_bytes_are_refused_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+                let s = server();
+                let c = client(&s, Uuid::from_u128(1));
+                prop_assert!(c.open_from_leader(&bytes).is_err());
+                prop_assert!(s.open_from_client::<TimeReport>(&bytes).is_err());
+                prop_assert!(s.open_from_client::<ToServer>(&bytes).is_err());
+                prop_assert!(s.open_control(&bytes).is_err());
+            }
+
+            /// Arbitrary text, JSON-looking or not, is refused without panic too.
+            #[test]
+            fn arbitrary_text_is_refused_without_panic(text in "\\PC{0,300}") {
+                let s = server();
+                let c = client(&s, Uuid::from_u128(1));
+                prop_assert!(c.open_from_leader(text.as_bytes()).is_err());
+                prop_assert!(s.open_from_client::<TimeReport>(text.as_bytes()).is_err());
+                prop_assert!(s.open_control(text.as_bytes()).is_err());
+            }
+
+            /// A sealed message with any one byte changed is refused or, if the change was
+            /// within what the seal covers and left it valid (impossible with a real key), at
+            /// least never decodes to a different message.
+            #[test]
+            fn a_changed_byte_never_passes(seq in 0u64..1000, t in 0i64..(1 << 50), at in 0usize..1000, to in any::<u8>()) {
+                let s = server();
+                let c = client(&s, Uuid::from_u128(1));
+                let original = update(seq, t);
+                let mut sealed = s.seal_to_clients(&original).unwrap();
+                let i = at % sealed.len();
+                if sealed[i] == to {
+                    return Ok(());
+                }
+                sealed[i] = to;
+                if let Ok(m) = c.open_from_leader(&sealed) {
+                    prop_assert_eq!(m, original);
+                }
+                let mut report = TimeReport::new(Uuid::from_u128(1), "10.0.0.1".parse().unwrap(), t, seq);
+                report.boot_us = t;
+                let mut sealed = c.seal_from_client(&report).unwrap();
+                let i = at % sealed.len();
+                if sealed[i] != to {
+                    sealed[i] = to;
+                    if let Ok(r) = s.open_from_client::<TimeReport>(&sealed) {
+                        prop_assert_eq!(r, report);
+                    }
+                }
+            }
+
+            /// Well-formed but unsealed messages of every kind are refused as unsigned.
+            #[test]
+            fn unsealed_well_formed_messages_are_unsigned(seq in 0u64..1000, t in 0i64..(1 << 50)) {
+                let s = server();
+                let c = client(&s, Uuid::from_u128(1));
+                let e = c.open_from_leader(&encode(&update(seq, t))).unwrap_err();
+                prop_assert_eq!(e.kind(), "unsigned");
+                let p = ToServer::Probe(Probe {
+                    v: PROTOCOL_VERSION,
+                    id: Uuid::from_u128(1),
+                    seq,
+                    t1_us: t,
+                    stamp: Stamp::default(),
+                });
+                prop_assert_eq!(s.open_from_client::<ToServer>(&encode(&p)).unwrap_err().kind(), "unsigned");
+            }
+        }
+    }
 }

@@ -470,4 +470,34 @@ mod tests {
         assert!(!dir.join(STATE_FILE).exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    mod parsing {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// cluster.toml's parser never panics, whatever the file holds.
+            #[test]
+            fn any_text_parses_or_fails_cleanly(text in "\\PC{0,400}") {
+                let _ = toml::from_str::<ClusterConfig>(&text);
+            }
+
+            /// A valid file with one key set to an arbitrary value: parsed and validated, or
+            /// refused with an error, never a panic.
+            #[test]
+            fn any_value_is_checked(
+                key in prop::sample::select(vec!["workers", "ttl", "tick_ms", "skew", "drift_ppm", "interval_ms", "hlc_max_offset_us"]),
+                value in prop_oneof![any::<i64>().prop_map(|v| v.to_string()), any::<f64>().prop_map(|v| format!("{v:?}")), "\\PC{0,10}".prop_map(|s| format!("{s:?}"))],
+            ) {
+                let mut cfg = toml::Table::try_from(ClusterConfig::generate(Path::new("/nonexistent"))).unwrap();
+                let section = if ["skew", "drift_ppm", "interval_ms"].contains(&key) { "client" } else { "server" };
+                if let Ok(v) = toml::from_str::<toml::Value>(&format!("x = {value}")) {
+                    cfg[section].as_table_mut().unwrap().insert(key.to_string(), v["x"].clone());
+                    if let Ok(c) = toml::from_str::<ClusterConfig>(&toml::to_string(&cfg).unwrap()) {
+                        let _ = c.validate();
+                    }
+                }
+            }
+        }
+    }
 }

@@ -558,3 +558,59 @@ pub fn http_as(
         .unwrap_or(0);
     (code, body.to_string())
 }
+
+/// A client's broker user (its URL) is confined: the broker refuses (ACCESS_REFUSED) its
+/// publishes to the updates and control exchanges, and any declaration or deletion of the
+/// shared queues.
+pub async fn assert_client_user_is_confined(url: &str) {
+    use time_sync::core::protocol::{CONTROL_EXCHANGE, REPORTS_QUEUE, UPDATES_EXCHANGE};
+    let refused = |what: &str, e: Option<lapin::Error>| {
+        let e = e.unwrap_or_else(|| panic!("{what} was allowed to a client"));
+        let text = format!("{e}");
+        assert!(
+            text.contains("ACCESS_REFUSED") || text.contains("403"),
+            "{what}: refused, but not for access: {text}"
+        );
+        println!("{what}: {text}");
+    };
+    let conn = lapin::Connection::connect(url, Default::default())
+        .await
+        .expect("the client user logs in");
+    for exchange in [UPDATES_EXCHANGE, CONTROL_EXCHANGE] {
+        let ch = conn.create_channel().await.unwrap();
+        let _ = ch
+            .basic_publish(
+                exchange.into(),
+                "".into(),
+                Default::default(),
+                b"{}",
+                Default::default(),
+            )
+            .await;
+        // The broker closes the channel over it; the next call on it says why.
+        let next =
+            tokio::time::timeout(Duration::from_secs(5), ch.basic_qos(1, Default::default()))
+                .await
+                .expect("an answer");
+        refused(&format!("publishing to {exchange}"), next.err());
+    }
+    let ch = conn.create_channel().await.unwrap();
+    let del = ch
+        .queue_delete(REPORTS_QUEUE.into(), Default::default())
+        .await;
+    refused("deleting ts.reports", del.err());
+    let ch = conn.create_channel().await.unwrap();
+    let decl = ch
+        .exchange_declare(
+            UPDATES_EXCHANGE.into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await;
+    refused("declaring ts.master_updates", decl.err());
+    let _ = conn.close(200, "bye".into()).await;
+}
