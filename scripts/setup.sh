@@ -34,13 +34,19 @@ if [ ${#need[@]} -gt 0 ]; then
   apt_install "${need[@]}"
 fi
 
-# The protocol-compatibility test runs a Python client written from docs/PROTOCOL.md.
-if ! python3 -c 'import pika' 2>/dev/null; then
-  log "installing the Python AMQP client (pika) for the protocol test"
-  python3 -m pip install -q pika || apt_install python3-pika
-  python3 -c 'import pika' 2>/dev/null \
-    || die "pika is not importable by $(command -v python3) (pip install pika)"
-fi
+# The protocol-compatibility test runs a Python client written from docs/PROTOCOL.md: pika for
+# AMQP, cryptography for the seals (Ed25519, HMAC-SHA256).
+for mod in pika cryptography; do
+  if ! python3 -c "import $mod" 2>/dev/null; then
+    log "installing the Python module $mod for the protocol test"
+    # Debian's package serves /usr/bin/python3; a python3 of its own (pyenv, venv) needs pip.
+    apt_install "python3-$mod" || true
+    python3 -c "import $mod" 2>/dev/null || python3 -m pip install -q "$mod" \
+      || die "cannot install $mod for $(command -v python3) (apt python3-$mod or pip failed)"
+    python3 -c "import $mod" 2>/dev/null \
+      || die "$mod is not importable by $(command -v python3) (apt install python3-$mod)"
+  fi
+done
 
 port_open() { (echo >"/dev/tcp/$1/$2") 2>/dev/null; }
 

@@ -9,7 +9,8 @@
 //! | `leader.pub` | Ed25519 public leader keys | everyone |
 //! | `replica.key` | HMAC keys of the control messages | servers |
 //! | `cluster.key` | cluster secrets, from which client keys derive | servers |
-//! | `client.key` | this client's own HMAC keys | that client |
+//! | `client.key` | this client's own HMAC keys, a line `<kid> <hex key>` each | that client |
+//! | `client.id` | this client's id (the UUID its keys derive from) | that client |
 //! | `operator.token` | operator tokens, one per line | servers |
 //!
 //! Files are written 0600 in directories 0700. A node re-reads its directory when a file in it
@@ -32,6 +33,8 @@ pub const REPLICA_KEY: &str = "replica.key";
 pub const CLUSTER_KEY: &str = "cluster.key";
 pub const CLIENT_KEY: &str = "client.key";
 pub const OPERATOR_TOKEN: &str = "operator.token";
+/// A client's id, beside the key derived from it (not a key: not watched for changes).
+pub const CLIENT_ID: &str = "client.id";
 const FILES: [&str; 6] = [
     LEADER_KEY,
     LEADER_PUB,
@@ -71,7 +74,7 @@ pub fn load(dir: &Path) -> Result<KeyRing> {
         .map(|b| {
             VerifyKey::from_bytes(b).ok_or_else(|| {
                 Error::Config(format!(
-                    "{}: not an Ed25519 public key",
+                    "{}: not a usable Ed25519 public key (not a point, not canonical, or of small order)",
                     dir.join(LEADER_PUB).display()
                 ))
             })
@@ -105,14 +108,15 @@ pub fn load(dir: &Path) -> Result<KeyRing> {
     })
 }
 
-fn parse_client_keys(text: &str) -> std::result::Result<Vec<MacKey>, String> {
+pub fn parse_client_keys(text: &str) -> std::result::Result<Vec<MacKey>, String> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
             let (kid, hex) = l
                 .split_once(' ')
-                .ok_or("a client key line is `<kid> <hex key>`")?;
+                .filter(|(kid, _)| crate::core::auth::is_kid(kid))
+                .ok_or("a client key line is `<kid> <hex key>`, the kid 8 lowercase hex digits")?;
             let key = parse_keys(hex)?
                 .pop()
                 .ok_or("a client key line is `<kid> <hex key>`")?;
@@ -362,6 +366,24 @@ pub fn write_ring(dir: &Path, ring: &KeyRing) -> Result<()> {
     Ok(())
 }
 
+/// Writes `client.id` into a client's key directory.
+pub fn write_client_id(dir: &Path, id: &Uuid) -> Result<()> {
+    private_dir(dir)?;
+    write_private(&dir.join(CLIENT_ID), &format!("{id}\n"))
+}
+
+/// The id in `dir`'s `client.id`, if there is one.
+pub fn read_client_id(dir: &Path) -> Result<Option<Uuid>> {
+    let path = dir.join(CLIENT_ID);
+    read_opt(&path)?
+        .map(|t| {
+            t.trim().parse().map_err(|_| {
+                Error::Config(format!("{}: not a UUID: {:?}", path.display(), t.trim()))
+            })
+        })
+        .transpose()
+}
+
 fn remove_if_there(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
@@ -466,6 +488,22 @@ mod tests {
         assert_eq!(ring.client, keys.server_ring().client_keys(&id));
         std::fs::remove_dir_all(&d).unwrap();
         std::fs::remove_dir_all(&c).unwrap();
+    }
+
+    #[test]
+    fn client_key_lines_need_a_well_formed_kid() {
+        let key = "00".repeat(KEY_LEN);
+        let ok = parse_client_keys(&format!("# c\n0a1b2c3d  {key}\n")).unwrap();
+        assert_eq!(ok[0].kid, "0a1b2c3d");
+        for bad in [
+            format!("0A1B2C3D {key}"),
+            format!("0a1b2c3 {key}"),
+            format!("0a1b2c3d\t{key}"),
+            "0a1b2c3d".to_string(),
+            format!("0a1b2c3d {key} {key}"),
+        ] {
+            assert!(parse_client_keys(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

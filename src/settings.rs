@@ -366,7 +366,8 @@ pub struct ClientNode {
     /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`).
     #[arg(long, env = "TS_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
-    /// Client id (default: a random UUID).
+    /// Client id (default: the one in the key directory's `client.id`, which tsc writes; the
+    /// client's key derives from it).
     #[arg(long, env = "TS_CLIENT_ID")]
     pub id: Option<Uuid>,
     /// Address to advertise (default: the local address used to reach the broker).
@@ -392,6 +393,23 @@ pub struct ClientNode {
 impl ClientNode {
     pub fn validate(&self) -> Result<()> {
         check_amqp_url(&self.amqp_url)
+    }
+
+    /// The client's id: `--id`, else the key directory's `client.id`. Its key is derived from
+    /// it, so an id that disagrees with `client.id`, or none at all, is an error.
+    pub fn resolved_id(&self) -> Result<Uuid> {
+        let written = crate::keys::read_client_id(&self.key_dir)?;
+        match (self.id, written) {
+            (Some(a), Some(b)) if a != b => Err(Error::Config(format!(
+                "--id {a} disagrees with {}: {b}",
+                self.key_dir.join(crate::keys::CLIENT_ID).display()
+            ))),
+            (Some(id), _) | (None, Some(id)) => Ok(id),
+            (None, None) => Err(Error::Config(format!(
+                "no client id: give --id (TS_CLIENT_ID) or write it to {}",
+                self.key_dir.join(crate::keys::CLIENT_ID).display()
+            ))),
+        }
     }
 
     /// Directory for the log file, `None` for stderr only.
@@ -483,6 +501,37 @@ fn check_amqp_url(url: &str) -> Result<()> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn a_client_takes_its_id_from_the_key_directory_and_refuses_a_disagreeing_one() {
+        let dir = std::env::temp_dir().join(format!("ts-id-{}", Uuid::new_v4().simple()));
+        let mut node: ClientNode = defaults();
+        node.key_dir = dir.clone();
+        assert!(node
+            .resolved_id()
+            .unwrap_err()
+            .to_string()
+            .contains("no client id"));
+        let id = Uuid::new_v4();
+        crate::keys::write_client_id(&dir, &id).unwrap();
+        assert_eq!(node.resolved_id().unwrap(), id);
+        node.id = Some(id);
+        assert_eq!(node.resolved_id().unwrap(), id);
+        node.id = Some(Uuid::new_v4());
+        assert!(node
+            .resolved_id()
+            .unwrap_err()
+            .to_string()
+            .contains("disagrees"));
+        std::fs::write(dir.join(crate::keys::CLIENT_ID), "nonsense").unwrap();
+        node.id = None;
+        assert!(node
+            .resolved_id()
+            .unwrap_err()
+            .to_string()
+            .contains("not a UUID"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[derive(Parser)]
     struct Server {

@@ -11,13 +11,14 @@ use time_sync::core::protocol::Algorithm;
 use time_sync::measure::{Stats, TrueOffsets};
 
 /// Starts a server with `algorithm` and four clients with different drifts, waits until every
-/// client is within `bound_us` of the reference, then measures for `window`.
+/// client is within `bound_us` of the reference, then measures for `window`. The services stay
+/// up until the returned [`TestEnv`] is dropped.
 async fn converge(
     algorithm: Algorithm,
     extra: &[&str],
     bound_us: i64,
     window: Duration,
-) -> (Stats, TrueOffsets) {
+) -> (Stats, TrueOffsets, TestEnv, time_sync::cache::RedisStore) {
     let mut env = TestEnv::new();
     let store = env.store().await;
     let mut args = vec!["--algorithm", algorithm.as_str()];
@@ -67,12 +68,13 @@ async fn converge(
     for p in env.procs.iter_mut() {
         assert!(p.is_running(), "{} survived", p.name);
     }
-    (stats, series)
+    (stats, series, env, store)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_algorithm_converges_within_a_millisecond() {
-    let (stats, series) = converge(Algorithm::Master, &[], 1000, Duration::from_secs(8)).await;
+    let (stats, series, _env, _) =
+        converge(Algorithm::Master, &[], 1000, Duration::from_secs(8)).await;
     assert!(stats.max_us < 1000, "{stats:?}");
     let steps = series.max_step.values().copied().max().unwrap_or(0);
     assert_eq!(steps, 0, "no synced client stepped");
@@ -80,7 +82,7 @@ async fn master_algorithm_converges_within_a_millisecond() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn berkeley_converges_to_the_average() {
-    let (stats, _) = converge(
+    let (stats, _, _env, store) = converge(
         Algorithm::Berkeley,
         &["--berkeley-interval-ms", "2000"],
         1000,
@@ -88,13 +90,35 @@ async fn berkeley_converges_to_the_average() {
     )
     .await;
     assert!(stats.max_us < 2000, "{stats:?}");
+    // Every round is in the event log, with the adjustment each client was sent.
+    let rounds: Vec<_> = store
+        .events(None, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| e.kind == time_sync::core::protocol::EventKind::BerkeleyRound)
+        .collect();
+    assert!(rounds.len() >= 3, "{} berkeley_round events", rounds.len());
+    for (id, e) in &rounds {
+        let adjusted = e.data["adjustments"].as_object().unwrap();
+        assert_eq!(
+            adjusted.len() as u64,
+            e.data["readings"].as_u64().unwrap(),
+            "{id}: one adjustment per reading: {:?}",
+            e.data
+        );
+        let max = adjusted.values().map(|a| a.as_i64().unwrap().abs()).max();
+        assert_eq!(e.data["max_adjust_us"].as_i64(), max, "{id}");
+        assert_eq!(e.data["adjustments_omitted"], 0, "{id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn naive_follows_the_master_but_a_report_behind() {
     // The seed's behaviour: every client steps to the master's last *reported* time, so it
     // stays behind by that report's age (up to a report interval plus a tick).
-    let (stats, series) = converge(Algorithm::Naive, &[], 2_100_000, Duration::from_secs(6)).await;
+    let (stats, series, _env, _) =
+        converge(Algorithm::Naive, &[], 2_100_000, Duration::from_secs(6)).await;
     assert!(stats.max_us < 2_100_000, "{stats:?}");
     assert!(
         stats.median_us > 1000,

@@ -392,6 +392,17 @@ fn bad_flags_get_one_line_and_nonzero_exit() {
         (
             CLIENT_BIN,
             &["--key-dir", "/nonexistent", "--no-log-file"],
+            "no client id",
+        ),
+        (
+            CLIENT_BIN,
+            &[
+                "--key-dir",
+                "/nonexistent",
+                "--id",
+                "6f1e1c52-54f4-4d5c-9a43-bb8f7d3a1e10",
+                "--no-log-file",
+            ],
             "no client key",
         ),
         (

@@ -166,6 +166,21 @@ async fn scenario(t: &Tsc) {
     assert_eq!(code, 401, "no operator token: {body}");
     let (code, _) = http_as(&api2, "POST", "/election", Some("not-the-token"), None);
     assert_eq!(code, 401, "a wrong token");
+    // The body is read only once the caller is authorized: 401 whatever is sent, then 400.
+    let path = format!("/clients/{}/time", uuid::Uuid::nil());
+    let (code, body) = http_as(&api2, "POST", &path, None, Some("{not json"));
+    assert_eq!(code, 401, "a malformed body without the token: {body}");
+    let (code, body) = http_as(&api2, "POST", &path, Some(&t.token()), Some("{not json"));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("bad JSON body"), "{body}");
+    let (code, body) = http_as(
+        &api2,
+        "POST",
+        "/berkeley/round",
+        Some(&t.token()),
+        Some(r#"{"lt":"soon"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
     assert_eq!(
         replica(&t.servers(), 2)["leader"],
         3,

@@ -27,7 +27,8 @@ fn main() -> ExitCode {
 fn run(mut config: ClientConfig) -> anyhow::Result<()> {
     config.validate()?;
     // The id names the log file, so it is fixed before logging starts.
-    let id = *config.node.id.get_or_insert_with(uuid::Uuid::new_v4);
+    let id = config.node.resolved_id()?;
+    config.node.id = Some(id);
     let _guard = time_sync::logging::init(config.node.log_file_dir(), &id.to_string())
         .context("cannot open the client log")?;
     // One thread: a client does little work, and a small footprint matters with many per host.

@@ -75,6 +75,14 @@ for i = 1, n do
 end
 return out
 ";
+/// A report's order as a string that sorts like the order: `<boot + 2^53>:<seq>`, both
+/// zero-padded to 20 digits (decoding keeps `boot_us` within ±2^53, so the first is never
+/// negative).
+pub fn order_string((boot, seq): (i64, u64)) -> String {
+    let boot = i128::from(boot) + (1i128 << 53);
+    format!("{boot:020}:{seq:020}")
+}
+
 /// How long a client's last report order is remembered after its last report: a day, so an
 /// old report replayed after the client went away is still refused.
 pub const ORDER_TTL: Duration = Duration::from_secs(86_400);
@@ -304,8 +312,7 @@ impl ReportStore for RedisStore {
         }
         script.arg(ttl.as_secs().max(1)).arg(ORDER_TTL.as_secs());
         for r in reports {
-            let (boot, seq) = r.report.order();
-            script.arg(format!("{boot:020}:{seq:020}"));
+            script.arg(order_string(r.report.order()));
             script.arg(serde_json::to_string(r).expect("stored reports serialize"));
         }
         let codes: Vec<u8> = script.invoke_async(&mut self.conn.clone()).await?;
@@ -368,5 +375,31 @@ impl ReportStore for RedisStore {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_strings_sort_like_orders() {
+        let orders = [
+            (-(1i64 << 53), 0u64),
+            (-5, 9),
+            (-5, 10),
+            (0, 0),
+            (1_796_000_000_000_000, 1),
+            (1_796_000_000_000_000, 2),
+            (1i64 << 53, u64::MAX),
+        ];
+        for w in orders.windows(2) {
+            assert!(
+                order_string(w[0]) < order_string(w[1]),
+                "{:?} < {:?}",
+                w[0],
+                w[1]
+            );
+        }
     }
 }

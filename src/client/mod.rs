@@ -28,7 +28,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use uuid::Uuid;
 
 /// The initial offset of the clock in µs: fixed, or uniform in ±skew (seeded if asked).
 pub fn initial_offset_us(cfg: &ClientConfig) -> i64 {
@@ -46,13 +45,13 @@ pub fn initial_offset_us(cfg: &ClientConfig) -> i64 {
     rng.gen_range(-bound..=bound)
 }
 
-/// Runs a client until `shutdown`. `cfg.id` must be set (the binary picks one before logging
-/// starts, since the log file is named after it). The client's keys come from its key
-/// directory, which is watched for rotations.
+/// Runs a client until `shutdown`. Its id is `--id` or its key directory's `client.id`
+/// ([`crate::settings::ClientNode::resolved_id`]); its keys come from the key directory, which
+/// is watched for rotations.
 pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
     cfg.validate()?;
     let keys = KeySource::open(&cfg.node.key_dir, KeyRing::check_client)?;
-    let id = cfg.node.id.unwrap_or_else(Uuid::new_v4);
+    let id = cfg.node.resolved_id()?;
     let Some(ip) = advertised_ip(&cfg, &shutdown).await else {
         return Ok(());
     };

@@ -20,13 +20,18 @@
 //! member off the end, checks the signature over what is left, then cuts the `kid` member off
 //! too and parses the message. Anything that does not end in exactly that shape is unsigned.
 
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// Length of a kid in hex digits.
 pub const KID_LEN: usize = 8;
+/// Whether `kid` is a well-formed key id: [`KID_LEN`] lowercase hex digits.
+pub fn is_kid(kid: &str) -> bool {
+    kid.len() == KID_LEN && kid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Length of every secret (leader key seed, cluster secret, replica key, client key), bytes.
 pub const KEY_LEN: usize = 32;
 
@@ -167,8 +172,14 @@ impl VerifyKey {
         }
     }
 
+    /// A public key from its 32 bytes; `None` unless they are the canonical encoding of a
+    /// point that is not of small order (a weak key would verify forged signatures under
+    /// lax checks, and never a real one under strict ones).
     pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> Option<Self> {
-        VerifyingKey::from_bytes(bytes).ok().map(VerifyKey::new)
+        VerifyingKey::from_bytes(bytes)
+            .ok()
+            .filter(|k| !k.is_weak() && k.to_bytes() == *bytes)
+            .map(VerifyKey::new)
     }
 
     pub fn bytes(&self) -> [u8; KEY_LEN] {
@@ -181,7 +192,7 @@ impl VerifyKey {
             return false;
         };
         let sig = ed25519_dalek::Signature::from_bytes(&sig);
-        self.key.verify(data, &sig).is_ok() && self.key.verify_strict(data, &sig).is_ok()
+        self.key.verify_strict(data, &sig).is_ok()
     }
 }
 
@@ -242,7 +253,7 @@ pub fn unseal(bytes: &[u8]) -> Result<Unsealed, AuthError> {
     }
     let kid = std::str::from_utf8(&body[kid_start..kid_end])
         .ok()
-        .filter(|k| k.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .filter(|k| is_kid(k))
         .ok_or(AuthError::Unsigned)?
         .to_string();
     let mut message = body[..kid_start - KID.len()].to_vec();
@@ -376,5 +387,24 @@ mod tests {
                     "a flipped byte {} went unnoticed", i);
             }
         }
+    }
+
+    #[test]
+    fn weak_or_non_canonical_public_keys_are_refused() {
+        let identity = {
+            let mut b = [0u8; KEY_LEN];
+            b[0] = 1; // y = 1: the neutral point, of small order
+            b
+        };
+        assert!(VerifyKey::from_bytes(&identity).is_none());
+        // y = p + 1 (2^255 - 18) is y = 1 written non-canonically.
+        let mut non_canonical = [0xffu8; KEY_LEN];
+        non_canonical[0] = 0xee;
+        non_canonical[31] = 0x7f;
+        assert!(VerifyKey::from_bytes(&non_canonical).is_none());
+        let real = SignKey::from_seed([7; KEY_LEN]).public();
+        assert!(VerifyKey::from_bytes(&real.bytes()).is_some());
+        assert!(is_kid(&real.kid));
+        assert!(!is_kid("ABCDEF01") && !is_kid("abc") && !is_kid("abcdef0g"));
     }
 }

@@ -180,9 +180,14 @@ impl ClientCore {
         }
     }
 
-    /// The physical time the HLC may use: the disciplined clock, once it is synced.
+    /// The physical time the HLC may use: the reference clock's time, as this client's probe
+    /// estimate gives it (none without one). The servers' HLCs run on that timebase, their
+    /// own clocks; the disciplined clock does not, since it follows the master, whose time
+    /// may be any distance from the reference's (an hour, with the default skew).
     fn pt(&self, host_us: i64) -> Option<i64> {
-        self.synced.then(|| self.clock.now_at(host_us))
+        let est = self.estimate()?;
+        let raw = self.clock.raw_at(host_us);
+        Some((raw as f64 - est.offset_at(raw)).round() as i64)
     }
 
     /// Stamps a send or a local event at host time `host_us`.
@@ -349,6 +354,9 @@ impl ClientCore {
 
     /// Adds the sample a probe reply makes, received at host time `host_us`.
     pub fn on_probe_reply(&mut self, r: &ProbeReply, host_us: i64) -> Option<Sample> {
+        if r.client_id != self.id {
+            return None;
+        }
         let pos = self.pending.iter().position(|(seq, _)| *seq == r.seq)?;
         let (_, t1_raw) = self.pending.remove(pos)?;
         if self.reference != Some(r.server_id) {
@@ -457,14 +465,15 @@ impl ClientCore {
         }
         match action {
             Action::Step(delta) => {
-                // The initial steps toward sync are expected; a step after it is the event
-                // worth reporting.
+                // The initial steps toward sync are expected; a step after it is what
+                // `max_step_us` tells. Only one beyond the step threshold is worth an event:
+                // `naive` steps a synced clock on every update, by a few ms.
                 if was_synced {
                     self.max_step_us = self.max_step_us.max(delta.abs());
                 }
                 self.clock.step(host_us, delta);
                 self.stats.steps += 1;
-                if was_synced {
+                if was_synced && delta.abs() > self.discipline.config.step_threshold_us {
                     let data = BTreeMap::from([("step_us".to_string(), delta.into())]);
                     let text = format!("stepped {:+.6} s to follow the master", delta as f64 / 1e6);
                     self.record(EventKind::ClockStepped, text, data, Some(cause), host_us);
@@ -536,6 +545,9 @@ impl ClientCore {
 
     /// Applies a Berkeley adjustment received at host time `host_us`.
     pub fn on_adjust(&mut self, a: &BerkeleyAdjust, host_us: i64) -> UpdateOutcome {
+        if a.client_id != self.id {
+            return UpdateOutcome::NotForMe;
+        }
         let term = (a.server_id, a.epoch);
         if let Some((_, last, round)) = self.last_round {
             // Rounds count per coordinator term: a new term starts again at 1.
@@ -614,6 +626,7 @@ mod tests {
             v: PROTOCOL_VERSION,
             server_id: Uuid::from_u128(SERVER),
             epoch: 1,
+            client_id: c.id,
             seq: p.seq,
             t1_us: p.t1_us,
             t2_us: t2,
@@ -712,6 +725,30 @@ mod tests {
             }
         );
         assert_eq!(c.now_at(S), S - 777);
+    }
+
+    #[test]
+    fn only_a_step_beyond_the_threshold_of_a_synced_clock_is_an_event() {
+        let mut c = core(1, 5000, 0.0);
+        let naive = |seq, t| {
+            let mut u = update(seq, 7, t);
+            u.algorithm = Algorithm::Naive;
+            u
+        };
+        c.on_update(&naive(1, S), S); // the initial step: expected, no event
+        c.on_update(&naive(2, 2 * S + 300), 2 * S); // synced now
+        c.on_update(&naive(3, 3 * S - 3_000), 3 * S); // naive's usual few-ms step
+        let stepped = |c: &mut ClientCore| {
+            c.report(4 * S)
+                .events
+                .iter()
+                .filter(|e| e.kind == EventKind::ClockStepped)
+                .count()
+        };
+        assert_eq!(stepped(&mut c), 0);
+        assert_eq!(c.report(4 * S).max_step_us, Some(3_300), "still told");
+        c.on_update(&naive(4, 5 * S + 200_000), 5 * S); // 200 ms: beyond 128 ms
+        assert_eq!(stepped(&mut c), 1);
     }
 
     #[test]
@@ -845,23 +882,39 @@ mod tests {
 
     #[test]
     fn reports_carry_logical_time_and_events() {
-        let mut c = core(1, 0, 0.0);
+        // An hour off the reference (the servers' clock, here the host's), and so is its master.
+        let hour = 3600 * S;
+        let mut c = core(1, hour, 0.0);
         let a = c.report(S);
         let b = c.report(2 * S);
         assert!(a.stamp.lt < b.stamp.lt);
-        assert_eq!(a.stamp.hlc, None, "no HLC before sync");
-        c.on_update(&update(1, 7, 3 * S), 3 * S);
-        let r = c.report(3 * S);
+        assert_eq!(a.stamp.hlc, None, "no HLC without a probe estimate");
+        c.on_update(&update(1, 7, 3 * S - hour), 3 * S); // stepped an hour back
+        c.on_update(&update(2, 7, 3 * S + S / 2 - hour), 3 * S + S / 2); // synced
+        let synced = c.report(3 * S + S / 2);
+        assert_eq!(synced.stamp.hlc, None, "synced, but no estimate yet");
+        assert!(synced.stamp.lt > b.stamp.lt);
+        for i in 0..25 {
+            probe_round(&mut c, 4 * S + i * S / 10, 100, 100);
+        }
+        let r = c.report(7 * S);
+        let hlc = r
+            .stamp
+            .hlc
+            .expect("an HLC once the probe estimate is ready");
         assert!(
-            r.stamp.hlc.is_some(),
-            "synced: an HLC from the disciplined clock"
+            (hlc.us - 7 * S).abs() < 1_000,
+            "on the reference's timebase, not the master's: {hlc}"
         );
         assert!(
-            r.events.iter().any(|e| e.kind == EventKind::ClockSynced),
+            synced
+                .events
+                .iter()
+                .any(|e| e.kind == EventKind::ClockSynced),
             "{:?}",
-            r.events
+            synced.events
         );
-        assert!(r.events.iter().all(|e| e.stamp.lt < r.stamp.lt));
+        assert!(synced.events.iter().all(|e| e.stamp.lt < synced.stamp.lt));
     }
 
     #[test]
@@ -894,6 +947,7 @@ mod tests {
             v: PROTOCOL_VERSION,
             server_id: Uuid::from_u128(SERVER),
             epoch: 1,
+            client_id: c.id,
             seq: p.seq + 1,
             t1_us: 0,
             t2_us: 100,
@@ -913,6 +967,7 @@ mod tests {
             v: PROTOCOL_VERSION,
             server_id: Uuid::from_u128(SERVER),
             epoch: 1,
+            client_id: Uuid::from_u128(1),
             round,
             adjust_us,
             outlier: false,

@@ -206,6 +206,7 @@ mod tests {
             v: PROTOCOL_VERSION,
             server_id: Uuid::from_u128(9),
             epoch: 3,
+            client_id: Uuid::from_u128(1),
             seq: 1,
             t1_us: 1,
             t2_us: 2,

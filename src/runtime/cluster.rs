@@ -91,6 +91,10 @@ pub struct Credentials {
     /// Every request that changes something (HTTP API, dashboard controls) needs it.
     #[serde(default)]
     pub operator_token: String,
+    /// The single broker password of versions before v4. Read so that such a file loads and
+    /// `tsc init` can complete it; never written back (each role now has its own).
+    #[serde(default, rename = "rabbitmq_password", skip_serializing)]
+    pub legacy_rabbitmq_password: Option<String>,
 }
 
 impl Credentials {
@@ -102,12 +106,13 @@ impl Credentials {
             rabbitmq_operator_password: password(),
             redis_password: password(),
             operator_token: token(),
+            legacy_rabbitmq_password: None,
         }
     }
 
     /// Fills in credentials that a cluster.toml from an earlier version lacks; whether any was.
     fn complete(&mut self) -> bool {
-        let mut changed = false;
+        let mut changed = self.legacy_rabbitmq_password.take().is_some();
         for (field, fresh) in [
             (
                 &mut self.rabbitmq_client_password,
@@ -202,11 +207,17 @@ impl ClusterConfig {
                 Error::io(&path, e)
             }
         })?;
-        let mut cfg: ClusterConfig = toml::from_str(&text).map_err(|e| {
+        Self::parse(&text, home)
+    }
+
+    /// Parses and checks the text of `home/cluster.toml` (errors name the file and line).
+    pub fn parse(text: &str, home: &Path) -> Result<Self> {
+        let path = home.join(CONFIG_FILE);
+        let mut cfg: ClusterConfig = toml::from_str(text).map_err(|e| {
             // One line: where, and what (toml's own rendering quotes the source over lines).
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                .map(|s| text.bytes().take(s.start).filter(|b| *b == b'\n').count() + 1);
             let at = line.map_or_else(String::new, |l| format!(" line {l}:"));
             Error::Config(format!("{}:{at} {}", path.display(), e.message().trim()))
         })?;
@@ -430,6 +441,44 @@ mod tests {
         let mode = std::fs::metadata(dir.join(CONFIG_FILE)).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_configuration_of_an_earlier_version_is_completed_by_init() {
+        let dir = std::env::temp_dir().join(format!("tsc-old-{}", uuid::Uuid::new_v4().simple()));
+        let (cfg, _) = init(&dir, false).unwrap();
+        // What v3 wrote: one broker password, no per-role passwords, no operator token.
+        let text = std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+        let old: String = text
+            .lines()
+            .filter(|l| {
+                !l.starts_with("rabbitmq_client_password")
+                    && !l.starts_with("rabbitmq_server_password")
+                    && !l.starts_with("rabbitmq_operator_password")
+                    && !l.starts_with("operator_token")
+            })
+            .map(|l| {
+                if l.starts_with("redis_password") {
+                    format!("rabbitmq_password = \"old\"\n{l}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(dir.join(CONFIG_FILE), old).unwrap();
+        let err = ClusterConfig::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("run `tsc init` again"), "{err}");
+        let (migrated, fresh) = init(&dir, false).unwrap();
+        assert!(!fresh);
+        assert_eq!(migrated.cluster_id, cfg.cluster_id);
+        assert_eq!(
+            migrated.credentials.redis_password,
+            cfg.credentials.redis_password
+        );
+        assert_eq!(migrated.credentials.operator_token.len(), 64);
+        let written = std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+        assert!(!written.contains("rabbitmq_password ="), "{written}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -8,7 +8,9 @@
 
 use super::cluster::ClusterConfig;
 use super::node::{labels, next_free_ip, server_host, server_node_id, Node, Role, CLIENT_HOSTS};
-use super::services::{apply_broker_setup, broker_setup, redis_args, wait_port, BrokerRole};
+use super::services::{
+    apply_broker_setup, broker_setup, redis_args, redis_config, wait_port, BrokerRole,
+};
 use super::{
     broker_users, client_env, declare_topology, images, remove_node_keys, server_env,
     write_node_keys, Endpoints, Progress, CONTAINER_KEY_DIR,
@@ -246,14 +248,22 @@ impl DockerRuntime {
             "redis",
             redis_ip,
             &base,
-            std::iter::once("redis-server".to_string())
-                .chain(redis_args(
-                    Ipv4Addr::UNSPECIFIED.into(),
-                    REDIS_PORT,
-                    Some(&c.redis_password),
-                ))
-                .collect(),
-            vec![],
+            // The password reaches redis-server on its standard input, from the environment
+            // (a here-document): it is in no process's arguments nor in the container's command.
+            [
+                "sh",
+                "-c",
+                "exec redis-server \"$@\" <<EOF\n$TS_REDIS_CONFIG\nEOF",
+                "sh",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain(redis_args(Ipv4Addr::UNSPECIFIED.into(), REDIS_PORT, true))
+            .collect(),
+            vec![format!(
+                "TS_REDIS_CONFIG={}",
+                redis_config(&c.redis_password)
+            )],
             Some("redis"),
             vec![],
         )
@@ -280,14 +290,15 @@ impl DockerRuntime {
         self.exec(&container, &["rabbitmqctl", "-q", "await_startup"])
             .await?;
         let users = broker_users(&self.cfg, "");
-        apply_broker_setup(broker_setup("/", &users), |args| {
+        apply_broker_setup(broker_setup("/", &users), |ctl| {
             let container = container.clone();
             async move {
                 let cmd: Vec<&str> = ["rabbitmqctl", "-q"]
                     .into_iter()
-                    .chain(args.iter().map(String::as_str))
+                    .chain(ctl.args.iter().map(String::as_str))
                     .collect();
-                self.exec(&container, &cmd).await
+                self.exec_input(&container, &cmd, ctl.input.as_deref())
+                    .await
             }
         })
         .await?;
@@ -300,13 +311,31 @@ impl DockerRuntime {
 
     /// Runs `cmd` in container `name` and returns its output; an error if it exits non-zero.
     async fn exec(&self, name: &str, cmd: &[&str]) -> Result<String> {
+        self.exec_input(name, cmd, None).await
+    }
+
+    /// [`Self::exec`] with `input` on the command's standard input. It travels in the exec's
+    /// environment and a shell builtin (`printf`) pipes it in, so it is in no process's
+    /// arguments.
+    async fn exec_input(&self, name: &str, cmd: &[&str], input: Option<&str>) -> Result<String> {
         use bollard::exec::{CreateExecOptions, StartExecResults};
+        let (argv, env): (Vec<&str>, _) = match input {
+            None => (cmd.to_vec(), None),
+            Some(text) => (
+                ["sh", "-c", "printf %s \"$TS_INPUT\" | \"$@\"", "sh"]
+                    .into_iter()
+                    .chain(cmd.iter().copied())
+                    .collect(),
+                Some(vec![format!("TS_INPUT={text}")]),
+            ),
+        };
         let exec = self
             .docker
             .create_exec(
                 name,
                 CreateExecOptions {
-                    cmd: Some(cmd.iter().map(|s| s.to_string()).collect::<Vec<String>>()),
+                    cmd: Some(argv.iter().map(|s| s.to_string()).collect::<Vec<String>>()),
+                    env,
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     ..Default::default()

@@ -11,8 +11,8 @@
 use super::cluster::{ClusterConfig, LocalNode, State};
 use super::node::{next_free_ip, server_host, server_node_id, Node, Role, CLIENT_HOSTS};
 use super::services::{
-    apply_broker_setup, broker_setup, free_port, port_open, rabbitmqctl, redis_args, wait_port,
-    BrokerRole, RABBITMQ_PORT,
+    apply_broker_setup, broker_setup, feed_stdin, free_port, port_open, rabbitmqctl,
+    rabbitmqctl_input, redis_args, redis_config, stdin_for, wait_port, BrokerRole, RABBITMQ_PORT,
 };
 use super::{
     broker_users, client_env, declare_topology, images, remove_node_keys, server_env,
@@ -23,7 +23,7 @@ use crate::settings::{ServerSettings, DEFAULT_HTTP_PORT};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -121,6 +121,7 @@ impl LocalRuntime {
         program: &std::path::Path,
         args: &[String],
         env: &[(String, String)],
+        input: Option<&str>,
     ) -> Result<u32> {
         let log = self.log_path(name);
         if let Some(dir) = log.parent() {
@@ -135,15 +136,16 @@ impl LocalRuntime {
                 cmd.env_remove(k);
             }
         }
-        let child = cmd
+        let mut child = cmd
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .stdin(stdin_for(input))
             .stdout(out)
             .stderr(err)
             .process_group(0)
             .spawn()
             .map_err(|e| Error::io(program, e))?;
+        feed_stdin(&mut child, input).map_err(|e| Error::io(program, e))?;
         Ok(child.id())
     }
 
@@ -151,8 +153,10 @@ impl LocalRuntime {
         let port = free_port()?;
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         p("Starting Redis service process..");
-        let args = redis_args(lo, port, Some(&self.cfg.credentials.redis_password));
-        let pid = self.spawn("redis", std::path::Path::new("redis-server"), &args, &[])?;
+        let args = redis_args(lo, port, true);
+        let config = redis_config(&self.cfg.credentials.redis_password);
+        let program = std::path::Path::new("redis-server");
+        let pid = self.spawn("redis", program, &args, &[], Some(&config))?;
         state.local.redis_port = Some(port);
         state.local.nodes.push(LocalNode {
             role: Role::Redis,
@@ -181,11 +185,11 @@ impl LocalRuntime {
         let _ = rabbitmqctl(None, &["-q", "await_startup"]);
         let vhost = self.vhost();
         let setup = broker_setup(&vhost, &self.users());
-        apply_broker_setup(setup, |args| async move {
+        apply_broker_setup(setup, |cmd| async move {
             let args: Vec<&str> = std::iter::once("-q")
-                .chain(args.iter().map(String::as_str))
+                .chain(cmd.args.iter().map(String::as_str))
                 .collect();
-            rabbitmqctl(None, &args)
+            rabbitmqctl_input(None, &args, cmd.input.as_deref())
         })
         .await?;
         declare_topology(&self.endpoints(state).operator_amqp_url).await?;
@@ -233,7 +237,7 @@ impl LocalRuntime {
         env: Vec<(String, String)>,
     ) -> Result<Node> {
         let program = images::binary(binary)?;
-        let pid = self.spawn(&id, &program, &[], &env)?;
+        let pid = self.spawn(&id, &program, &[], &env, None)?;
         state.local.nodes.push(LocalNode {
             role,
             id: id.clone(),
@@ -279,7 +283,7 @@ impl LocalRuntime {
             .command
             .split_first()
             .ok_or_else(|| Error::Runtime(format!("{} was recorded without its command", n.id)))?;
-        let pid = self.spawn(&n.id, std::path::Path::new(program), args, &n.env)?;
+        let pid = self.spawn(&n.id, std::path::Path::new(program), args, &n.env, None)?;
         if let Some(rec) = state
             .local
             .nodes

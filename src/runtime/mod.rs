@@ -242,6 +242,7 @@ pub fn write_node_ring(keys: &crate::keys::ClusterKeys, node_id: &str, dir: &Pat
         let id: Uuid = node_id.parse().map_err(|_| {
             crate::Error::Runtime(format!("{node_id:?} is neither a replica nor a client id"))
         })?;
+        crate::keys::write_client_id(dir, &id)?;
         keys.client_ring(&id)
     };
     crate::keys::write_ring(dir, &ring)

@@ -68,9 +68,10 @@ pub async fn wait_port(
     }
 }
 
-/// The arguments of a `redis-server` that keeps nothing on disk: `bind` on `port`, with
-/// `password` if given.
-pub fn redis_args(bind: IpAddr, port: u16, password: Option<&str>) -> Vec<String> {
+/// The arguments of a `redis-server` that keeps nothing on disk: `bind` on `port`. With a
+/// `password`, the last argument is `-`: redis-server then reads [`redis_config`] from its
+/// standard input, so the password is on no command line.
+pub fn redis_args(bind: IpAddr, port: u16, password: bool) -> Vec<String> {
     let mut args: Vec<String> = [
         "--port",
         &port.to_string(),
@@ -83,13 +84,38 @@ pub fn redis_args(bind: IpAddr, port: u16, password: Option<&str>) -> Vec<String
     ]
     .map(String::from)
     .to_vec();
-    if let Some(p) = password {
-        args.extend(["--requirepass".into(), p.into()]);
+    if password {
+        args.push("-".into());
     } else if !bind.is_loopback() {
         // Reachable from other hosts without a password only if asked for explicitly.
         args.extend(["--protected-mode".into(), "yes".into()]);
     }
     args
+}
+
+/// What a redis-server started with [`redis_args`]`(…, true)` reads on its standard input.
+pub fn redis_config(password: &str) -> String {
+    let quoted = password.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("requirepass \"{quoted}\"\n")
+}
+
+/// The standard input of a child that is given `input` (a pipe), or none.
+pub fn stdin_for(input: Option<&str>) -> Stdio {
+    if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    }
+}
+
+/// Writes `input` to a child started with [`stdin_for`]`(input)` and closes its standard
+/// input. Secrets travel this way, never as arguments (which every user can read in `ps`).
+pub fn feed_stdin(child: &mut Child, input: Option<&str>) -> std::io::Result<()> {
+    use std::io::Write;
+    match (input, child.stdin.take()) {
+        (Some(text), Some(mut stdin)) => stdin.write_all(text.as_bytes()),
+        _ => Ok(()),
+    }
 }
 
 /// A child process that is killed (SIGKILL) when dropped, with its output in a file.
@@ -108,16 +134,29 @@ impl Process {
         env: &[(String, String)],
         log: &Path,
     ) -> Result<Process> {
+        Process::spawn_with_input(name, program, args, env, None, log)
+    }
+
+    /// [`Process::spawn`], writing `input` to its standard input first.
+    pub fn spawn_with_input(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        input: Option<&str>,
+        log: &Path,
+    ) -> Result<Process> {
         let out = std::fs::File::create(log).map_err(|e| Error::io(log, e))?;
         let err = out.try_clone().map_err(|e| Error::io(log, e))?;
-        let child = Command::new(program)
+        let mut child = Command::new(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .stdin(stdin_for(input))
             .stdout(out)
             .stderr(err)
             .spawn()
             .map_err(|e| Error::io(program, e))?;
+        feed_stdin(&mut child, input).map_err(|e| Error::io(program, e))?;
         Ok(Process {
             name: name.to_string(),
             child,
@@ -207,13 +246,15 @@ impl RedisServer {
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
         let lo = IpAddr::from([127, 0, 0, 1]);
-        let args = redis_args(lo, self.port, self.password.as_deref());
+        let args = redis_args(lo, self.port, self.password.is_some());
+        let config = self.password.as_deref().map(redis_config);
         let log = self.dir.join(format!("redis-{}.log", self.port));
-        self.proc = Some(Process::spawn(
+        self.proc = Some(Process::spawn_with_input(
             "redis-server",
             Path::new("redis-server"),
             &args,
             &[],
+            config.as_deref(),
             &log,
         )?);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -233,15 +274,30 @@ impl RedisServer {
 
 /// Runs `rabbitmqctl` with `args` (against `node`, or the machine's broker); its output.
 pub fn rabbitmqctl(node: Option<&str>, args: &[&str]) -> Result<String> {
+    rabbitmqctl_input(node, args, None)
+}
+
+/// [`rabbitmqctl`] with `input` on its standard input (where `add_user` and
+/// `change_password` read the password when it is not an argument).
+pub fn rabbitmqctl_input(node: Option<&str>, args: &[&str], input: Option<&str>) -> Result<String> {
     let mut cmd = Command::new("rabbitmqctl");
     if let Some(n) = node {
         cmd.args(["-n", n]);
     }
-    let out = cmd.args(args).output().map_err(|e| {
+    let cannot = |e: std::io::Error| {
         Error::Runtime(format!(
             "cannot run rabbitmqctl: {e} (install rabbitmq-server)"
         ))
-    })?;
+    };
+    let mut child = cmd
+        .args(args)
+        .stdin(stdin_for(input))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(cannot)?;
+    feed_stdin(&mut child, input).map_err(cannot)?;
+    let out = child.wait_with_output().map_err(cannot)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -301,36 +357,63 @@ impl BrokerRole {
     }
 }
 
+/// One `rabbitmqctl` invocation: its arguments, and what it reads on standard input (a
+/// password: `add_user` and `change_password` read it there, so it is on no command line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtlCommand {
+    pub args: Vec<String>,
+    pub input: Option<String>,
+}
+
+impl CtlCommand {
+    fn new(args: &[&str]) -> CtlCommand {
+        CtlCommand {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            input: None,
+        }
+    }
+}
+
 /// The `rabbitmqctl` invocations that give a cluster its vhost and one user per role with
 /// exactly that role's permissions, no tags (so no administrator). `users`: (name, password,
 /// role). Creating a user that exists changes its password instead (see [`apply_broker_setup`]).
-pub fn broker_setup(vhost: &str, users: &[(String, String, BrokerRole)]) -> Vec<Vec<String>> {
-    let mut cmds = vec![vec!["add_vhost".to_string(), vhost.to_string()]];
+pub fn broker_setup(vhost: &str, users: &[(String, String, BrokerRole)]) -> Vec<CtlCommand> {
+    let mut cmds = vec![CtlCommand::new(&["add_vhost", vhost])];
     for (name, pass, role) in users {
         let [c, w, r] = role.permissions();
-        cmds.push(vec!["add_user".into(), name.clone(), pass.clone()]);
-        cmds.push(vec!["set_user_tags".into(), name.clone()]);
-        cmds.push(
-            ["set_permissions", "-p", vhost, name, c, w, r]
-                .map(String::from)
-                .to_vec(),
-        );
+        cmds.push(CtlCommand {
+            input: Some(pass.clone()),
+            ..CtlCommand::new(&["add_user", name])
+        });
+        cmds.push(CtlCommand::new(&["set_user_tags", name]));
+        cmds.push(CtlCommand::new(&[
+            "set_permissions",
+            "-p",
+            vhost,
+            name,
+            c,
+            w,
+            r,
+        ]));
     }
     cmds
 }
 
 /// Runs [`broker_setup`]'s commands with `run` (rabbitmqctl here, or inside a container): an
 /// `add_user` or `add_vhost` that fails because the thing exists is not an error.
-pub async fn apply_broker_setup<F, Fut>(cmds: Vec<Vec<String>>, mut run: F) -> Result<()>
+pub async fn apply_broker_setup<F, Fut>(cmds: Vec<CtlCommand>, mut run: F) -> Result<()>
 where
-    F: FnMut(Vec<String>) -> Fut,
+    F: FnMut(CtlCommand) -> Fut,
     Fut: std::future::Future<Output = Result<String>>,
 {
     for cmd in cmds {
-        match (cmd[0].as_str(), run(cmd.clone()).await) {
+        match (cmd.args[0].as_str(), run(cmd.clone()).await) {
             (_, Ok(_)) | ("add_vhost", Err(_)) => {}
             ("add_user", Err(_)) => {
-                let change = vec!["change_password".into(), cmd[1].clone(), cmd[2].clone()];
+                let change = CtlCommand {
+                    input: cmd.input.clone(),
+                    ..CtlCommand::new(&["change_password", &cmd.args[1]])
+                };
                 run(change).await?;
             }
             (_, Err(e)) => return Err(e),
@@ -349,8 +432,8 @@ pub fn add_vhost(
 ) -> Result<()> {
     rabbitmqctl(node, &["-q", "add_vhost", vhost])?;
     if let Some(pass) = password {
-        if rabbitmqctl(node, &["-q", "add_user", user, pass]).is_err() {
-            rabbitmqctl(node, &["-q", "change_password", user, pass])?;
+        if rabbitmqctl_input(node, &["-q", "add_user", user], Some(pass)).is_err() {
+            rabbitmqctl_input(node, &["-q", "change_password", user], Some(pass))?;
         }
     }
     rabbitmqctl(
@@ -395,6 +478,8 @@ pub struct Vhost {
     pub name: String,
     node: Option<String>,
     port: u16,
+    /// Users made by [`Vhost::role_url`], deleted with the vhost.
+    users: std::sync::Mutex<Vec<String>>,
 }
 
 impl Vhost {
@@ -415,11 +500,35 @@ impl Vhost {
             name,
             node: node.map(str::to_string),
             port,
+            users: Default::default(),
         })
     }
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/{}", self.port, self.name)
+    }
+
+    /// The URL of a new user of this vhost with exactly `role`'s permissions (a random
+    /// password; the user is deleted with the vhost).
+    pub fn role_url(&self, role: BrokerRole) -> Result<String> {
+        let user = format!("{}-{}-{}", self.name, role.as_str(), self.users_len());
+        let pass = uuid::Uuid::new_v4().simple().to_string();
+        let [c, w, r] = role.permissions();
+        let node = self.node.as_deref();
+        rabbitmqctl_input(node, &["-q", "add_user", &user], Some(&pass))?;
+        self.users.lock().expect("not poisoned").push(user.clone());
+        rabbitmqctl(
+            node,
+            &["-q", "set_permissions", "-p", &self.name, &user, c, w, r],
+        )?;
+        Ok(format!(
+            "amqp://{user}:{pass}@127.0.0.1:{}/{}",
+            self.port, self.name
+        ))
+    }
+
+    fn users_len(&self) -> usize {
+        self.users.lock().expect("not poisoned").len()
     }
 
     /// `(queue, messages, consumers)` of every queue in it.
@@ -430,6 +539,9 @@ impl Vhost {
 
 impl Drop for Vhost {
     fn drop(&mut self) {
+        for user in self.users.get_mut().expect("not poisoned").drain(..) {
+            let _ = rabbitmqctl(self.node.as_deref(), &["-q", "delete_user", &user]);
+        }
         let _ = rabbitmqctl(self.node.as_deref(), &["-q", "delete_vhost", &self.name]);
     }
 }

@@ -9,9 +9,9 @@ use crate::core::logical::{NodeClocks, Stamp};
 use crate::core::protocol::{Event, EventKind, ToClient};
 use crate::keys::KeySource;
 use crate::settings::ServerConfig;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -33,8 +33,9 @@ pub(crate) struct ServerContext<S, C> {
     pub clocks: Mutex<NodeClocks>,
     /// Events on their way to the log ([`super::events`] writes them).
     pub events: mpsc::UnboundedSender<Event>,
-    /// The highest leader epoch any client reported following: the floor of the next claim.
-    pub epoch_floor: AtomicU64,
+    /// The epoch each client last reported following, and when: their median is the floor of
+    /// the next epoch claim ([`ServerContext::epoch_floor`]).
+    pub reported_epochs: Mutex<HashMap<Uuid, (u64, Instant)>>,
     /// Operator commands for the leader's tasks.
     pub commands: Commands,
 }
@@ -49,6 +50,15 @@ impl<S, C: Clock> ServerContext<S, C> {
     pub fn stamp(&self) -> Stamp {
         let pt = self.clock.now_us();
         self.clocks.lock().expect("not poisoned").tick(Some(pt))
+    }
+
+    /// Takes in the stamp of a client's message. Its vector clock, if it has one, is ignored:
+    /// vector clocks are the replicas', and a client must not put entries into them.
+    pub fn observe_client(&self, remote: &Stamp) -> Stamp {
+        self.observe(&Stamp {
+            vc: None,
+            ..remote.clone()
+        })
     }
 
     /// Takes in the logical clocks of a received (authenticated) message; returns the receive
@@ -90,7 +100,24 @@ impl<S, C: Clock> ServerContext<S, C> {
     }
 
     /// Notes the epoch a client follows (from its report).
-    pub fn saw_epoch(&self, epoch: u64) {
-        self.epoch_floor.fetch_max(epoch, Relaxed);
+    pub fn saw_epoch(&self, client: Uuid, epoch: u64) {
+        let mut seen = self.reported_epochs.lock().expect("not poisoned");
+        seen.insert(client, (epoch, Instant::now()));
+    }
+
+    /// The epoch that most live clients follow: the median of what each reported within the
+    /// last TTL (0: no client). Clients follow only epochs a leader signed, so this is an epoch
+    /// that was really used, and the next claim must go above it even if Redis lost its count.
+    /// A median, so that no one client (whatever its own key lets it report) can move it.
+    pub fn epoch_floor(&self) -> u64 {
+        let ttl = self.cfg.settings.ttl();
+        let mut seen = self.reported_epochs.lock().expect("not poisoned");
+        seen.retain(|_, (_, at)| at.elapsed() < ttl);
+        let mut epochs: Vec<u64> = seen.values().map(|(e, _)| *e).collect();
+        if epochs.is_empty() {
+            return 0;
+        }
+        let mid = (epochs.len() - 1) / 2;
+        *epochs.select_nth_unstable(mid).1
     }
 }

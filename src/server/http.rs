@@ -21,6 +21,7 @@ use crate::core::leader_election::ElectionStatus;
 use crate::core::logical::Stamp;
 use crate::core::protocol::{ReplicaRole, StoredReport, PROTOCOL_VERSION};
 use crate::core::protocol::{TimeChange, MAX_COUNTER, MAX_TIME_US};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -223,6 +224,17 @@ fn authorize(api: &Api, headers: &HeaderMap) -> ApiResult<()> {
     ))
 }
 
+/// A command's JSON body, parsed only once the caller is authorized (so an unauthorized caller
+/// gets 401 whatever it sends); `None` when empty, 400 with the reason when malformed.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<Option<T>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+}
+
 /// Refuses a command only the leader can carry out, on any other replica (409).
 fn leading(api: &Api) -> ApiResult<()> {
     if api.replica.leading().borrow().is_some() {
@@ -282,13 +294,13 @@ async fn set_time(
     State(api): State<Api>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Option<Json<SetTimeBody>>,
+    body: Bytes,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     authorize(&api, &headers)?;
     let bad = |m: &str| ApiError(StatusCode::BAD_REQUEST, m.to_string());
     let client_id: Uuid = id.parse().map_err(|_| bad("the client id is not a UUID"))?;
-    let Json(body) =
-        body.ok_or_else(|| bad("a JSON body {\"time_us\": …} or {\"shift_us\": …}"))?;
+    let body: SetTimeBody = json_body(&body)?
+        .ok_or_else(|| bad("a JSON body {\"time_us\": …} or {\"shift_us\": …}"))?;
     let range = -MAX_TIME_US..=MAX_TIME_US;
     let change = match (body.time_us, body.shift_us) {
         (Some(t), None) if range.contains(&t) => TimeChange::Absolute { time_us: t },
@@ -340,11 +352,12 @@ struct RoundBody {
 async fn berkeley_round(
     State(api): State<Api>,
     headers: HeaderMap,
-    body: Option<Json<RoundBody>>,
+    body: Bytes,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     authorize(&api, &headers)?;
+    let body: Option<RoundBody> = json_body(&body)?;
     leading(&api)?;
-    if let Some(Json(b)) = body {
+    if let Some(b) = body {
         api.ctx.observe(&operator_stamp(b.lt));
     }
     let (reply, answer) = oneshot::channel();

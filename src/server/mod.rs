@@ -41,7 +41,6 @@ use commands::Commands;
 use context::ServerContext;
 use metrics::Counter;
 use replica::Replica;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -85,7 +84,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<()> {
         shutdown: shutdown.clone(),
         clocks: Mutex::new(clocks),
         events: events_tx,
-        epoch_floor: AtomicU64::new(0),
+        reported_epochs: Mutex::default(),
         commands: Commands::default(),
     });
     let replica = Arc::new(Replica::new(ctx.clock.now_us()));

@@ -34,6 +34,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use uuid::Uuid;
 
 /// A probe reply or adjustment older than this is useless to its client.
 const REPLY_EXPIRY: Duration = Duration::from_secs(1);
@@ -134,13 +135,14 @@ async fn session<S: ReportStore, C: Clock>(
                             v: PROTOCOL_VERSION,
                             server_id: ctx.server_id,
                             epoch,
+                            client_id: p.id,
                             seq: p.seq,
                             t1_us: p.t1_us,
                             t2_us: t2,
                             t3_us: 0,
                             stamp: Stamp::default(),
                         };
-                        ctx.observe(&p.stamp);
+                        ctx.observe_client(&p.stamp);
                         // t3 as late as possible: only the signature follows it.
                         reply.t3_us = ctx.clock.now_us();
                         let sealed = ctx.seal_to_clients(ToClient::ProbeReply(reply))?;
@@ -148,7 +150,7 @@ async fn session<S: ReportStore, C: Clock>(
                         ctx.metrics.inc(Counter::ProbesAnswered);
                     }
                     Ok((ToServer::BerkeleyReading(r), to)) => {
-                        ctx.observe(&r.stamp);
+                        ctx.observe_client(&r.stamp);
                         if let Some((c, _)) = berkeley.as_mut() {
                             c.on_reading(&r, &to, t2);
                         }
@@ -161,6 +163,9 @@ async fn session<S: ReportStore, C: Clock>(
             }
             _ = flush.tick() => rejects.flush(),
             Some(reply) = requests.recv() => {
+                if reply.is_closed() {
+                    continue; // the operator was already told 503
+                }
                 let answer = match berkeley.as_mut() {
                     None => Err("the cluster does not run the berkeley algorithm".to_string()),
                     Some((c, origin)) => {
@@ -224,12 +229,13 @@ async fn carry<S, C: Clock>(
                     average_us = avg.average_us,
                     "berkeley round"
                 );
-                let data = EventData::from([
+                let mut data = EventData::from([
                     ("round".to_string(), round.into()),
                     ("readings".to_string(), readings.into()),
                     ("used".to_string(), avg.used.len().into()),
                     ("average_us".to_string(), avg.average_us.into()),
                 ]);
+                data.extend(adjustment_data(&avg.adjustments));
                 let text = format!(
                     "berkeley round {round}: {} of {readings} clocks averaged, outliers adjusted too",
                     avg.used.len()
@@ -241,9 +247,63 @@ async fn carry<S, C: Clock>(
     Ok(())
 }
 
+/// The largest adjustments a `berkeley_round` event lists, client by client.
+const EVENT_ADJUSTMENTS: usize = 32;
+
+/// A round's adjustments for its event: the [`EVENT_ADJUSTMENTS`] largest in size, by client
+/// id, how many were left out, and the largest size.
+fn adjustment_data(adjustments: &[(Uuid, i64)]) -> EventData {
+    let mut by_size: Vec<&(Uuid, i64)> = adjustments.iter().collect();
+    by_size.sort_by_key(|(id, a)| (std::cmp::Reverse(a.unsigned_abs()), *id));
+    let listed: serde_json::Map<String, serde_json::Value> = by_size
+        .iter()
+        .take(EVENT_ADJUSTMENTS)
+        .map(|(id, a)| (id.to_string(), (*a).into()))
+        .collect();
+    let max = by_size.first().map_or(0, |(_, a)| a.unsigned_abs());
+    EventData::from([
+        ("adjustments".to_string(), listed.into()),
+        (
+            "adjustments_omitted".to_string(),
+            adjustments.len().saturating_sub(EVENT_ADJUSTMENTS).into(),
+        ),
+        ("max_adjust_us".to_string(), max.into()),
+    ])
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_event_lists_the_largest_adjustments_and_counts_the_rest() {
+        let adjustments: Vec<(Uuid, i64)> = (0..40)
+            .map(|i| {
+                (
+                    Uuid::from_u128(i),
+                    if i % 2 == 0 { i as i64 } else { -(i as i64) },
+                )
+            })
+            .collect();
+        let d = adjustment_data(&adjustments);
+        let listed = d["adjustments"].as_object().unwrap();
+        assert_eq!(listed.len(), EVENT_ADJUSTMENTS);
+        assert_eq!(listed[&Uuid::from_u128(39).to_string()], -39);
+        assert!(
+            !listed.contains_key(&Uuid::from_u128(7).to_string()),
+            "a small one left out"
+        );
+        assert_eq!(d["adjustments_omitted"], 8);
+        assert_eq!(d["max_adjust_us"], 39);
+        let none = adjustment_data(&[]);
+        assert_eq!(none["adjustments_omitted"], 0);
+        assert_eq!(none["max_adjust_us"], 0);
     }
 }

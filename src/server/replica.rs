@@ -29,7 +29,7 @@ use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -154,20 +154,39 @@ impl Replica {
     }
 }
 
+/// An election event's data: which replica, which epoch.
+fn epoch_data(replica: u64, epoch: u64) -> EventData {
+    EventData::from([
+        ("replica".to_string(), replica.into()),
+        ("epoch".to_string(), epoch.into()),
+    ])
+}
+
 /// Runs the election driver until shutdown.
 pub(crate) async fn run<C: Clock>(ctx: Arc<ServerContext<RedisStore, C>>, replica: Arc<Replica>) {
     let name = format!("ts-server replica {} control", ctx.cfg.node.replica_id);
-    let sessions = Arc::new(AtomicU64::new(0));
+    // Whether a session was ever up (its queue declared): the next one that comes up is a
+    // reconnection. A session refused at once (a duplicate id) is not one.
+    let was_up = Arc::new(AtomicBool::new(false));
     broker::run_sessions(&ctx.cfg.node.amqp_url, &name, &ctx.shutdown, |conn| {
-        let (ctx, replica, sessions) = (ctx.clone(), replica.clone(), sessions.clone());
+        let (ctx, replica, was_up) = (ctx.clone(), replica.clone(), was_up.clone());
         async move {
-            if sessions.fetch_add(1, Relaxed) > 0 {
-                let text = "reconnected to RabbitMQ after losing it".to_string();
-                ctx.record(EventKind::Reconnected, text, EventData::new(), None);
-            }
-            let outcome = session(&conn, &ctx, &replica).await;
+            let outcome = session(&conn, &ctx, &replica, &was_up).await;
             // Without a session we hear nobody: stop leading, keep what we learnt.
-            replica.lead_tx.send_replace(None);
+            let lost = replica.lead_tx.send_replace(None);
+            if let Some(epoch) = lost.filter(|_| !ctx.shutdown.is_cancelled()) {
+                info!(
+                    replica = ctx.cfg.node.replica_id,
+                    epoch, "lost the broker: no longer leading"
+                );
+                let text = format!("stepped down from epoch {epoch}: lost the broker session");
+                ctx.record(
+                    EventKind::SteppedDown,
+                    text,
+                    epoch_data(ctx.cfg.node.replica_id, epoch),
+                    None,
+                );
+            }
             if let Some(b) = replica.bully.lock().expect("not poisoned").take() {
                 replica.seen_epoch.fetch_max(b.max_epoch(), Relaxed);
                 replica
@@ -184,10 +203,15 @@ async fn session<C: Clock>(
     conn: &Connection,
     ctx: &ServerContext<RedisStore, C>,
     replica: &Replica,
+    was_up: &AtomicBool,
 ) -> Result<()> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let queue = broker::declare_control_listener(&ch, ctx.cfg.node.replica_id).await?;
+    if was_up.swap(true, Relaxed) {
+        let text = "reconnected to RabbitMQ after losing it".to_string();
+        ctx.record(EventKind::Reconnected, text, EventData::new(), None);
+    }
     let mut consumer = ch
         .basic_consume(
             queue.as_str().into(),
@@ -240,10 +264,7 @@ async fn session<C: Clock>(
                 let _ = ch.close(200, "shutdown".into()).await;
                 return Ok(());
             }
-            _ = ticker.tick() => {
-                let floor = ctx.epoch_floor.load(Relaxed);
-                (replica.with(|b, now| { b.observe_epoch(floor); b.tick(now) }), None)
-            }
+            _ = ticker.tick() => (replica.with(|b, now| b.tick(now)), None),
             _ = flush.tick() => {
                 rejects.flush();
                 continue;
@@ -262,7 +283,8 @@ async fn session<C: Clock>(
                 if let Err(e) = ctx.store.write_stats(&ctx.server_id, &ctx.metrics.snapshot(), record_ttl).await {
                     warn!(error = %e, "cannot write server stats");
                 }
-                continue;
+                let floor = ctx.epoch_floor();
+                (replica.with(|b, now| b.observe_epoch(floor, now)), None)
             }
             d = consumer.next() => match d {
                 Some(Ok(d)) => match ctx.keys.get().open_control(&d.data) {
@@ -333,12 +355,7 @@ impl<C: Clock> Io<'_, C> {
     /// to them, if one did.
     async fn execute(&self, outs: Vec<Output>, cause: Option<Stamp>) -> Result<()> {
         let ctx = self.ctx;
-        let epoch_data = |epoch: u64| {
-            EventData::from([
-                ("replica".to_string(), ctx.cfg.node.replica_id.into()),
-                ("epoch".to_string(), epoch.into()),
-            ])
-        };
+        let epoch_data = |epoch: u64| epoch_data(ctx.cfg.node.replica_id, epoch);
         for out in outs {
             match out {
                 Output::Broadcast(mut msg) => {

@@ -261,6 +261,11 @@ pub(crate) async fn run<S: ReportStore, C: Clock + Clone>(
                         return Ok(());
                     }
                     Some(req) = commands.recv() => {
+                        // The operator was already told 503 (timeout); doing it now would
+                        // surprise them.
+                        if req.reply.is_closed() {
+                            continue;
+                        }
                         let outcome = set_time(&ch, &ctx, epoch, &req).await;
                         let _ = req.reply.send(outcome);
                         continue;

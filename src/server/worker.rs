@@ -172,9 +172,9 @@ fn accepted<S, C: Clock>(
         return;
     }
     ctx.metrics.inc(Counter::ReportsStored);
-    ctx.observe(&report.stamp);
+    ctx.observe_client(&report.stamp);
     if let Some(epoch) = report.epoch {
-        ctx.saw_epoch(epoch);
+        ctx.saw_epoch(report.id, epoch);
     }
     if outcome == Stored::New {
         let data = EventData::from([
@@ -189,9 +189,14 @@ fn accepted<S, C: Clock>(
             Some(report.stamp.clone()),
         );
     }
-    // The client's own events, under its own name (the seal proved who it is).
+    // The client's own events, under its own name (the seal proved who it is), without any
+    // vector clock (those are the replicas').
     for mut e in report.events {
         e.node = format!("client-{}", report.id);
+        e.stamp.vc = None;
+        if let Some(c) = e.cause.as_mut() {
+            c.vc = None;
+        }
         let _ = ctx.events.send(e);
     }
 }

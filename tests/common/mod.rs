@@ -166,7 +166,7 @@ impl TestEnv {
     /// Client `id`'s key directory (written on first use).
     pub fn client_keys(&self, id: uuid::Uuid) -> PathBuf {
         let dir = self.path().join("keys").join(id.to_string());
-        keys::write_ring(&dir, &self.keys.client_ring(&id)).unwrap();
+        time_sync::runtime::write_node_ring(&self.keys, &id.to_string(), &dir).unwrap();
         dir
     }
 

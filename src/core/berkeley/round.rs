@@ -206,6 +206,7 @@ impl Coordinator {
                         v: PROTOCOL_VERSION,
                         server_id: self.server_id,
                         epoch: self.epoch,
+                        client_id: *id,
                         round: self.round,
                         adjust_us: *adjust_us,
                         outlier: avg.discarded.contains(id),

@@ -425,11 +425,18 @@ impl Bully {
         }
     }
 
-    /// An epoch learnt outside the election (clients report the epoch they follow): the next
-    /// claim goes above it, so a leader elected after the epoch store lost its count is not
-    /// fenced off by clients that remember a higher one.
-    pub fn observe_epoch(&mut self, epoch: u64) {
+    /// An epoch learnt outside the election at `now` (the one clients follow): the next claim
+    /// goes above it, so a leader elected after the epoch store lost its count is not fenced
+    /// off by clients that remember a higher one. A leader below it leads nobody (clients
+    /// refuse lower epochs): it steps down and elects again, which claims above it.
+    pub fn observe_epoch(&mut self, epoch: u64, now: Duration) {
         self.max_epoch = self.max_epoch.max(epoch);
+        if self.phase == Phase::Leader && epoch > self.epoch && !self.retired {
+            let why = format!("clients follow epoch {epoch}, above ours ({})", self.epoch);
+            self.step_down();
+            self.leader = None;
+            self.start_election(now, &why);
+        }
     }
 
     /// The epoch store answered a claim.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 pub enum EventKind {
     /// A client's first report was stored.
     ClientJoined,
-    /// A client's report expired (it was silent for the TTL), or it was removed.
+    /// A client's report expired: it was silent for the report TTL.
     ClientLeft,
     /// The leader chose a master client.
     MasterElected,
@@ -32,7 +32,7 @@ pub enum EventKind {
     BerkeleyRound,
     /// An operator set a client's time.
     TimeSet,
-    /// A node got its broker or Redis back after losing it.
+    /// A server replica got its broker session back after losing it.
     Reconnected,
 }
 

@@ -185,7 +185,7 @@ pub struct MasterUpdate {
     pub server_id: Uuid,
     /// Leader epoch of the sender; receivers ignore anything below the highest they have seen.
     pub epoch: u64,
-    /// Per-server counter, +1 per update.
+    /// Counter of the sender's term (server, epoch), +1 per update, from 1.
     pub seq: u64,
     pub master_id: Uuid,
     pub master_ip: IpAddr,
@@ -217,6 +217,9 @@ pub struct ProbeReply {
     pub server_id: Uuid,
     /// Leader epoch of the sender; receivers ignore anything below the highest they have seen.
     pub epoch: u64,
+    /// The client whose probe this answers (its `id`, echoed): a client takes no reply meant
+    /// for another, whichever queue it arrived on.
+    pub client_id: Uuid,
     /// The probe's `seq`, echoed.
     pub seq: u64,
     /// The probe's `t1_us`, echoed.
@@ -252,6 +255,9 @@ pub struct BerkeleyAdjust {
     pub server_id: Uuid,
     /// Leader epoch of the sender; receivers ignore anything below the highest they have seen.
     pub epoch: u64,
+    /// The client whose reading this adjustment answers: a client applies no adjustment meant
+    /// for another, whichever queue it arrived on.
+    pub client_id: Uuid,
     pub round: u64,
     /// Add this to the clock (µs).
     pub adjust_us: i64,

@@ -275,11 +275,14 @@ impl Checked for ToClient {
                 counters(&[("seq", u.seq)])?;
                 freq("master_ref_freq_ppm", u.master_ref_freq_ppm)
             }
-            ToClient::ProbeReply(r) => times(&[
-                ("t1_us", Some(r.t1_us)),
-                ("t2_us", Some(r.t2_us)),
-                ("t3_us", Some(r.t3_us)),
-            ]),
+            ToClient::ProbeReply(r) => {
+                counters(&[("seq", r.seq)])?;
+                times(&[
+                    ("t1_us", Some(r.t1_us)),
+                    ("t2_us", Some(r.t2_us)),
+                    ("t3_us", Some(r.t3_us)),
+                ])
+            }
             ToClient::BerkeleyPoll(p) => counters(&[("round", p.round)]),
             ToClient::BerkeleyAdjust(a) => {
                 counters(&[("round", a.round)])?;
@@ -297,7 +300,10 @@ impl Checked for ToServer {
     fn check(&self) -> Result<(), DecodeError> {
         self.stamp().check()?;
         match self {
-            ToServer::Probe(p) => times(&[("t1_us", Some(p.t1_us))]),
+            ToServer::Probe(p) => {
+                counters(&[("seq", p.seq)])?;
+                times(&[("t1_us", Some(p.t1_us))])
+            }
             ToServer::BerkeleyReading(r) => {
                 counters(&[("epoch", r.epoch), ("round", r.round)])?;
                 times(&[
@@ -316,7 +322,10 @@ impl Checked for ToReplica {
             ToReplica::Election(m) => (0, [m.from, m.priority]),
             ToReplica::Answer(m) => (0, [m.from, m.priority]),
             ToReplica::Coordinator(m) => (m.epoch, [m.from, m.priority]),
-            ToReplica::Heartbeat(m) => (m.epoch, [m.from, m.priority]),
+            ToReplica::Heartbeat(m) => {
+                counters(&[("leader", m.leader.unwrap_or(0))])?;
+                (m.epoch, [m.from, m.priority])
+            }
             ToReplica::Resign(m) => (m.epoch, [m.from, 0]),
         };
         counters(&[("epoch", epoch), ("from", ids[0]), ("priority", ids[1])])
@@ -383,6 +392,7 @@ mod tests {
             stamp: Stamp::default(),
             server_id: Uuid::from_u128(1),
             epoch: 1,
+            client_id: Uuid::from_u128(2),
             seq: 4,
             t1_us: 1,
             t2_us: 2,
@@ -428,6 +438,7 @@ mod tests {
             stamp: Stamp::default(),
             server_id: Uuid::from_u128(1),
             epoch: 1,
+            client_id: Uuid::from_u128(2),
             round: 1,
             adjust_us: i64::MIN,
             outlier: false,

@@ -496,3 +496,28 @@ fn config_validation() {
     c.heartbeat = Duration::ZERO;
     assert!(c.validate().is_err());
 }
+
+#[test]
+fn a_leader_below_the_epoch_clients_follow_elects_again_above_it() {
+    // Redis lost its epoch count: a lone replica restarted and won epoch 1, while clients
+    // still follow epoch 27 and refuse anything lower.
+    let mut b = Bully::new(BullyConfig::new(1, 0), Duration::ZERO, 0);
+    b.tick(ANSWER_TIMEOUT);
+    assert!(b.drain().contains(&Output::AcquireEpoch { at_least: 0 }));
+    b.on_epoch(1, ANSWER_TIMEOUT);
+    assert!(b.drain().contains(&Output::Lead(1)));
+    // Clients report following 27: step down, elect, and claim above 27.
+    let now = ANSWER_TIMEOUT * 2;
+    b.observe_epoch(27, now);
+    let outs = b.drain();
+    assert!(outs.contains(&Output::StepDown), "{outs:?}");
+    assert_eq!(b.role(), ReplicaRole::Candidate);
+    b.tick(now + ANSWER_TIMEOUT);
+    assert!(b.drain().contains(&Output::AcquireEpoch { at_least: 27 }));
+    b.on_epoch(28, now + ANSWER_TIMEOUT);
+    assert!(b.drain().contains(&Output::Lead(28)));
+    // An epoch at or below its own changes nothing.
+    b.observe_epoch(28, now * 3);
+    assert!(!b.drain().contains(&Output::StepDown));
+    assert_eq!(b.role(), ReplicaRole::Leader);
+}
