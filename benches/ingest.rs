@@ -14,7 +14,8 @@ mod support;
 use std::time::{Duration, Instant};
 use support::Services;
 use time_sync::cache::RedisStore;
-use time_sync::core::protocol::{self, TimeReport, REPORTS_QUEUE};
+use time_sync::core::keyring::KeyRing;
+use time_sync::core::protocol::{TimeReport, REPORTS_QUEUE};
 
 struct Opts {
     reports: usize,
@@ -43,26 +44,26 @@ fn opts() -> Opts {
     o
 }
 
-async fn flood(url: String, first: usize, count: usize, clients: usize) {
+/// A simulated client: its id, its address and its key.
+type SimClient = (uuid::Uuid, std::net::IpAddr, KeyRing);
+
+/// Publishes `count` reports, round robin over `clients`, each sealed with its client's key.
+/// A client's `seq` starts at `first_seq` and grows by one per round, so none is a replay; each
+/// client belongs to one flood only, so its reports reach the queue in order.
+async fn flood(url: String, clients: &[SimClient], first_seq: u64, count: usize) {
     let conn = lapin::Connection::connect(&url, Default::default())
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let ids: Vec<uuid::Uuid> = (0..clients)
-        .map(|i| uuid::Uuid::from_u128(i as u128 + 1))
-        .collect();
-    for n in first..first + count {
-        let c = n % clients;
+    for n in 0..count {
+        let (id, ip, ring) = &clients[n % clients.len()];
+        let seq = first_seq + (n / clients.len()) as u64;
         let r = TimeReport {
             true_offset_us: Some(0),
-            ..TimeReport::new(
-                ids[c],
-                std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + c as u32)),
-                1_700_000_000_000_000 + n as i64,
-                (n / clients) as u64 + 1,
-            )
+            ..TimeReport::new(*id, *ip, 1_700_000_000_000_000 + n as i64, seq)
         };
-        time_sync::broker::publish_raw(&ch, "", REPORTS_QUEUE, &protocol::encode(&r), None)
+        let sealed = ring.seal_from_client(&r).unwrap();
+        time_sync::broker::publish_raw(&ch, "", REPORTS_QUEUE, &sealed, None)
             .await
             .unwrap();
     }
@@ -99,6 +100,8 @@ fn server_args(s: &Services, workers: usize) -> Vec<String> {
         "20",
         "--workers",
         &workers.to_string(),
+        "--key-dir",
+        &s.server_keys(),
     ]
     .map(String::from)
     .to_vec()
@@ -107,6 +110,7 @@ fn server_args(s: &Services, workers: usize) -> Vec<String> {
 #[tokio::main]
 async fn main() {
     let o = opts();
+    assert!(o.clients >= 2, "--clients N needs N >= 2 (two publishers)");
     let mut svc = Services::start("ts-bench-ingest");
     let amqp = svc.amqp_url();
     let store = svc.store().await;
@@ -124,12 +128,23 @@ async fn main() {
         "ingest: {} reports from {} simulated clients, ts-server --workers {}",
         o.reports, o.clients, o.workers
     );
+    let clients: Vec<SimClient> = (0..o.clients)
+        .map(|i| {
+            let id = uuid::Uuid::from_u128(i as u128 + 1);
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).into();
+            (id, ip, svc.keys.client_ring(&id))
+        })
+        .collect();
+    // Two publishers, each with half of the clients and half of the reports.
+    let (a, b) = clients.split_at(o.clients / 2);
+    let half = o.reports / 2;
+    // Seqs of the second batch start above every seq of the first.
+    let next_seq = (half / a.len().min(b.len()).max(1)) as u64 + 2;
     // Drain: fill first, then start the server.
     let t = Instant::now();
-    let half = o.reports / 2;
     tokio::join!(
-        flood(amqp.clone(), 0, half, o.clients),
-        flood(amqp.clone(), half, o.reports - half, o.clients)
+        flood(amqp.clone(), a, 1, half),
+        flood(amqp.clone(), b, 1, o.reports - half)
     );
     let fill = t.elapsed();
     println!(
@@ -147,12 +162,12 @@ async fn main() {
     let drain_rate = (o.reports as u64 - base) as f64 / el.max(t0.elapsed()).as_secs_f64();
     println!("  drain: {drain_rate:.0} reports/s stored in Redis");
 
-    // Live: publish while consuming.
+    // Live: publish while consuming (the reports that follow the first ones).
     let t = Instant::now();
     let before = stored(&store).await;
     tokio::join!(
-        flood(amqp.clone(), 0, half, o.clients),
-        flood(amqp.clone(), half, o.reports - half, o.clients)
+        flood(amqp.clone(), a, next_seq, half),
+        flood(amqp.clone(), b, next_seq, o.reports - half)
     );
     wait_stored(&store, before + o.reports as u64, Duration::from_secs(300)).await;
     let live_rate = o.reports as f64 / t.elapsed().as_secs_f64();

@@ -1,11 +1,12 @@
-//! What the benchmarks need: a fresh RabbitMQ vhost on the local broker and a private
-//! `redis-server` (the library's harness, as the tests and the local runtime use it), plus
-//! child processes; all gone when [`Services`] is dropped.
+//! What the benchmarks need: a fresh RabbitMQ vhost on the local broker, a private
+//! `redis-server` (the library's harness, as the tests and the local runtime use it), the
+//! cluster's keys, and child processes; all gone when [`Services`] is dropped.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use time_sync::cache::RedisStore;
+use time_sync::keys::{self, ClusterKeys};
 use time_sync::runtime::services::{Process, RedisServer, Vhost};
 use tokio_util::sync::CancellationToken;
 
@@ -14,6 +15,9 @@ pub struct Services {
     pub procs: Vec<Process>,
     pub redis: RedisServer,
     pub vhost: Vhost,
+    /// The cluster's keys: servers get the server set ([`Services::server_keys`]), each client
+    /// its own ([`Services::client_keys`]).
+    pub keys: ClusterKeys,
     dir: PathBuf,
 }
 
@@ -24,12 +28,40 @@ impl Services {
         let vhost = Vhost::create(prefix)
             .expect("a vhost (RabbitMQ must be running locally; scripts/setup.sh starts it)");
         let redis = RedisServer::start(&dir, None).expect("redis-server starts");
+        let keys = ClusterKeys::generate("bench-operator-token");
+        keys::write_ring(&dir.join("keys").join("server"), &keys.server_ring()).unwrap();
         Services {
             procs: Vec::new(),
             redis,
             vhost,
+            keys,
             dir,
         }
+    }
+
+    /// The servers' key directory (`--key-dir`).
+    pub fn server_keys(&self) -> String {
+        self.dir.join("keys").join("server").display().to_string()
+    }
+
+    /// Client `id`'s key directory (`--key-dir`), written on first use.
+    pub fn client_keys(&self, id: uuid::Uuid) -> String {
+        let dir = self.dir.join("keys").join(id.to_string());
+        time_sync::runtime::write_node_ring(&self.keys, &id.to_string(), &dir).unwrap();
+        dir.display().to_string()
+    }
+
+    /// Where the processes' output goes (`proc-<n>.out`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keeps the processes' output after the run (for a failure to point at).
+    pub fn keep_logs(&mut self) -> PathBuf {
+        let kept =
+            std::env::temp_dir().join(format!("ts-bench-logs-{}", uuid::Uuid::new_v4().simple()));
+        let _ = std::fs::rename(&self.dir, &kept);
+        kept
     }
 
     pub fn amqp_url(&self) -> String {

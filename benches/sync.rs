@@ -105,6 +105,8 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
         alg.as_str(),
         "--berkeley-interval-ms",
         &o.berkeley_interval_ms.to_string(),
+        "--key-dir",
+        &svc.server_keys(),
     ]
     .map(String::from)
     .to_vec();
@@ -129,6 +131,8 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
             "--drift-ppm".into(),
             format!("{:.1}", rng.gen_range(-50.0..50.0)),
             "--no-log-file".into(),
+            "--key-dir".into(),
+            svc.client_keys(id),
         ];
         procs.push((id, svc.spawn(env!("CARGO_BIN_EXE_ts-client"), &args)));
     }
@@ -178,6 +182,14 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
             .filter(|(_, h, _)| *h >= steady_from && *h <= steady_to)
             .map(|(_, _, e)| *e),
     );
+    if steady.samples == 0 {
+        let logs = svc.keep_logs();
+        panic!(
+            "{}: no error measured in the steady window (did the nodes start? their output is in {})",
+            alg.as_str(),
+            logs.display()
+        );
+    }
     let max_step = series.max_step.values().copied().max().unwrap_or(0);
     let mut line = format!(
         "algorithm={} clients={} converge_s={converge_s} median_us={} p99_us={} max_us={} max_step_us={max_step} samples={}",

@@ -586,6 +586,17 @@ impl ClientCore {
 mod tests {
     use super::*;
 
+    /// Whether `out` applied a step.
+    fn stepped(out: &UpdateOutcome) -> bool {
+        matches!(
+            out,
+            UpdateOutcome::Applied {
+                action: Action::Step(_),
+                ..
+            }
+        )
+    }
+
     const S: i64 = 1_000_000;
     const SERVER: u128 = 500;
 
@@ -676,16 +687,7 @@ mod tests {
         u.master_ref_offset_us = Some(3000);
         u.master_ref_freq_ppm = Some(10.0);
         let out = c.on_update(&u, t);
-        assert!(
-            matches!(
-                out,
-                UpdateOutcome::Applied {
-                    action: Action::Step(_),
-                    ..
-                }
-            ),
-            "{out:?}"
-        );
+        assert!(stepped(&out), "{out:?}");
         let master_at = |h: i64| 3000.0 + (h - (t - 300)) as f64 * 10e-6;
         let err = c.clock.offset_at(t) - master_at(t);
         assert!(err.abs() < 30.0, "error after the step: {err} µs");
@@ -838,13 +840,7 @@ mod tests {
         };
         assert_eq!(c.on_set_time(&t, 3 * S), UpdateOutcome::NotForMe);
         t.client_id = c.id;
-        assert!(matches!(
-            c.on_set_time(&t, 3 * S),
-            UpdateOutcome::Applied {
-                action: Action::Step(_),
-                ..
-            }
-        ));
+        assert!(stepped(&c.on_set_time(&t, 3 * S)));
         assert_eq!(c.now_at(3 * S), 33 * S, "shifted by 30 s");
         assert_eq!(c.on_set_time(&t, 4 * S), UpdateOutcome::Stale, "once");
         let r = c.report(4 * S);
@@ -862,16 +858,7 @@ mod tests {
         assert_eq!(c.now_at(5 * S), 100 * S);
         // The next update brings it back (stepped: it is an initial sync again).
         let out = c.on_update(&update(3, 7, 6 * S), 6 * S);
-        assert!(
-            matches!(
-                out,
-                UpdateOutcome::Applied {
-                    action: Action::Step(_),
-                    ..
-                }
-            ),
-            "{out:?}"
-        );
+        assert!(stepped(&out), "{out:?}");
         c.on_update(&update(4, 7, 7 * S), 7 * S);
         assert_eq!(
             c.report(7 * S).max_step_us,
