@@ -189,8 +189,14 @@ async fn scenario(t: &Tsc) {
     let token = t.token();
     let (code, body) = http_as(&api2, "POST", "/election", Some(&token), None);
     assert_eq!(code, 202, "{body}");
+    // A second one while the first runs is refused. The first may already be over: the
+    // leader answers with its COORDINATOR at once, which can end it within milliseconds.
     let (code, body) = http_as(&api2, "POST", "/election", Some(&token), None);
-    assert_eq!(code, 409, "a second one while the first runs: {body}");
+    match code {
+        409 => assert!(body.contains("already"), "{body}"),
+        202 => println!("the first election had ended before the second request"),
+        _ => panic!("a second election request: {code} {body}"),
+    }
     wait_for(
         Duration::from_secs(10),
         "the requested election to end",

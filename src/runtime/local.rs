@@ -19,7 +19,7 @@ use super::{
     write_node_keys, Endpoints, Progress,
 };
 use crate::error::{Error, Result};
-use crate::settings::{ServerSettings, DEFAULT_HTTP_PORT};
+use crate::settings::ServerSettings;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -210,7 +210,10 @@ impl LocalRuntime {
     ) -> Result<Node> {
         let host = server_host(replica)?;
         let ip = Ipv4Addr::new(127, 0, 0, host);
-        let http = std::net::SocketAddr::new(ip.into(), DEFAULT_HTTP_PORT);
+        // Any free port: clusters on one host share the loopback addresses of their replicas,
+        // so a fixed port would keep a second cluster's replica 1 from starting. The address
+        // picked is published in the replica's record, where tsc finds it.
+        let http = std::net::SocketAddr::new(ip.into(), 0);
         let node = server_node_id(replica);
         let keys = write_node_keys(&self.cfg, &node)?;
         let env = server_env(&self.cfg, ep, settings, replica, http, &keys);

@@ -577,21 +577,33 @@ pub async fn assert_client_user_is_confined(url: &str) {
         .await
         .expect("the client user logs in");
     for exchange in [UPDATES_EXCHANGE, CONTROL_EXCHANGE] {
-        let ch = conn.create_channel().await.unwrap();
-        let _ = ch
-            .basic_publish(
-                exchange.into(),
-                "".into(),
-                Default::default(),
-                b"{}",
-                Default::default(),
-            )
-            .await;
-        // The broker closes the channel over it; the next call on it says why.
-        let next =
-            tokio::time::timeout(Duration::from_secs(5), ch.basic_qos(1, Default::default()))
-                .await
-                .expect("an answer");
+        // The broker closes the channel over the publish; the next call on it says why, unless
+        // the close arrived first (then lapin only says the channel is closing: try again).
+        let mut answer = None;
+        for _ in 0..5 {
+            let ch = conn.create_channel().await.unwrap();
+            let _ = ch
+                .basic_publish(
+                    exchange.into(),
+                    "".into(),
+                    Default::default(),
+                    b"{}",
+                    Default::default(),
+                )
+                .await;
+            let next =
+                tokio::time::timeout(Duration::from_secs(5), ch.basic_qos(1, Default::default()))
+                    .await
+                    .expect("an answer");
+            match next {
+                Err(e) if format!("{e}").contains("invalid channel state") => continue,
+                other => {
+                    answer = Some(other);
+                    break;
+                }
+            }
+        }
+        let next = answer.expect("a reason within 5 tries");
         refused(&format!("publishing to {exchange}"), next.err());
     }
     let ch = conn.create_channel().await.unwrap();
