@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             let msg = e.to_string();
             assert!(!msg.contains('\n'), "a multi-line error: {msg}");
-            assert!(msg.contains("cluster.toml"), "an error that names no file: {msg}");
+            assert!(
+                msg.contains("cluster.toml"),
+                "an error that names no file: {msg}"
+            );
         }
     }
 });

@@ -8,22 +8,18 @@ mod common;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let (seal_first, body) = common::split(data);
-    let keys = common::keys();
-    let server = keys.server_ring();
-    let client = keys.client_ring(&uuid::Uuid::nil());
-    let bytes = if seal_first {
-        if !body.ends_with(b"}") {
-            return;
-        }
-        let k = &server.leader[0];
-        time_sync::core::auth::seal(body, &k.kid, |d| k.sign(d))
-    } else {
-        body.to_vec()
+    let common::Rings { server, client } = common::rings();
+    let k = &server.leader[0];
+    let Some((sealed, bytes)) = common::input(data, &k.kid, |d| k.sign(d)) else {
+        return;
     };
     match client.open_from_leader(&bytes) {
         Ok(msg) => {
-            assert!(seal_first, "unsealed bytes opened: {:?}", String::from_utf8_lossy(body));
+            assert!(
+                sealed,
+                "unsealed bytes opened: {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
             let again = server.seal_to_clients(&msg).unwrap();
             assert_eq!(client.open_from_leader(&again).unwrap(), msg);
         }

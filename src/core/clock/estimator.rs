@@ -84,6 +84,9 @@ impl Estimate {
 #[derive(Debug, Clone, Default)]
 pub struct OffsetEstimator {
     samples: VecDeque<Sample>,
+    /// The fit over `samples`, made when they change: it is read far more often (every
+    /// logical timestamp a client makes) than a sample arrives.
+    fit: Option<Estimate>,
 }
 
 impl OffsetEstimator {
@@ -100,6 +103,7 @@ impl OffsetEstimator {
         {
             self.samples.pop_front();
         }
+        self.fit = self.fit_samples();
     }
 
     pub fn len(&self) -> usize {
@@ -112,10 +116,15 @@ impl OffsetEstimator {
 
     pub fn clear(&mut self) {
         self.samples.clear();
+        self.fit = None;
     }
 
     /// The current estimate, if there is any sample.
     pub fn estimate(&self) -> Option<Estimate> {
+        self.fit
+    }
+
+    fn fit_samples(&self) -> Option<Estimate> {
         let newest = self.samples.back()?.raw_us;
         let mut delays: Vec<i64> = self.samples.iter().map(|s| s.delay_us).collect();
         delays.sort_unstable();
