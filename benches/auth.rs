@@ -62,6 +62,7 @@ fn main() {
         algorithm: Algorithm::Master,
         master_ref_offset_us: Some(-1234),
         master_ref_freq_ppm: Some(12.5),
+        master_stratum: Some(10),
         stamp: stamp.clone(),
     });
     let report = TimeReport {

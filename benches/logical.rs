@@ -13,15 +13,6 @@ use std::time::Instant;
 use time_sync::core::logical::{NodeClocks, DEFAULT_MAX_OFFSET_US};
 use time_sync::core::protocol::{Event, EventKind};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Mean ns per call of `f` over `n` calls.
 fn time<T>(n: u64, mut f: impl FnMut(u64) -> T) -> f64 {
     let t = Instant::now();
@@ -33,8 +24,8 @@ fn time<T>(n: u64, mut f: impl FnMut(u64) -> T) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let n = arg("--iterations", 2_000_000);
-    let events = arg("--events", 100_000);
+    let n = support::arg("--iterations", 2_000_000);
+    let events = support::arg("--events", 100_000);
     let pt = 1_796_000_000_000_000i64;
     let mut node = NodeClocks::new(DEFAULT_MAX_OFFSET_US);
     let stamp_ns = time(n, |i| node.tick(Some(pt + i as i64 / 4)));

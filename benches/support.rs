@@ -10,6 +10,16 @@ use time_sync::keys::{self, ClusterKeys};
 use time_sync::runtime::services::{Process, RedisServer, Vhost};
 use tokio_util::sync::CancellationToken;
 
+/// The number after `name` on the command line (`-- --seconds 5`), or `default`.
+pub fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A vhost, a Redis, and processes; processes go first, last started first.
 pub struct Services {
     pub procs: Vec<Process>,

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""A minimal time-sync client in Python (protocol v4), written from docs/PROTOCOL.md alone.
+"""A minimal time-sync client in Python (protocol v5), written from docs/PROTOCOL.md alone.
 
 It exists to prove that the protocol document is enough to write a compatible client without
 reading the Rust code. It takes part in a cluster like `ts-client` does: it reports its virtual
 clock every second, can be elected master, follows the master's updates, takes part in Berkeley
 rounds and obeys an operator's `set_time`.
 
-What version 4 asks of every client, and this one does (PROTOCOL.md §5-§8, §14, §20):
+What version 5 asks of every client, and this one does (PROTOCOL.md §5-§8, §14, §20):
 
 * Keys (§7): it reads its key directory (`--key-dir`): `client.key` (`<kid> <hex>` lines, the
   first one seals), `leader.pub` (every line opens) and `client.id`. Its id is `--id` if given,
@@ -106,7 +106,7 @@ from collections import deque
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 REPORTS_QUEUE = "ts.reports"
 UPDATES_EXCHANGE = "ts.master_updates"
 RPC_QUEUE = "ts.rpc"
@@ -358,6 +358,15 @@ HLC_FIELDS = {"us": ("us", REQ), "c": ("u32", REQ)}
 STAMP_FIELDS = {"lt": ("u53", REQ), "hlc": ("hlc", OPT), "vc": ("vc", OPT)}
 EVENT_FIELDS = {"kind": ("str", REQ), "node": ("text", REQ), "stamp": ("stamp", REQ),
                 "cause": ("stamp", OPT), "text": ("text", REQ), "data": ("dict", OPT_NOT_NULL)}
+NTP_FIELDS = {name: ("u53", REQ) for name in (
+    "answered", "kissed", "short", "oversized", "bad_version", "not_client_mode", "malformed",
+    "replayed", "rate_limited")}
+REFERENCE_MAX = 64
+UPSTREAMS_MAX = 8
+UPSTREAM_STATES = ("waiting", "unreachable", "falseticker", "candidate", "selected")
+UPSTREAM_FIELDS = {"addr": ("reference", REQ), "state": ("upstream_state", REQ),
+                   "offset_us": ("us", OPT), "delay_us": ("us", OPT),
+                   "stratum": ("stratum", OPT)}
 
 
 def check_value(name, kind, v):
@@ -387,6 +396,22 @@ def check_value(name, kind, v):
         if not isinstance(v, str) or len(v.encode("utf-8", "surrogatepass")) > EVENT_TEXT_MAX:
             raise malformed(f"{name}: not a string of at most {EVENT_TEXT_MAX} bytes")
         return v
+    if kind == "stratum":
+        return check_int(name, v, 0, 16)
+    if kind == "reference":
+        if not isinstance(v, str) or len(v.encode("utf-8", "surrogatepass")) > REFERENCE_MAX:
+            raise malformed(f"{name}: not a string of at most {REFERENCE_MAX} bytes")
+        return v
+    if kind == "ntp":
+        return check_object(name, v, NTP_FIELDS)
+    if kind == "upstream_state":
+        if v not in UPSTREAM_STATES:
+            raise malformed(f"{name}: unknown upstream state {v!r}")
+        return v
+    if kind == "upstreams":
+        if not isinstance(v, list) or len(v) > UPSTREAMS_MAX:
+            raise malformed(f"{name}: not an array of at most {UPSTREAMS_MAX} upstreams")
+        return [check_object(f"{name}[{i}]", u, UPSTREAM_FIELDS) for i, u in enumerate(v)]
     if kind == "dict":
         if not isinstance(v, dict):
             raise malformed(f"{name}: not an object")
@@ -444,7 +469,8 @@ TO_CLIENT = {
         seq=("u53", REQ), master_id=("uuid", REQ), master_ip=("ip", REQ),
         master_time_us=("us", REQ), server_time_us=("us", REQ),
         algorithm=("algorithm", OPT_NOT_NULL),  # absent = "master"; null is not allowed
-        master_ref_offset_us=("us", OPT), master_ref_freq_ppm=("ppm", OPT)),
+        master_ref_offset_us=("us", OPT), master_ref_freq_ppm=("ppm", OPT),
+        master_stratum=("stratum", OPT)),
     "probe_reply": common(
         client_id=("uuid", REQ), seq=("u53", REQ), t1_us=("us", REQ), t2_us=("us", REQ),
         t3_us=("us", REQ)),
@@ -463,7 +489,9 @@ TIME_REPORT = {
     "ref_offset_us": ("us", OPT), "ref_freq_ppm": ("ppm", OPT), "max_step_us": ("us", OPT),
     "ref_server_id": ("uuid", OPT), "epoch": ("u53", OPT), "stale_epoch_msgs": ("u64", OPT),
     "rejected_msgs": ("u64", OPT), "boot_us": ("us", REQ), "stamp": ("stamp", REQ),
-    "events": ("events", OPT_NOT_NULL),
+    "events": ("events", OPT_NOT_NULL), "stratum": ("stratum", OPT),
+    "reference": ("reference", OPT), "ntp": ("ntp", OPT),
+    "upstreams": ("upstreams", OPT_NOT_NULL),
 }
 TO_SERVER = {
     "probe": {"id": ("uuid", REQ), "seq": ("u53", REQ), "t1_us": ("us", REQ),
@@ -529,7 +557,7 @@ def open_body(body, schemas, untagged, verify):
     parts = unseal(body)
     if parts is None:
         decode(body, schemas, untagged)  # malformed or bad_version, if it is
-        raise DecodeError("unsigned", "a valid version-4 message without a seal")
+        raise DecodeError("unsigned", "a valid version-5 message without a seal")
     message, kid, signed, sig = parts
     msg = decode(message, schemas, untagged)
     outcome = verify(kid, signed, sig, msg)
@@ -1152,14 +1180,14 @@ TEST_KID_HASHES = {  # domain, key -> SHA-256 in full (§6.6)
 }
 # §6.6: the probe's message, signed bytes and tag; the probe_reply's signed bytes.
 TEST_PROBE_MESSAGE = (
-    b'{"type":"probe","v":4,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,'
+    b'{"type":"probe","v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,'
     b'"t1_us":1763777045123456,"stamp":{"lt":88}}')
 TEST_PROBE_SIGNED = (
-    b'{"type":"probe","v":4,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,'
+    b'{"type":"probe","v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,'
     b'"t1_us":1763777045123456,"stamp":{"lt":88},"kid":"b610eb16"}')
-TEST_PROBE_TAG = "0b7af9768aa82241407948d8720c4a1326763c3fd21bd7b8d06388e5de38736a"
+TEST_PROBE_TAG = "0f06591d0c2d5c2d778d989baf33e2296f7e0bb85d7cb322b43d2ca437479083"
 TEST_REPLY_SIGNED = (
-    b'{"type":"probe_reply","v":4,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",'
+    b'{"type":"probe_reply","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",'
     b'"epoch":4,"client_id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,'
     b'"t1_us":1763777045123456,"t2_us":1763777045123506,"t3_us":1763777045123514,'
     b'"stamp":{"lt":4182,"hlc":{"us":1763777045123515,"c":0}},"kid":"669b67d7"}')
@@ -1167,42 +1195,43 @@ TEST_REPLY_SIGNED = (
 # Every sealed example of PROTOCOL.md, byte for byte (name, length, body).
 DOC_EXAMPLES = [
     ('6.6 probe', 210,
-     b'{"type":"probe","v":4,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,"t1'
-     b'_us":1763777045123456,"stamp":{"lt":88},"kid":"b610eb16","sig":"0b7af9768aa82241'
-     b'407948d8720c4a1326763c3fd21bd7b8d06388e5de38736a"}'
+     b'{"type":"probe","v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,"t1'
+     b'_us":1763777045123456,"stamp":{"lt":88},"kid":"b610eb16","sig":"0f06591d0c2d5c2d'
+     b'778d989baf33e2296f7e0bb85d7cb322b43d2ca437479083"}'
      ),
     ('6.6 probe_reply', 436,
-     b'{"type":"probe_reply","v":4,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d","'
+     b'{"type":"probe_reply","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d","'
      b'epoch":4,"client_id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,"t1_us":1'
      b'763777045123456,"t2_us":1763777045123506,"t3_us":1763777045123514,"stamp":{"lt":'
-     b'4182,"hlc":{"us":1763777045123515,"c":0}},"kid":"669b67d7","sig":"c3e3d8cdd0701c'
-     b'cd5d95cd3a07700f5e0a8f8d04c63d702e1bccae6cac8923a2ceebd0649e3d190d4794821ce7a566'
-     b'8b87dfed10e2f3006d134fc4207b72600c"}'
+     b'4182,"hlc":{"us":1763777045123515,"c":0}},"kid":"669b67d7","sig":"4983bf4f3c6cf3'
+     b'5f1df4d67ab5afe03fbd753b503395765fd2fd548bdf22aea37d049f4a34366231b16bc76637826d'
+     b'395912360179fc35050214781c6c5a6508"}'
      ),
     ('6.6/13.6 election', 223,
-     b'{"type":"election","v":4,"from":1,"priority":0,"stamp":{"lt":611,"hlc":{"us":176'
-     b'3776990512004,"c":0},"vc":{"1":233,"2":190,"3":187}},"kid":"c9297ae8","sig":"bae'
-     b'0cdb9a2aba41011fa58056eaf921f5b3d4f20e800f4f87825481402420eb5"}'
+     b'{"type":"election","v":5,"from":1,"priority":0,"stamp":{"lt":611,"hlc":{"us":176'
+     b'3776990512004,"c":0},"vc":{"1":233,"2":190,"3":187}},"kid":"c9297ae8","sig":"f47'
+     b'1cce9f9f88873c1aef1138a8df436ad08dc52dd1d220bc05ebf2d2ec19263"}'
      ),
-    ('9 report, synced follower', 557,
-     b'{"v":4,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ip":"10.0.0.7","time_us":176'
+    ('9 report, synced follower', 593,
+     b'{"v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ip":"10.0.0.7","time_us":176'
      b'3777045123456,"seq":42,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","maste'
      b'r_time_us":1763777044998870,"true_offset_us":-312,"ref_offset_us":2641,"ref_freq'
      b'_ppm":-0.8824675191726605,"max_step_us":0,"ref_server_id":"9a8b7c6d-5e4f-4a3b-2c'
      b'1d-0e9f8a7b6c5d","epoch":4,"stale_epoch_msgs":0,"rejected_msgs":0,"boot_us":1763'
-     b'777003000000,"stamp":{"lt":57,"hlc":{"us":1763777045120815,"c":0}},"kid":"b610eb'
-     b'16","sig":"65c3745d2ba9670dc2f5083635b28170886c95e9e7e939ffbe299b1ebe408ffc"}'
+     b'777003000000,"stamp":{"lt":57,"hlc":{"us":1763777045120815,"c":0}},"stratum":11,'
+     b'"reference":"10.0.0.2","kid":"b610eb16","sig":"9fd1125e52838ffafa598896844586a6e'
+     b'd67c41a303ac9b49a89a2dc6d9215ef"}'
      ),
-    ('9 first report', 439,
-     b'{"v":4,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ip":"10.0.0.7","time_us":176'
+    ('9 first report', 452,
+     b'{"v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ip":"10.0.0.7","time_us":176'
      b'3778845000000,"seq":1,"master_id":null,"master_time_us":null,"true_offset_us":18'
      b'00000000000,"ref_offset_us":null,"ref_freq_ppm":null,"max_step_us":null,"ref_ser'
      b'ver_id":null,"epoch":null,"stale_epoch_msgs":0,"rejected_msgs":0,"boot_us":17637'
-     b'77044990000,"stamp":{"lt":1},"kid":"b610eb16","sig":"6d2d7216044af131e0f0bc59a4c'
-     b'2bbbf8ebbedc68ebf199f7e2b5e457c07a237"}'
+     b'77044990000,"stamp":{"lt":1},"stratum":16,"kid":"b610eb16","sig":"25b8e1524ec1ad'
+     b'9fc3fdc6063e53706ac97b5061717ba3968f1eff1b4beb3e6f"}'
      ),
-    ('9 report with an event', 814,
-     b'{"v":4,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ip":"10.0.0.7","time_us":176'
+    ('9 report with an event', 850,
+     b'{"v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ip":"10.0.0.7","time_us":176'
      b'3776948000412,"seq":4,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","master'
      b'_time_us":1763776947998003,"true_offset_us":-287,"ref_offset_us":2666,"ref_freq_'
      b'ppm":null,"max_step_us":0,"ref_server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
@@ -1211,125 +1240,126 @@ DOC_EXAMPLES = [
      b'nced","node":"client-5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","stamp":{"lt":4135,"h'
      b'lc":{"us":1763776947998021,"c":2}},"cause":{"lt":4133,"hlc":{"us":17637769479980'
      b'21,"c":0}},"text":"synced: within 412 \xc2\xb5s of the master","data":{"offset_us":412'
-     b'}}],"kid":"b610eb16","sig":"b640f47094aa548c2e1cc1b78a5508ad8fdfde391bf1766b5f35'
-     b'6038b9acbaaa"}'
+     b'}}],"stratum":11,"reference":"10.0.0.2","kid":"b610eb16","sig":"0d34a9f912979e3f'
+     b'02d7d0d4de1e4e2c725bb04fc20fb2eb16ace3c004e2480c"}'
      ),
     ('9 report of a client that does not probe', 376,
-     b'{"v":4,"id":"7f565e2b-d40f-42ac-8c89-f88709a5ccd8","ip":"10.0.0.9","time_us":176'
+     b'{"v":5,"id":"7f565e2b-d40f-42ac-8c89-f88709a5ccd8","ip":"10.0.0.9","time_us":176'
      b'3777045200000,"seq":7,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","master'
      b'_time_us":1763777045002310,"true_offset_us":-1668,"epoch":5,"stale_epoch_msgs":3'
-     b',"boot_us":1763777038000000,"stamp":{"lt":31},"kid":"b610eb16","sig":"7490509157'
-     b'c72d2b715743193ebe97f2a9371e7dd4413fd77e1e97014252c835"}'
+     b',"boot_us":1763777038000000,"stamp":{"lt":31},"kid":"b610eb16","sig":"35c24f8caf'
+     b'258d137a370663a3b838e10d90f1c0019ce81eeace68cd86508a7a"}'
      ),
-    ('10.1 master_update (the master probes)', 544,
-     b'{"type":"master_update","v":4,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
+    ('10.1 master_update (the master probes)', 564,
+     b'{"type":"master_update","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
      b',"epoch":4,"seq":318,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","master_'
      b'ip":"10.0.0.2","master_time_us":1763777045002310,"server_time_us":17637770450000'
      b'00,"algorithm":"master","master_ref_offset_us":2650,"master_ref_freq_ppm":-0.882'
-     b'4675191726605,"stamp":{"lt":4211,"hlc":{"us":1763777045000019,"c":0}},"kid":"669'
-     b'b67d7","sig":"7ea686e6fe136bab4acf351eceb933d39782234cc01eea05c091acb1ad8d1e8fe7'
-     b'3a9b9902b2d5215fbc9c2ff7a7213f9e180d758eee1addaf67dbdc21840f0b"}'
+     b'4675191726605,"master_stratum":10,"stamp":{"lt":4211,"hlc":{"us":176377704500001'
+     b'9,"c":0}},"kid":"669b67d7","sig":"64075872d160c38c5ee331daa8e017d31230dc17921c23'
+     b'75a8726dda962560cae05b97cb1e3ea7ceaa09d428050a1daf9ade443f951306dfb235d38576f0d7'
+     b'0f"}'
      ),
-    ('10.1 master_update (no reference offsets)', 529,
-     b'{"type":"master_update","v":4,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
+    ('10.1 master_update (no reference offsets)', 549,
+     b'{"type":"master_update","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
      b',"epoch":4,"seq":319,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","master_'
      b'ip":"10.0.0.2","master_time_us":1763777046002287,"server_time_us":17637770460000'
      b'00,"algorithm":"master","master_ref_offset_us":null,"master_ref_freq_ppm":null,"'
-     b'stamp":{"lt":4236,"hlc":{"us":1763777046000017,"c":0}},"kid":"669b67d7","sig":"b'
-     b'42bc3cf04a1d313d42ee49974221896d586cb62992241410322c4f838f26c70be854c85d67159ff8'
-     b'fc1f3468c7e992b16e83c7f69d7eaf52c28d0cbd8689c03"}'
+     b'master_stratum":10,"stamp":{"lt":4236,"hlc":{"us":1763777046000017,"c":0}},"kid"'
+     b':"669b67d7","sig":"b485af54c822b927112f00ea70ece46ec8670946df6e2f8007e0fb9b2f9e7'
+     b'38b55ec9e4e7182551449cfe880797936f2a6ba14f19fd20579b154994ce7173801"}'
      ),
-    ('10.1 master_update (naive)', 528,
-     b'{"type":"master_update","v":4,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
+    ('10.1 master_update (naive)', 548,
+     b'{"type":"master_update","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
      b',"epoch":4,"seq":320,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","master_'
      b'ip":"10.0.0.2","master_time_us":1763777046412871,"server_time_us":17637770470000'
-     b'00,"algorithm":"naive","master_ref_offset_us":null,"master_ref_freq_ppm":null,"s'
-     b'tamp":{"lt":4260,"hlc":{"us":1763777047000015,"c":0}},"kid":"669b67d7","sig":"51'
-     b'37256d258bf91294c894d09d00bc860b3bc42ee3eb3d18bf17b6ca9164840009a5dcf6eb7b47b91e'
-     b'2d8823d36c5da105c51aefbce9264a6b8cc2b145271d06"}'
+     b'00,"algorithm":"naive","master_ref_offset_us":null,"master_ref_freq_ppm":null,"m'
+     b'aster_stratum":10,"stamp":{"lt":4260,"hlc":{"us":1763777047000015,"c":0}},"kid":'
+     b'"669b67d7","sig":"9c1bd17792ec7a48b4e45cc82dfc9c6b6521c534b957b3bf9ddccbb62c970a'
+     b'7cf54733c01ec0f0b644e65c14a427000465b8053af941e54d7bce75bcd6a2d20f"}'
      ),
     ('10.1 smallest master_update', 417,
-     b'{"type":"master_update","v":4,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
+     b'{"type":"master_update","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
      b',"epoch":4,"seq":321,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","master_'
      b'ip":"10.0.0.2","master_time_us":1763777048002301,"server_time_us":17637770480000'
-     b'00,"stamp":{"lt":4287},"kid":"669b67d7","sig":"59cf20e0913d893155f6d5e1588a86095'
-     b'9a24c016f0a8b6375917cb28020e0844115ce88d9612928949dd6e32ef32276d13ae7b74109c8796'
-     b'391e54476620f0d"}'
+     b'00,"stamp":{"lt":4287},"kid":"669b67d7","sig":"7de54b49d325bb3ded5ee3c32d35af475'
+     b'f81f3853a38efc50ba7946c40a1270a9c732a84480994dd426d28e0732adc7759b42c68f096974c4'
+     b'736448801540404"}'
      ),
     ('10.3 berkeley_poll', 321,
-     b'{"type":"berkeley_poll","v":4,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
+     b'{"type":"berkeley_poll","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
      b',"epoch":4,"round":17,"poll":0,"stamp":{"lt":5120,"hlc":{"us":1763777045800102,"'
-     b'c":0}},"kid":"669b67d7","sig":"a16aa73b49755264c2047bf435447cc68fe8706d9deefc6e1'
-     b'7c722cda08364fd0c68880ddeea2f42297c7285051c651efda8b08683a6a8083898034de432ad0d"'
+     b'c":0}},"kid":"669b67d7","sig":"863ffb62c219cca54c6bf04ab2f5b9d6be36861e1d395011b'
+     b'02c5d5c0b5e6b3912c5b34de5210fc43cd634d9bb2afb6fd23cce8ff61dcc65dd83da634c22cb03"'
      b'}'
      ),
     ('10.4 berkeley_adjust', 397,
-     b'{"type":"berkeley_adjust","v":4,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5'
+     b'{"type":"berkeley_adjust","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5'
      b'd","epoch":4,"client_id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","round":17,"adju'
      b'st_us":-48,"outlier":false,"stamp":{"lt":5163,"hlc":{"us":1763777046550377,"c":0'
-     b'}},"kid":"669b67d7","sig":"94133283310e43ba0324206d47da3fd4205348dafd7a1741e5e0d'
-     b'9534297f52eadfb646e340cde9b3463d5d4517ef222757ac5b4555904002d2379022858090f"}'
+     b'}},"kid":"669b67d7","sig":"ba2428cdace655c6de0f70f939ac4529af968af69672c5976da26'
+     b'22779f496ac8a4c5ce4a6ca3d08451c0c8d887ccda3de93128fbcfa58db5b3ddc760cbf3307"}'
      ),
     ('10.5 set_time (absolute)', 445,
-     b'{"type":"set_time","v":4,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d","epo'
+     b'{"type":"set_time","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d","epo'
      b'ch":4,"client_id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","op_id":"c2a1f4de-93b7-'
      b'4b0e-8d6a-2f5e7c9b1a03","change":{"absolute":{"time_us":1763780645000000}},"stam'
-     b'p":{"lt":5301,"hlc":{"us":1763777050000210,"c":0}},"kid":"669b67d7","sig":"d568c'
-     b'1e9358c0580aa68ed7530b2f5a5f954f7e2a473b11465b71b1b8a0ba6ebe5718b2ca276b907b59ef'
-     b'f63b0a2c930a6cc29f973baba37e605b6f78bf76609"}'
+     b'p":{"lt":5301,"hlc":{"us":1763777050000210,"c":0}},"kid":"669b67d7","sig":"a83b3'
+     b'55ff3752ec1034e2d26082fd1d662eae9bd7095ea48a0e82e212a9d3cd504346fd9cb11b031ec407'
+     b'004a2f219be48a4b8ec4d3e5b00fe136c6510cade00"}'
      ),
     ('10.5 set_time (shift)', 436,
-     b'{"type":"set_time","v":4,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d","epo'
+     b'{"type":"set_time","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d","epo'
      b'ch":4,"client_id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","op_id":"e7d3b2a1-6c5f-'
      b'4e8d-9b0a-1c2d3e4f5a6b","change":{"shift":{"shift_us":-30000000}},"stamp":{"lt":'
-     b'5340,"hlc":{"us":1763777052000188,"c":1}},"kid":"669b67d7","sig":"3da5ca46ae9147'
-     b'd3b9fc2a454f7939a548f8992e9fff5397d5276094c9b7dda8ec624ae541b31e06137f5676fe151a'
-     b'85b78a1e7baade388a2819e705a34de60e"}'
+     b'5340,"hlc":{"us":1763777052000188,"c":1}},"kid":"669b67d7","sig":"188e55f9a89e68'
+     b'c7e98ff48519c6d4df820576ab586615e5756afdfbfb310c2d27b834e93514086fa4ea680a87599f'
+     b'f78c269102fc662c00c12624fb81e6a400"}'
      ),
     ('11.1 probe (with hlc)', 246,
-     b'{"type":"probe","v":4,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,"t1'
+     b'{"type":"probe","v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,"t1'
      b'_us":1763777045123456,"stamp":{"lt":88,"hlc":{"us":1763777045120815,"c":0}},"kid'
-     b'":"b610eb16","sig":"1b40b1a29ed31f657be0b37d6e733738ea2f26dac69f669fa1b3397c4e41'
-     b'adaf"}'
+     b'":"b610eb16","sig":"6d63d7e282926c4a8aa7b449fab43a2ac6021c4190fe51c5686037a457a2'
+     b'c31f"}'
      ),
     ('11.2 berkeley_reading (with ref_offset_us)', 301,
-     b'{"type":"berkeley_reading","v":4,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ep'
+     b'{"type":"berkeley_reading","v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ep'
      b'och":4,"round":17,"poll":0,"time_us":1763777045801234,"ref_offset_us":-131,"stam'
-     b'p":{"lt":5122,"hlc":{"us":1763777045801365,"c":0}},"kid":"b610eb16","sig":"b54a5'
-     b'f30f1fd3b5b9f8a47f46fbf86d14e1e3b03ed7b0831bab28b7b7465dc43"}'
+     b'p":{"lt":5122,"hlc":{"us":1763777045801365,"c":0}},"kid":"b610eb16","sig":"96710'
+     b'3b2d1b1317626b60b5bdbb2ebdfac05abcf108ed6736098d3dcb9daffc7"}'
      ),
     ('11.2 berkeley_reading (without)', 242,
-     b'{"type":"berkeley_reading","v":4,"id":"7f565e2b-d40f-42ac-8c89-f88709a5ccd8","ep'
+     b'{"type":"berkeley_reading","v":5,"id":"7f565e2b-d40f-42ac-8c89-f88709a5ccd8","ep'
      b'och":4,"round":17,"poll":3,"time_us":1763777045950771,"stamp":{"lt":44},"kid":"b'
-     b'610eb16","sig":"2fdad0dab335bb4846e0c59ec64480b72e2b741d2f101bbc55bc16689f6dca84'
+     b'610eb16","sig":"433f39fe862b7d73bce0ef3be33c88cc34af89df98516bee3cca5296fd4ae073'
      b'"}'
      ),
     ('13.6 answer', 221,
-     b'{"type":"answer","v":4,"from":3,"priority":0,"stamp":{"lt":613,"hlc":{"us":17637'
-     b'76990512771,"c":0},"vc":{"1":233,"2":190,"3":189}},"kid":"c9297ae8","sig":"22c47'
-     b'f570e610ede2ccbbd547bda3aa268380def695fe8b856349c0e5f73baba"}'
+     b'{"type":"answer","v":5,"from":3,"priority":0,"stamp":{"lt":613,"hlc":{"us":17637'
+     b'76990512771,"c":0},"vc":{"1":233,"2":190,"3":189}},"kid":"c9297ae8","sig":"e3713'
+     b'30e6f21dfa097124221f5f6fab3374566c1f14ce192e1cde33e049e960c"}'
      ),
     ('13.6 coordinator', 236,
-     b'{"type":"coordinator","v":4,"from":3,"priority":0,"epoch":7,"stamp":{"lt":614,"h'
+     b'{"type":"coordinator","v":5,"from":3,"priority":0,"epoch":7,"stamp":{"lt":614,"h'
      b'lc":{"us":1763776990512790,"c":0},"vc":{"1":233,"2":190,"3":190}},"kid":"c9297ae'
-     b'8","sig":"80a3e017336f983794a779a31a1ac1ae2cacec762e39d9991144bb727f60e137"}'
+     b'8","sig":"bdd3dd2b1bcca146a3d5a27819c4da020a8cc58c84c3c0cee8194d89459ba380"}'
      ),
     ('13.6 heartbeat (leader)', 261,
-     b'{"type":"heartbeat","v":4,"from":3,"priority":0,"role":"leader","epoch":7,"leade'
+     b'{"type":"heartbeat","v":5,"from":3,"priority":0,"role":"leader","epoch":7,"leade'
      b'r":3,"stamp":{"lt":702,"hlc":{"us":1763776991520331,"c":0},"vc":{"1":240,"2":196'
-     b',"3":214}},"kid":"c9297ae8","sig":"4f8e56cb57150204bd075bc82a5a1bd1db966c4e3c3c0'
-     b'ceac5ca97309e22dcc3"}'
+     b',"3":214}},"kid":"c9297ae8","sig":"457fe451293d0b1ddb795216e196bf654772223d864b3'
+     b'7132f60f647bb4a7e00"}'
      ),
     ('13.6 heartbeat (follower)', 263,
-     b'{"type":"heartbeat","v":4,"from":1,"priority":0,"role":"follower","epoch":7,"lea'
+     b'{"type":"heartbeat","v":5,"from":1,"priority":0,"role":"follower","epoch":7,"lea'
      b'der":3,"stamp":{"lt":705,"hlc":{"us":1763776991540118,"c":0},"vc":{"1":246,"2":1'
-     b'96,"3":214}},"kid":"c9297ae8","sig":"f1f59347ee036954764c39ea374b774d29a92539c9a'
-     b'0afbe9d33a82c9d59412d"}'
+     b'96,"3":214}},"kid":"c9297ae8","sig":"69ffc4e28eb50418b9c3df7ceb92799eb6cd564f643'
+     b'e8df13ff66e469cd9f387"}'
      ),
     ('13.6 resign', 222,
-     b'{"type":"resign","v":4,"from":3,"epoch":7,"stamp":{"lt":9120,"hlc":{"us":1763777'
-     b'200004511,"c":0},"vc":{"1":3010,"2":2987,"3":3122}},"kid":"c9297ae8","sig":"d716'
-     b'3f0b90212b3ac5d348cb2020311f38a59f49cc5f55b4557a44bbefa3ff0c"}'
+     b'{"type":"resign","v":5,"from":3,"epoch":7,"stamp":{"lt":9120,"hlc":{"us":1763777'
+     b'200004511,"c":0},"vc":{"1":3010,"2":2987,"3":3122}},"kid":"c9297ae8","sig":"83a4'
+     b'cc53a3bfd33f3e1e2adb5d0d0fb80caae43c8d81e2bc20fcf57982ec30f7"}'
      ),
 ]
 
@@ -1442,12 +1472,12 @@ def self_test():
         ("a space after the kid's colon", update.replace(b'"kid":"', b'"kid": "'), "malformed"),
         ("an unknown kid", update.replace(b'"kid":"669b67d7"', b'"kid":"00000000"'),
          "unknown_key"),
-        ("a version-4 message without a seal", message, "unsigned"),
-        ("an unsealed version-3 message", message.replace(b'"v":4', b'"v":3'), "bad_version"),
-        ("a sealed version-3 message", signed_body(message.replace(b'"v":4', b'"v":3')),
+        ("a version-5 message without a seal", message, "unsigned"),
+        ("an unsealed version-3 message", message.replace(b'"v":5', b'"v":3'), "bad_version"),
+        ("a sealed version-4 message", signed_body(message.replace(b'"v":5', b'"v":4')),
          "bad_version"),
-        ("v as a float", signed_body(message.replace(b'"v":4', b'"v":4.0')), "malformed"),
-        ("v as a boolean", signed_body(message.replace(b'"v":4', b'"v":true')), "malformed"),
+        ("v as a float", signed_body(message.replace(b'"v":5', b'"v":5.0')), "malformed"),
+        ("v as a boolean", signed_body(message.replace(b'"v":5', b'"v":true')), "malformed"),
         ("a body over 4096 bytes", update[:-1] + b" " * 4096 + b"}", "too_large"),
         ("a byte-order mark", b"\xef\xbb\xbf" + update, "malformed"),
         ("not JSON", b"garbage", "malformed"),

@@ -22,4 +22,4 @@ tsc wait --timeout 120
 tsc servers list
 tsc clients list -v
 echo
-echo "[quickstart] tsc is in $PWD/target/release; try: tsc status, tsc clients add -n 3, tsc clients tail -c ID -f, tsc teardown"
+echo "[quickstart] tsc is in $PWD/target/release; try: tsc dashboard (then open http://127.0.0.1:8480/), tsc status, tsc clients add -n 3, tsc clients tail -c ID -f, tsc teardown"

@@ -2,7 +2,9 @@
 # Installs and starts what time-sync needs on a fresh Debian 12 machine, idempotently:
 # redis-server and RabbitMQ (Debian packages; RabbitMQ started on 127.0.0.1:5672; tests and tsc
 # start their own redis-server processes), debootstrap (to build images without a registry), a
-# Docker engine (started if none answers), pika (the Python protocol test), and rustfmt/clippy.
+# Docker engine (started if none answers), pika (the Python protocol test), Chromium and its
+# WebDriver (the dashboard's browser tests), the NTP clients ntpdate and sntp and the NTP server
+# chronyd (not started as a service: the NTP tests run their own), and rustfmt/clippy.
 # Safe to run again: it only does what is missing.
 #
 # TS_REQUIRE_DOCKER=1 (set by scripts/test.sh) makes a Docker engine that cannot be started an
@@ -24,6 +26,10 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v docker >/dev/null || need+=(docker.io)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v ntpdate >/dev/null || need+=(ntpsec-ntpdate)
+command -v sntp >/dev/null || need+=(sntp)
 apt_updated=""
 apt_install() {
   [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
@@ -32,6 +38,22 @@ apt_install() {
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   apt_install "${need[@]}"
+fi
+
+# chronyd serves the host clock to the NTP-upstream tests on loopback (`chronyd -x`: it never
+# sets the system clock). The package's own service must not start: installed with a
+# policy-rc.d that forbids starting services, unless the machine already has one.
+if ! command -v chronyd >/dev/null; then
+  log "installing chrony (its service is not started)"
+  policy=/usr/sbin/policy-rc.d
+  made_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    made_policy=1
+  fi
+  apt_install chrony
+  [ -z "$made_policy" ] || rm -f "$policy"
 fi
 
 # The protocol-compatibility test runs a Python client written from docs/PROTOCOL.md: pika for
@@ -79,4 +101,4 @@ if ! docker info >/dev/null 2>&1; then
     log "warning: no Docker engine (see /var/log/ts-dockerd.log); tsc will run nodes as local processes"
   fi
 fi
-log "ready: redis-server $(redis-server --version | awk '{print $3}'), RabbitMQ on 127.0.0.1:5672, $(docker version --format 'Docker {{.Server.Version}}' 2>/dev/null)"
+log "ready: redis-server $(redis-server --version | awk '{print $3}'), RabbitMQ on 127.0.0.1:5672, $(docker version --format 'Docker {{.Server.Version}}' 2>/dev/null), $(chromium --version 2>/dev/null | tr -s ' ' | cut -d' ' -f1-2)"

@@ -11,19 +11,20 @@
 //! Layers, from the bottom (each imports only layers below it; see `docs/ARCHITECTURE.md`):
 //! - [`core`]: the I/O-free core: the wire format ([`core::protocol`]), clocks and their
 //!   discipline ([`core::clock`]), the master election, the replicas' leader election (Bully),
-//!   the client's decisions, the Berkeley algorithm. No sockets, no services, no flags.
+//!   the client's decisions, the Berkeley algorithm, NTP packets and answers ([`core::ntp`]).
+//!   No sockets, no services, no flags.
 //! - [`settings`]: every setting of `ts-server` and `ts-client`, declared once (flags, `TS_*`
 //!   variables, cluster.toml, what the runtimes hand a node); [`error`], [`backoff`], [`net`],
 //!   [`logging`], [`shutdown`]: plumbing.
 //! - [`broker`] (RabbitMQ sessions and topology) and [`cache`] (the Redis report store): the
 //!   two services, as thin carriers.
 //! - [`server`] (one replica: workers, election driver, leader-only scheduler and reference
-//!   clock, HTTP API, metrics) and [`client`] (a client's broker session).
+//!   clock, HTTP API, metrics) and [`client`] (a client's broker session and NTP service).
 //! - [`measure`]: true error of running clocks, percentiles, convergence, SVG plots: used by
 //!   `tsc report`, the benchmarks and the tests.
 //! - [`runtime`]: where a cluster's nodes run (Docker containers or local processes), its model
 //!   (`cluster.toml`, `state.json`), images, and private services for tests and benchmarks.
-//! - [`cli`]: `tsc`, one file per command group.
+//! - [`cli`]: `tsc`, one file per command group; `cli::dashboard`, its live web page.
 
 pub mod backoff;
 pub mod broker;

@@ -54,6 +54,11 @@ pub const DEFAULT_SKEW_SECS: f64 = 3600.0;
 pub const MAX_SKEW_SECS: f64 = 86_400.0 * 366.0;
 /// Largest simulated drift accepted (ppm); no real oscillator is further off.
 pub const MAX_DRIFT_PPM: f64 = 1000.0;
+/// NTP requests per second answered per source address (ntpd's default `limited` is far
+/// stricter; a monitoring tool polling every few seconds stays well under this).
+pub const DEFAULT_NTP_RATE: f64 = 8.0;
+/// Highest NTP rate limit accepted (per address, per second).
+pub const MAX_NTP_RATE: f64 = 1e6;
 /// How often the Berkeley coordinator polls (TEMPO's default period is minutes).
 pub const DEFAULT_BERKELEY_INTERVAL_MS: u64 = 120_000;
 /// How long the Berkeley coordinator collects readings after a poll.
@@ -307,6 +312,20 @@ pub struct ClientSettings {
     /// Hybrid logical clock: remote timestamps further ahead than this (µs) are refused.
     #[arg(long, env = "TS_HLC_MAX_OFFSET_US", default_value_t = DEFAULT_MAX_OFFSET_US)]
     pub hlc_max_offset_us: i64,
+    /// Serve NTPv4 on this address (UDP; e.g. 0.0.0.0:123): standard NTP clients read this
+    /// client's clock. Off when unset. tsc's local runtime gives each client its own address
+    /// in place of an unspecified one (0.0.0.0), so they can share a port.
+    #[arg(long, env = "TS_NTP_LISTEN")]
+    pub ntp_listen: Option<SocketAddr>,
+    /// NTP requests per second answered per source address (bursts of 16 first); over it, one
+    /// `RATE` kiss and silence. 0: no limit.
+    #[arg(long, env = "TS_NTP_RATE", default_value_t = DEFAULT_NTP_RATE)]
+    pub ntp_rate: f64,
+    /// NTP server to follow while this client is master, `HOST[:PORT]` (port 123 by default);
+    /// repeat (or separate with commas) for several: with three or more, those that disagree
+    /// with the majority are left out. Followers follow it through the master.
+    #[arg(long, env = "TS_NTP_UPSTREAM", value_delimiter = ',')]
+    pub ntp_upstream: Vec<String>,
 }
 
 impl Default for ClientSettings {
@@ -336,6 +355,12 @@ impl ClientSettings {
                 self.step_threshold_us
             ));
         }
+        if !(self.ntp_rate.is_finite() && (0.0..=MAX_NTP_RATE).contains(&self.ntp_rate)) {
+            return invalid(format!(
+                "ntp_rate must be between 0 (no limit) and {MAX_NTP_RATE} (got {})",
+                self.ntp_rate
+            ));
+        }
         if !(self.max_slew_ppm.is_finite()
             && self.max_slew_ppm > 0.0
             && self.max_slew_ppm <= 100_000.0)
@@ -345,6 +370,7 @@ impl ClientSettings {
                 self.max_slew_ppm
             ));
         }
+        ntp_upstreams(&self.ntp_upstream)?;
         max_offset(self.hlc_max_offset_us)
     }
 
@@ -456,6 +482,13 @@ pub fn to_env<T: Args + Serialize>(settings: &T) -> Vec<(String, String)> {
             let value = match values.get(arg.get_id().as_str())? {
                 serde_json::Value::Null => return None,
                 serde_json::Value::String(s) => s.clone(),
+                // A repeatable flag: its values joined as its `value_delimiter` splits them.
+                serde_json::Value::Array(a) if a.is_empty() => return None,
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 other => other.to_string(),
             };
             Some((var, value))
@@ -476,6 +509,26 @@ fn in_period(name: &str, ms: u64) -> Result<()> {
         PERIOD_MS.start(),
         PERIOD_MS.end()
     ))
+}
+
+fn ntp_upstreams(addrs: &[String]) -> Result<()> {
+    use crate::core::upstream::{MAX_ADDR_LEN, MAX_UPSTREAMS};
+    if addrs.len() > MAX_UPSTREAMS {
+        return invalid(format!(
+            "ntp_upstream: at most {MAX_UPSTREAMS} servers (got {})",
+            addrs.len()
+        ));
+    }
+    for a in addrs {
+        let ok = a.len() <= MAX_ADDR_LEN
+            && crate::net::host_port(a, 123).is_some_and(|(h, _)| !h.is_empty());
+        if !ok {
+            return invalid(format!(
+                "ntp_upstream: {a:?} is not HOST[:PORT] (at most {MAX_ADDR_LEN} bytes)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn max_offset(us: i64) -> Result<()> {

@@ -35,10 +35,7 @@ fn data<'a>(e: &'a Event, key: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_tells_both_stories_in_causal_order_on_every_replica() {
-    assert_rabbitmq_up();
-    let t = Tsc::new("local", "10.248.0.0/24");
-    t.ok(&["bootstrap", "-s", "3", "-c", "4", "-w", "2"]);
-    t.ok(&["wait", "--timeout", "60", "--bound-ms", "1"]);
+    let t = Tsc::local_synced("10.248.0.0/24", 3, 4, 2);
     let old_master = t.master().expect("a master");
     let (_, store) = t.endpoints().await;
     let epoch_before = store.epoch().await.unwrap();

@@ -76,6 +76,7 @@ async fn forge_updates(env: &TestEnv) -> (lapin::Connection, lapin::Channel) {
         algorithm: Algorithm::Naive,
         master_ref_offset_us: None,
         master_ref_freq_ppm: None,
+        master_stratum: Some(10),
         stamp: Default::default(),
     });
     let other = ClusterKeys::generate("another cluster").server_ring();

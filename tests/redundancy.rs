@@ -301,6 +301,7 @@ async fn scenario(t: &Tsc) {
         algorithm: Algorithm::Naive,
         master_ref_offset_us: None,
         master_ref_freq_ppm: None,
+        master_stratum: Some(10),
         stamp: Default::default(),
     });
     // Signed with the real leader key: what a deposed leader could still say.

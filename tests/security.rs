@@ -79,6 +79,7 @@ async fn forged_leader_and_control_messages_move_nobody_and_stall_nothing() {
             algorithm: Algorithm::Naive,
             master_ref_offset_us: None,
             master_ref_freq_ppm: None,
+            master_stratum: Some(10),
             stamp: Stamp::default(),
         })
     };
@@ -353,10 +354,7 @@ async fn a_reject_flood_is_logged_in_bursts_and_every_worker_says_what_it_left_o
 /// on a command line; and the keys rotate under the running cluster with no clock step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_privilege_secrets_off_command_lines_and_key_rotation() {
-    assert_rabbitmq_up();
-    let t = Tsc::new("local", "10.249.0.0/24");
-    t.ok(&["bootstrap", "-s", "1", "-c", "3", "-w", "2"]);
-    t.ok(&["wait", "--timeout", "60", "--bound-ms", "1"]);
+    let t = Tsc::local_synced("10.249.0.0/24", 1, 3, 2);
     let (ep, store) = t.endpoints().await;
     assert_client_user_is_confined(&ep.client_amqp_url).await;
     // No administrator among the cluster's users.

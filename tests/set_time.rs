@@ -77,10 +77,7 @@ fn set_time(t: &Tsc, client: &Uuid, shift_s: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shifted_follower_comes_back_and_a_shifted_master_moves_everyone() {
-    assert_rabbitmq_up();
-    let t = Tsc::new("local", "10.247.0.0/24");
-    t.ok(&["bootstrap", "-s", "1", "-c", "3", "-w", "2"]);
-    t.ok(&["wait", "--timeout", "60", "--bound-ms", "1"]);
+    let t = Tsc::local_synced("10.247.0.0/24", 1, 3, 2);
     let (_, store) = t.endpoints().await;
     let master: Uuid = t.master().expect("a master").parse().unwrap();
     let before = agree(&store, 3, "three synced clients").await;

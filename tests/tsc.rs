@@ -22,6 +22,28 @@ fn ip_rank(v: &Value) -> (u8, u128) {
 
 /// The whole issue-3 flow; `queues` lists the RabbitMQ queues of the cluster.
 async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
+    // The master follows a chronyd on this host: through the network's gateway from a
+    // container, on loopback from a local process.
+    let chrony = Chrony::start(t.home.path(), "chronyd", "0.0.0.0", 3);
+    let cfg = ClusterConfig::load(t.home.path()).unwrap();
+    let upstream = if t.runtime == "docker" {
+        let net: std::net::Ipv4Addr = cfg
+            .docker
+            .subnet
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let [a, b, c, d] = net.octets();
+        format!("{a}.{b}.{c}.{}:{}", d + 1, chrony.port)
+    } else {
+        chrony.addr.clone()
+    };
+    t.edit_config(|c| {
+        c.client.ntp_listen = Some("0.0.0.0:123".parse().unwrap());
+        c.client.ntp_upstream = vec![upstream.clone()];
+    });
     let started = Instant::now();
     let r = t.ok(&["bootstrap", "-c", "4", "-w", "2"]);
     println!("[{}] bootstrap took {:?}", t.runtime, started.elapsed());
@@ -44,6 +66,9 @@ async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
 
     let w = t.ok(&["--json", "wait", "--timeout", "90", "--bound-ms", "10"]);
     println!("[{}] synced: {}", t.runtime, w.stdout.replace('\n', " "));
+    // Every client serves NTP on its own address (port 123): ntpdate reads its clock, on
+    // chronyd's time through the master (chronyd's stratum 3, the master 4, the others 5).
+    ntp_clients_agree(t, &["ntpdate"], 4).await;
     let clients = t.clients();
     assert_eq!(running(&clients).len(), 4);
     let lowest = running(&clients)
@@ -57,6 +82,19 @@ async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
         lowest["id"].as_str().unwrap(),
         "the lowest IP is master"
     );
+
+    // The dashboard shows this cluster on either runtime: every client, the master, a leader.
+    let mut dash = Dash::start(t);
+    let f = wait_for(Duration::from_secs(20), "the dashboard's view", || async {
+        let f = dash.frame().await;
+        let cards = f["clients"].as_array()?;
+        let reporting = cards.iter().filter(|c| c["time_us"].is_i64()).count();
+        (reporting == 4 && f["master"]["id"] == master.as_str() && f["leader"].is_u64())
+            .then_some(f)
+    })
+    .await;
+    assert_eq!(f["runtime"], t.runtime);
+    assert!(dash.stop().success(), "ctrl-c/SIGTERM stops it cleanly");
 
     // add -n 3 → 7.
     let r = t.ok(&["clients", "add", "-n", "3"]);
@@ -117,6 +155,34 @@ async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
     let st = t.run(&["--json", "status"]);
     assert_eq!(st.code, 0, "healthy: {}", st.stdout);
     assert_eq!(st.json()["healthy"], true);
+    // After the master change the cluster is still on chronyd's time (this host's clock), and
+    // says so.
+    let (_, store) = t.endpoints().await;
+    wait_for(
+        Duration::from_secs(30),
+        "every clock within 1 ms of chronyd",
+        || async {
+            let r = live(&store).await;
+            let worst = r
+                .iter()
+                .filter_map(|r| r.report.true_offset_us)
+                .map(i64::abs)
+                .max()?;
+            (r.len() == 6 && worst < 1000).then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "status naming the upstream",
+        || async {
+            let st = t.run(&["--json", "status"]).json();
+            (st["time_source"]["master_reference"] == upstream.as_str()
+                && st["time_source"]["upstream"] == true)
+                .then_some(())
+        },
+    )
+    .await;
 
     // No orphan queue from the removed client: the reports queue + one per running client.
     let qs = queues(t);

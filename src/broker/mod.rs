@@ -187,6 +187,15 @@ pub async fn declare_control_listener(ch: &Channel, id: u64) -> Result<String> {
     .await
 }
 
+/// Declares a server-named, exclusive, auto-delete queue bound to the control exchange's
+/// broadcasts (`all`) only: how tsc's dashboard hears elections. It binds no replica's own
+/// key, on purpose: a message addressed to a replica that is gone must stay unroutable, since
+/// its sender learns from the broker's return that the replica is unreachable.
+pub async fn declare_control_observer(ch: &Channel) -> Result<String> {
+    declare_control_exchange(ch).await?;
+    declare_bound_queue(ch, "", protocol::CONTROL_EXCHANGE, &[protocol::CONTROL_ALL]).await
+}
+
 /// Declares an exclusive, auto-delete queue (`name`, or server-named if empty) bound to
 /// `exchange` with each of `keys`, and returns its name.
 async fn declare_bound_queue(

@@ -241,13 +241,22 @@ impl RedisStore {
             .arg(count)
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(raw
-            .into_iter()
-            .filter_map(|(id, fields)| {
-                let json = fields.into_iter().find(|(k, _)| k == "e")?.1;
-                serde_json::from_str(&json).ok().map(|e| (id, e))
-            })
-            .collect())
+        Ok(parse_events(raw))
+    }
+
+    /// The newest `count` events of the log, oldest first, with their stream ids.
+    pub async fn events_tail(&self, count: usize) -> Result<Vec<(String, Event)>> {
+        let raw: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(EVENTS_KEY)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut out = parse_events(raw);
+        out.reverse();
+        Ok(out)
     }
 
     /// Asks Redis to announce expired keys (`notify-keyspace-events Ex`), so that a client
@@ -376,6 +385,16 @@ impl ReportStore for RedisStore {
             .await?;
         Ok(())
     }
+}
+
+/// Stream entries as events; entries that are not events are skipped.
+fn parse_events(raw: Vec<(String, Vec<(String, String)>)>) -> Vec<(String, Event)> {
+    raw.into_iter()
+        .filter_map(|(id, fields)| {
+            let json = fields.into_iter().find(|(k, _)| k == "e")?.1;
+            serde_json::from_str(&json).ok().map(|e| (id, e))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -77,8 +77,21 @@ pub async fn set_time(
     command(cfg, rt, state, &format!("/clients/{id}/time"), body).await
 }
 
-/// The change `--time` or `--shift` asks for.
-fn time_change(time: Option<&str>, shift: Option<f64>) -> CliResult<TimeChange> {
+/// What `tsc clients set-time` (and the dashboard) says when the leader took the command.
+pub fn set_time_message(change: TimeChange, answer: &serde_json::Value) -> String {
+    let what = match change {
+        TimeChange::Absolute { time_us } => format!("set to {}", format_us(time_us)),
+        TimeChange::Shift { shift_us } => format!("shifted by {:+.6} s", shift_us as f64 / 1e6),
+    };
+    format!(
+        "Client {} {what} (command {})",
+        answer["client_id"].as_str().unwrap_or("?"),
+        answer["op_id"].as_str().unwrap_or("?")
+    )
+}
+
+/// The change `--time` or `--shift` asks for (also the dashboard's form).
+pub fn time_change(time: Option<&str>, shift: Option<f64>) -> CliResult<TimeChange> {
     match (time, shift) {
         (Some(t), None) => parse_rfc3339(t)
             .map(|time_us| TimeChange::Absolute { time_us })
@@ -116,10 +129,29 @@ pub async fn add_clients(
     let mut started = Vec::new();
     for _ in 0..n {
         let node = rt.start_client(state).await?;
-        out.line(&format!("Started new client at {}", node.ip));
+        out.line(&started_message(&node));
         started.push(node);
     }
     Ok(started)
+}
+
+/// What tsc (and the dashboard) says of a client it started.
+pub fn started_message(node: &Node) -> String {
+    format!("Started new client at {}", node.ip)
+}
+
+/// What tsc (and the dashboard) says of a client it removed.
+pub fn removed_message(node: &Node) -> String {
+    format!("Client at IP {} removed successfully", node.ip)
+}
+
+/// Stops and removes client `client` (an id or a unique prefix of one); the node removed.
+pub async fn remove_client(rt: &Runtime, state: &mut State, client: &str) -> CliResult<Node> {
+    let nodes = rt.nodes(state).await?;
+    let clients: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Client).collect();
+    let node = (*find_by_prefix(&clients, |n| &n.id, client)?).clone();
+    rt.remove(state, &node).await?;
+    Ok(node)
 }
 
 fn client_table(rows: &[ClientRow]) -> Table {
@@ -134,6 +166,7 @@ fn client_table(rows: &[ClientRow]) -> Table {
         "OFFSET ms",
         "TRUE ERR ms",
         "AGE s",
+        "NTP",
     ]);
     for r in rows {
         t.add_row([
@@ -150,14 +183,24 @@ fn client_table(rows: &[ClientRow]) -> Table {
             ms(r.true_error_us),
             r.last_report_age_ms
                 .map_or_else(|| "-".into(), |a| format!("{:.1}", a as f64 / 1000.0)),
+            ntp_cell(r),
         ]);
     }
     t
 }
 
+/// A client's stratum and reference, `s11 10.0.0.20` (`s16`: not synchronized).
+fn ntp_cell(r: &ClientRow) -> String {
+    match (r.stratum, &r.reference) {
+        (Some(s), Some(re)) => format!("s{s} {re}"),
+        (Some(s), None) => format!("s{s}"),
+        _ => "-".into(),
+    }
+}
+
 fn detail(r: &ClientRow) -> String {
     format!(
-        "Client ID: {}, IP Address {}, State {}, Time {}, Master Client ID {}{}, Offset to master {} ms, True error {} ms, Last report {} ms ago",
+        "Client ID: {}, IP Address {}, State {}, Time {}, Master Client ID {}{}, Offset to master {} ms, True error {} ms, Last report {} ms ago, NTP {}",
         r.id,
         r.ip,
         r.state,
@@ -167,6 +210,7 @@ fn detail(r: &ClientRow) -> String {
         ms(r.offset_to_master_us),
         ms(r.true_error_us),
         r.last_report_age_ms.map_or_else(|| "-".into(), |a| a.to_string()),
+        ntp_cell(r),
     )
 }
 
@@ -243,15 +287,12 @@ pub async fn clients(
             }
         }
         ClientsCommand::Remove { client } => {
-            let nodes = rt.nodes(state).await?;
-            let clients: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Client).collect();
-            let node = (*find_by_prefix(&clients, |n| &n.id, &client)?).clone();
-            out.line(&format!("Attempting to remove client with ID {}", node.id));
-            rt.remove(state, &node).await?;
+            out.line(&format!("Attempting to remove client with ID {client}"));
+            let node = remove_client(rt, state, &client).await?;
             if out.json {
                 out.json(json!({"removed": node}));
             } else {
-                out.line(&format!("Client at IP {} removed successfully", node.ip));
+                out.line(&removed_message(&node));
             }
         }
         ClientsCommand::Tail(a) => {
@@ -270,17 +311,7 @@ pub async fn clients(
             if out.json {
                 out.json(answer);
             } else {
-                let what = match change {
-                    TimeChange::Absolute { time_us } => format!("set to {}", format_us(time_us)),
-                    TimeChange::Shift { shift_us } => {
-                        format!("shifted by {:+.6} s", shift_us as f64 / 1e6)
-                    }
-                };
-                out.line(&format!(
-                    "Client {} {what} (command {})",
-                    answer["client_id"].as_str().unwrap_or("?"),
-                    answer["op_id"].as_str().unwrap_or("?")
-                ));
+                out.line(&set_time_message(change, &answer));
             }
         }
     }

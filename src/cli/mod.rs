@@ -8,11 +8,12 @@
 //!
 //! This file is the command line and its dispatch; each command group has a file of its own:
 //! [`lifecycle`] (init, bootstrap, teardown), [`clients`], [`servers`], [`status`] (status,
-//! wait), [`report`], [`tail`], [`events`], [`keys`]; [`operator`] carries commands to the
-//! leader's HTTP API. [`snapshot`] reads a running cluster, [`view`] joins what it
+//! wait), [`report`], [`tail`], [`events`], [`keys`], [`dashboard`] (a web page with controls);
+//! [`operator`] carries commands to the replicas' HTTP API. [`snapshot`] reads a running cluster, [`view`] joins what it
 //! read into rows, and [`verdict`] judges health and sync.
 
 pub mod clients;
+pub mod dashboard;
 pub mod events;
 pub mod keys;
 pub mod lifecycle;
@@ -108,6 +109,8 @@ pub enum Command {
     },
     /// The cluster's event log in causal order (-f: follow; --explain-master: the master's story).
     Events(events::EventsArgs),
+    /// Serve a live web page of the cluster, with controls (ctrl-c stops it).
+    Dashboard(dashboard::DashboardArgs),
     /// Rotate the cluster's keys without stopping it.
     Keys {
         #[command(subcommand)]
@@ -125,7 +128,7 @@ pub enum ServerCommand {
 
 /// Runs one tsc command; `Ok` carries the exit code for commands that report health.
 pub async fn run(cli: Cli) -> CliResult<u8> {
-    let out = Out { json: cli.json };
+    let out = Out::new(cli.json);
     let home = cluster::resolve_home(cli.home.as_deref());
     if let Command::Init { path } = &cli.command {
         let target = path.clone().unwrap_or(home);
@@ -157,6 +160,9 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
         }
         Command::Keys { command } => keys::keys(&cfg, command, &out).await,
         command => {
+            if let Command::Dashboard(a) = &command {
+                dashboard::check_addr(&a.addr, &cfg.credentials.operator_token)?;
+            }
             let rt = snapshot::open(&cfg, &state).await?;
             match command {
                 Command::Clients { command } => {
@@ -182,6 +188,9 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
                     report::report(&cfg, &state, &rt, duration, plot, &out).await
                 }
                 Command::Events(args) => events::events(&rt, &state, args, &out).await,
+                Command::Dashboard(args) => {
+                    dashboard::dashboard(&cfg, rt, &state, args, &out).await
+                }
                 Command::Init { .. }
                 | Command::Bootstrap { .. }
                 | Command::Teardown

@@ -6,7 +6,8 @@
 //! leader's answer (or its exact error) comes back as it is.
 
 use super::output::{exit, CliResult, Failure};
-use super::servers;
+use super::snapshot::replicas;
+use super::view::current_leader;
 use crate::runtime::cluster::{ClusterConfig, State};
 use crate::runtime::Runtime;
 use serde_json::{json, Value};
@@ -90,8 +91,8 @@ fn observe_lamport(home: &Path, remote: u64) {
 
 /// The API address of the replica that leads now.
 pub async fn leader_api(rt: &Runtime, state: &State) -> CliResult<(u64, String)> {
-    let rows = servers::rows(rt, state).await?;
-    let leader = servers::current_leader(&rows).ok_or_else(|| {
+    let rows = replicas(rt, state).await?;
+    let leader = current_leader(&rows).ok_or_else(|| {
         Failure::new(
             exit::FAILURE,
             "no replica leads right now; try again in a few seconds (`tsc servers list`)",
@@ -119,12 +120,24 @@ pub async fn command(
     rt: &Runtime,
     state: &State,
     path: &str,
-    mut body: Value,
+    body: Value,
 ) -> CliResult<Value> {
     let (id, addr) = leader_api(rt, state).await?;
+    command_at(cfg, id, &addr, path, body).await
+}
+
+/// POSTs `body` (plus tsc's Lamport counter as `lt`) to `path` on replica `id`, whose API is
+/// at `addr`; its JSON answer, or its exact refusal.
+pub async fn command_at(
+    cfg: &ClusterConfig,
+    id: u64,
+    addr: &str,
+    path: &str,
+    mut body: Value,
+) -> CliResult<Value> {
     body["lt"] = json!(tick_lamport(&cfg.home));
     let token = &cfg.credentials.operator_token;
-    let (code, answer) = http(&addr, "POST", path, Some(token), Some(&body))
+    let (code, answer) = http(addr, "POST", path, Some(token), Some(&body))
         .await
         .map_err(|e| Failure::new(exit::FAILURE, e))?;
     if let Some(lt) = answer.get("lt").and_then(Value::as_u64) {

@@ -56,10 +56,28 @@ pub type CliResult<T = ()> = Result<T, Failure>;
 /// stderr, so stdout stays one JSON document).
 pub struct Out {
     pub json: bool,
+    /// Print nothing (the dashboard runs commands and answers with their results).
+    pub quiet: bool,
 }
 
 impl Out {
+    /// Output for people (`json: false`) or scripts.
+    pub fn new(json: bool) -> Out {
+        Out { json, quiet: false }
+    }
+
+    /// Output that goes nowhere.
+    pub fn quiet() -> Out {
+        Out {
+            json: false,
+            quiet: true,
+        }
+    }
+
     pub fn line(&self, s: &str) {
+        if self.quiet {
+            return;
+        }
         if self.json {
             eprintln!("{s}");
         } else {
@@ -68,6 +86,9 @@ impl Out {
     }
 
     pub fn json(&self, v: serde_json::Value) {
+        if self.quiet {
+            return;
+        }
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
     }
 }

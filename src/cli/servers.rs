@@ -5,22 +5,17 @@
 //! replica's record in Redis (`ts:replica:<id>`: role, epoch, leader, heartbeat), joined by a
 //! pure function ([`server_rows`]) so the joining is tested without a cluster.
 
+use super::operator::{command, command_at, leader_api};
 use super::output::{exit, CliResult, Failure, Out};
-use super::snapshot::redis;
-use crate::core::clock::{Clock, SystemClock};
-use crate::core::protocol::ReplicaRecord;
+use super::snapshot::replicas;
+use super::view::{current_leader, ServerRow};
 use crate::runtime::cluster::{ClusterConfig, State};
 use crate::runtime::node::replica_of;
 use crate::runtime::{Node, Role, Runtime, MAX_REPLICAS};
 use crate::settings::ServerSettings;
 use clap::Subcommand;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use serde::Serialize;
 use serde_json::json;
-use std::net::IpAddr;
-
-/// A replica record older than this (µs) is a replica that stopped talking.
-pub const STALE_RECORD_US: i64 = 5_000_000;
 
 #[derive(Subcommand, Debug)]
 pub enum ServersCommand {
@@ -67,69 +62,120 @@ pub enum ServersCommand {
         #[arg(short = 's', long = "server")]
         server: String,
     },
+    /// Start a leader election now (Bully), on the leader unless -s names another replica.
+    Elect {
+        #[arg(short = 's', long = "server")]
+        server: Option<String>,
+    },
+    /// Run a Berkeley round now (the leader polls every client and sends adjustments; only
+    /// under the `berkeley` algorithm).
+    BerkeleyRound,
 }
 
-/// One replica as `tsc servers list` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ServerRow {
-    pub id: u64,
-    pub ip: IpAddr,
-    /// Runtime state: `running`, `paused`, `exited`, ...
-    pub state: String,
-    /// Election role from its record (`leader`, `follower`, `candidate`); `down` when not
-    /// running, `silent` when running without a fresh record, `starting` without any.
-    pub role: String,
-    pub epoch: Option<u64>,
-    pub leader: Option<u64>,
-    pub heartbeat_age_ms: Option<i64>,
-    pub priority: Option<u64>,
-    pub server_id: Option<uuid::Uuid>,
-    pub http: Option<String>,
-    pub elections: Option<u64>,
+/// What `tsc servers stop|kill|start|pause|resume|remove` (and the dashboard) do to a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Stop,
+    Kill,
+    Start,
+    Pause,
+    Resume,
+    Remove,
 }
 
-/// Joins server nodes with replica records.
-pub fn server_rows(nodes: &[Node], records: &[ReplicaRecord], now_us: i64) -> Vec<ServerRow> {
-    let mut rows: Vec<ServerRow> = nodes
-        .iter()
-        .filter(|n| n.role == Role::Server)
-        .filter_map(|n| {
-            let id = replica_of(&n.id)?;
-            let rec = records.iter().find(|r| r.id == id);
-            let age = rec.map(|r| (now_us - r.heartbeat_at_us) / 1000);
-            let role = match (n.state.as_str(), rec) {
-                ("running", Some(r)) if now_us - r.heartbeat_at_us <= STALE_RECORD_US => {
-                    r.role.as_str().to_string()
-                }
-                ("running", Some(_)) => "silent".into(),
-                ("running", None) => "starting".into(),
-                ("paused", _) => "paused".into(),
-                _ => "down".into(),
-            };
-            Some(ServerRow {
-                id,
-                ip: n.ip,
-                state: n.state.clone(),
-                role,
-                epoch: rec.map(|r| r.epoch),
-                leader: rec.and_then(|r| r.leader),
-                heartbeat_age_ms: age,
-                priority: rec.map(|r| r.priority),
-                server_id: rec.map(|r| r.server_id),
-                http: rec.map(|r| r.http.clone()),
-                elections: rec.map(|r| r.elections),
-            })
+impl Action {
+    /// The action named `s` (`stop`, `kill`, ...).
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "stop" => Action::Stop,
+            "kill" => Action::Kill,
+            "start" => Action::Start,
+            "pause" => Action::Pause,
+            "resume" => Action::Resume,
+            "remove" => Action::Remove,
+            _ => return None,
         })
-        .collect();
-    rows.sort_by_key(|r| r.id);
-    rows
+    }
+
+    /// The past tense, for messages.
+    pub fn done(self) -> &'static str {
+        match self {
+            Action::Stop => "stopped",
+            Action::Kill => "killed",
+            Action::Start => "started",
+            Action::Pause => "paused",
+            Action::Resume => "resumed",
+            Action::Remove => "removed",
+        }
+    }
 }
 
-/// The replica that leads now, by the fresh records: the leader with the highest epoch.
-pub fn current_leader(rows: &[ServerRow]) -> Option<&ServerRow> {
-    rows.iter()
-        .filter(|r| r.role == "leader")
-        .max_by_key(|r| r.epoch)
+/// Does `action` to replica `server` (`3` or `server-3`), refusing what its state does not
+/// allow; the node it acted on.
+pub async fn act(rt: &Runtime, state: &mut State, action: Action, server: &str) -> CliResult<Node> {
+    let node = find(&rt.nodes(state).await?, server)?;
+    let refuse = |why: String| Err(Failure::new(exit::FAILURE, why));
+    match action {
+        Action::Start if node.running() => {
+            return refuse(format!("{} is already running", node.id))
+        }
+        Action::Start if node.state == "paused" => {
+            return refuse(format!(
+                "{} is paused; `tsc servers resume -s {server}`",
+                node.id
+            ))
+        }
+        Action::Pause if !node.running() => {
+            return refuse(format!("{} is {}, not running", node.id, node.state))
+        }
+        Action::Resume if node.state != "paused" => {
+            return refuse(format!("{} is {}, not paused", node.id, node.state))
+        }
+        _ => {}
+    }
+    match action {
+        Action::Stop => rt.stop(state, &node).await?,
+        Action::Kill => rt.kill(state, &node).await?,
+        Action::Start => rt.start(state, &node).await?,
+        Action::Pause => rt.pause(state, &node).await?,
+        Action::Resume => rt.resume(state, &node).await?,
+        Action::Remove => rt.remove(state, &node).await?,
+    }
+    Ok(node)
+}
+
+/// Asks replica `server` (default: the leader) to start an election; its answer.
+pub async fn elect(
+    cfg: &ClusterConfig,
+    rt: &Runtime,
+    state: &State,
+    server: Option<&str>,
+) -> CliResult<serde_json::Value> {
+    let (id, addr) = match server {
+        None => leader_api(rt, state).await?,
+        Some(s) => {
+            let id = replica_of(&find(&rt.nodes(state).await?, s)?.id).unwrap_or_default();
+            let row = replicas(rt, state).await?.into_iter().find(|r| r.id == id);
+            let addr = row.and_then(|r| r.http).filter(|h| !h.is_empty());
+            let addr = addr.ok_or_else(|| {
+                Failure::new(
+                    exit::FAILURE,
+                    format!("replica {id} has not published its API address (is it running?)"),
+                )
+            })?;
+            (id, addr)
+        }
+    };
+    command_at(cfg, id, &addr, "/election", json!({})).await
+}
+
+/// Asks the leader to run a Berkeley round now; its answer.
+pub async fn berkeley_round(
+    cfg: &ClusterConfig,
+    rt: &Runtime,
+    state: &State,
+) -> CliResult<serde_json::Value> {
+    command(cfg, rt, state, "/berkeley/round", json!({})).await
 }
 
 /// Finds a server node by `3` or `server-3`.
@@ -206,7 +252,7 @@ pub async fn servers(
 ) -> CliResult<u8> {
     match cmd {
         ServersCommand::List { verbose } => {
-            let rows = rows(rt, state).await?;
+            let rows = replicas(rt, state).await?;
             if out.json {
                 out.json(json!({"servers": rows, "leader": current_leader(&rows).map(|r| r.id)}));
                 return Ok(0);
@@ -229,81 +275,71 @@ pub async fn servers(
                 out.json(json!({"started": nodes}));
             }
         }
-        ServersCommand::Stop { server } => {
-            let node = find(&rt.nodes(state).await?, &server)?;
-            rt.stop(state, &node).await?;
-            done(out, "stopped", &node);
-        }
-        ServersCommand::Kill { server } => {
-            let node = find(&rt.nodes(state).await?, &server)?;
-            rt.kill(state, &node).await?;
-            done(out, "killed", &node);
-        }
-        ServersCommand::Start { server } => {
-            let node = find(&rt.nodes(state).await?, &server)?;
-            if node.running() {
-                return Err(Failure::new(
-                    exit::FAILURE,
-                    format!("{} is already running", node.id),
-                ));
+        ServersCommand::Stop { server } => acted(rt, state, Action::Stop, &server, out).await?,
+        ServersCommand::Kill { server } => acted(rt, state, Action::Kill, &server, out).await?,
+        ServersCommand::Start { server } => acted(rt, state, Action::Start, &server, out).await?,
+        ServersCommand::Pause { server } => acted(rt, state, Action::Pause, &server, out).await?,
+        ServersCommand::Resume { server } => acted(rt, state, Action::Resume, &server, out).await?,
+        ServersCommand::Remove { server } => acted(rt, state, Action::Remove, &server, out).await?,
+        ServersCommand::Elect { server } => {
+            let answer = elect(cfg, rt, state, server.as_deref()).await?;
+            if out.json {
+                out.json(answer);
+            } else {
+                out.line(&elect_message(&answer));
             }
-            if node.state == "paused" {
-                return Err(Failure::new(
-                    exit::FAILURE,
-                    format!("{} is paused; `tsc servers resume -s {server}`", node.id),
-                ));
-            }
-            rt.start(state, &node).await?;
-            done(out, "started", &node);
         }
-        ServersCommand::Pause { server } => {
-            let node = find(&rt.nodes(state).await?, &server)?;
-            if !node.running() {
-                return Err(Failure::new(
-                    exit::FAILURE,
-                    format!("{} is {}, not running", node.id, node.state),
-                ));
+        ServersCommand::BerkeleyRound => {
+            let answer = berkeley_round(cfg, rt, state).await?;
+            if out.json {
+                out.json(answer);
+            } else {
+                out.line(&round_message(&answer));
             }
-            rt.pause(state, &node).await?;
-            done(out, "paused", &node);
-        }
-        ServersCommand::Resume { server } => {
-            let node = find(&rt.nodes(state).await?, &server)?;
-            if node.state != "paused" {
-                return Err(Failure::new(
-                    exit::FAILURE,
-                    format!("{} is {}, not paused", node.id, node.state),
-                ));
-            }
-            rt.resume(state, &node).await?;
-            done(out, "resumed", &node);
-        }
-        ServersCommand::Remove { server } => {
-            let node = find(&rt.nodes(state).await?, &server)?;
-            rt.remove(state, &node).await?;
-            done(out, "removed", &node);
         }
     }
     Ok(0)
+}
+
+async fn acted(
+    rt: &Runtime,
+    state: &mut State,
+    action: Action,
+    server: &str,
+    out: &Out,
+) -> CliResult<()> {
+    let node = act(rt, state, action, server).await?;
+    done(out, action.done(), &node);
+    Ok(())
 }
 
 fn done(out: &Out, what: &str, node: &Node) {
     if out.json {
         out.json(json!({ what: node }));
     } else {
-        out.line(&format!("Server {} at {} {what}", node.id, node.ip));
+        out.line(&acted_message(what, node));
     }
 }
 
-/// The rows `tsc servers list` shows (also used by `status` and `server tail`).
-pub async fn rows(rt: &Runtime, state: &State) -> CliResult<Vec<ServerRow>> {
-    let nodes = rt.nodes(state).await?;
-    let records = match redis(rt, state).await {
-        Ok(store) => store.replicas().await.unwrap_or_default(),
-        // Without Redis the runtime's view still says what runs.
-        Err(_) => Vec::new(),
-    };
-    Ok(server_rows(&nodes, &records, SystemClock.now_us()))
+/// What tsc (and the dashboard) says of a replica it acted on (`what`: `stopped`, ...).
+pub fn acted_message(what: &str, node: &Node) -> String {
+    format!("Server {} at {} {what}", node.id, node.ip)
+}
+
+/// What tsc (and the dashboard) says when a replica started an election.
+pub fn elect_message(answer: &serde_json::Value) -> String {
+    let who = answer["replica"]
+        .as_u64()
+        .map_or_else(|| "?".into(), |r| r.to_string());
+    format!("Replica {who} started an election (follow it with `tsc servers list` or `tsc events -f --kind leader_elected`)")
+}
+
+/// What tsc (and the dashboard) says when a Berkeley round started.
+pub fn round_message(answer: &serde_json::Value) -> String {
+    let n = answer["round"]
+        .as_u64()
+        .map_or_else(|| "?".into(), |r| r.to_string());
+    format!("Berkeley round {n} started")
 }
 
 fn table(rows: &[ServerRow], verbose: bool) -> Table {
@@ -352,69 +388,10 @@ fn table(rows: &[ServerRow], verbose: bool) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::protocol::ReplicaRole;
-
-    fn node(id: &str, ip: &str, state: &str) -> Node {
-        Node {
-            role: Role::Server,
-            id: id.into(),
-            ip: ip.parse().unwrap(),
-            state: state.into(),
-            handle: String::new(),
-        }
-    }
-
-    fn record(id: u64, role: ReplicaRole, epoch: u64, heartbeat_at_us: i64) -> ReplicaRecord {
-        ReplicaRecord {
-            id,
-            priority: 0,
-            server_id: uuid::Uuid::from_u128(id.into()),
-            role,
-            epoch,
-            leader: Some(3),
-            electing: false,
-            elections: 1,
-            http: format!("10.0.0.{}:8470", 9 + id),
-            heartbeat_at_us,
-            started_at_us: 0,
-        }
-    }
-
-    #[test]
-    fn rows_join_runtime_state_and_fresh_records() {
-        let now = 100_000_000;
-        let nodes = [
-            node("server-10", "10.0.0.19", "running"),
-            node("server-1", "10.0.0.10", "exited"),
-            node("server-2", "10.0.0.11", "running"),
-            node("server-3", "10.0.0.12", "paused"),
-            node("server-4", "10.0.0.13", "running"),
-            Node {
-                role: Role::Client,
-                ..node("server-5", "10.0.0.20", "running")
-            },
-        ];
-        let records = [
-            record(1, ReplicaRole::Leader, 4, now - 60_000_000),
-            record(2, ReplicaRole::Follower, 7, now - 200_000),
-            record(3, ReplicaRole::Leader, 6, now - 4_000_000),
-            record(4, ReplicaRole::Leader, 7, now - STALE_RECORD_US - 1),
-            record(10, ReplicaRole::Leader, 7, now - 100_000),
-        ];
-        let rows = server_rows(&nodes, &records, now);
-        let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
-        assert_eq!(ids, [1, 2, 3, 4, 10], "numeric order, servers only");
-        let roles: Vec<&str> = rows.iter().map(|r| r.role.as_str()).collect();
-        assert_eq!(roles, ["down", "follower", "paused", "silent", "leader"]);
-        assert_eq!(rows[1].heartbeat_age_ms, Some(200));
-        assert_eq!(current_leader(&rows).map(|r| r.id), Some(10));
-        assert!(server_rows(&nodes[..1], &[], now)[0].epoch.is_none());
-        assert_eq!(server_rows(&nodes[2..3], &[], now)[0].role, "starting");
-    }
 
     #[test]
     fn find_takes_a_number_or_a_node_id() {
-        let nodes = [node("server-2", "10.0.0.11", "running")];
+        let nodes = [Node::fake(Role::Server, "server-2", "10.0.0.11", "running")];
         assert_eq!(find(&nodes, "2").unwrap().id, "server-2");
         assert_eq!(find(&nodes, "server-2").unwrap().id, "server-2");
         let e = find(&nodes, "3").unwrap_err();

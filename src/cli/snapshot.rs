@@ -2,7 +2,7 @@
 //! nodes, reports and master that the views and verdicts are computed from.
 
 use super::output::{exit, CliResult, Failure};
-use super::view::{client_rows, ClientRow};
+use super::view::{client_rows, server_rows, ClientRow, ServerRow};
 use crate::cache::{RedisStore, ReportStore};
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::protocol::{MasterRecord, StoredReport};
@@ -64,4 +64,15 @@ pub async fn snapshot(rt: &Runtime, state: &State) -> CliResult<Snapshot> {
         reports,
         now_us,
     })
+}
+
+/// The replicas as `tsc servers list` shows them (also `status`, `server tail`, the dashboard).
+pub async fn replicas(rt: &Runtime, state: &State) -> CliResult<Vec<ServerRow>> {
+    let nodes = rt.nodes(state).await?;
+    let records = match redis(rt, state).await {
+        Ok(store) => store.replicas().await.unwrap_or_default(),
+        // Without Redis the runtime's view still says what runs.
+        Err(_) => Vec::new(),
+    };
+    Ok(server_rows(&nodes, &records, SystemClock.now_us()))
 }

@@ -2,10 +2,9 @@
 //! agree. The verdicts themselves are [`super::verdict`]'s.
 
 use super::output::{exit, CliResult, Failure, Out};
-use super::servers;
-use super::snapshot::{redis, snapshot};
+use super::snapshot::{redis, replicas, snapshot};
 use super::verdict::{health, synced};
-use super::view::{client_rows, ms};
+use super::view::{client_rows, current_leader, ms, time_source};
 use crate::cache::ReportStore;
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::protocol::Algorithm;
@@ -30,12 +29,9 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
         }
         Err(_) => (client_rows(&nodes, &[], None, 0), None, vec![]),
     };
-    let replicas = servers::rows(rt, state).await?;
-    let leader = servers::current_leader(&replicas).map(|r| r.id);
-    let mut problems = health(&nodes, &rows, master.as_ref(), stats.len());
-    if leader.is_none() && replicas.iter().any(|r| r.state == "running") {
-        problems.push("no server replica leads".into());
-    }
+    let replicas = replicas(rt, state).await?;
+    let leader = current_leader(&replicas).map(|r| r.id);
+    let mut problems = health(&nodes, &rows, master.as_ref(), stats.len(), &replicas);
     if let Err(f) = &redis_ok {
         problems.insert(0, f.message.clone());
     }
@@ -54,6 +50,7 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
             "clients": rows, "master": master, "replicas": replicas, "leader": leader,
             "servers": stats.iter().map(|(id, h)| json!({"id": id, "stats": h})).collect::<Vec<_>>(),
             "max_true_error_us": max_err, "healthy": problems.is_empty(), "problems": problems,
+            "time_source": time_source(&rows),
         }));
         return Ok(code);
     }
@@ -108,6 +105,7 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
         Some(m) => out.line(&format!("Master:   {} ({})", m.id, m.ip)),
         None => out.line("Master:   none"),
     }
+    out.line(&format!("Time:     {}", time_source(&rows).describe()));
     out.line(&format!("Sync:     max |true error| {} ms", ms(max_err)));
     if problems.is_empty() {
         out.line("Health:   OK");

@@ -2,7 +2,8 @@
 //! following the file as it grows (like `tail -f`, surviving truncation).
 
 use super::output::{exit, CliResult, Failure};
-use super::servers;
+use super::snapshot::replicas;
+use super::view::current_leader;
 use crate::error::{Error, Result};
 use crate::runtime::cluster::{ClusterConfig, State};
 use crate::runtime::Runtime;
@@ -158,15 +159,13 @@ pub async fn server_tail(
     state: &State,
     a: &ServerTailArgs,
 ) -> CliResult {
-    let rows = servers::rows(rt, state).await?;
+    let rows = replicas(rt, state).await?;
     let id = match a.server.as_deref() {
         Some(s) => {
             let want = s.strip_prefix("server-").unwrap_or(s);
             rows.iter().find(|r| r.id.to_string() == want).map(|r| r.id)
         }
-        None => servers::current_leader(&rows)
-            .or(rows.first())
-            .map(|r| r.id),
+        None => current_leader(&rows).or(rows.first()).map(|r| r.id),
     };
     let id = id.ok_or_else(|| {
         Failure::new(

@@ -2,7 +2,7 @@
 //! (`tsc wait`). Pure functions of what was read, so every rule is tested without a cluster.
 
 use super::snapshot::Snapshot;
-use super::view::{ms, ClientRow};
+use super::view::{current_leader, ms, ClientRow, ServerRow};
 use crate::core::protocol::{Algorithm, MasterRecord};
 use crate::runtime::{Node, Role};
 
@@ -12,6 +12,7 @@ pub fn health(
     rows: &[ClientRow],
     master: Option<&MasterRecord>,
     servers_reporting: usize,
+    replicas: &[ServerRow],
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for role in [Role::Redis, Role::Rabbitmq, Role::Server] {
@@ -35,6 +36,9 @@ pub fn health(
     }
     if master.is_none() && !rows.is_empty() {
         problems.push("no master elected".into());
+    }
+    if current_leader(replicas).is_none() && replicas.iter().any(|r| r.state == "running") {
+        problems.push("no server replica leads".into());
     }
     problems
 }
@@ -94,27 +98,17 @@ mod tests {
 
     const NOW: i64 = 100_000_000;
 
-    fn node(role: Role, id: &str, ip: &str, state: &str) -> Node {
-        Node {
-            role,
-            id: id.into(),
-            ip: ip.parse().unwrap(),
-            state: state.into(),
-            handle: String::new(),
-        }
-    }
-
     fn services() -> Vec<Node> {
         vec![
-            node(Role::Redis, "redis", "10.0.0.2", "running"),
-            node(Role::Rabbitmq, "rabbitmq", "10.0.0.3", "running"),
-            node(Role::Server, "server-1", "10.0.0.10", "running"),
+            Node::fake(Role::Redis, "redis", "10.0.0.2", "running"),
+            Node::fake(Role::Rabbitmq, "rabbitmq", "10.0.0.3", "running"),
+            Node::fake(Role::Server, "server-1", "10.0.0.10", "running"),
         ]
     }
 
     fn client(n: u128, ip: &str) -> (Uuid, Node) {
         let id = Uuid::from_u128(n);
-        (id, node(Role::Client, &id.to_string(), ip, "running"))
+        (id, Node::fake(Role::Client, &id.to_string(), ip, "running"))
     }
 
     /// A report of client `id` following `master`, `true_off` µs from the host clock.
@@ -161,8 +155,27 @@ mod tests {
         nodes.extend([mn.clone(), an.clone()]);
         let reports = vec![report(m, "10.0.0.20", m, 0), report(a, "10.0.0.21", m, 40)];
         let s = snap(nodes.clone(), reports.clone(), Some(record(m, "10.0.0.20")));
+        let replica = |role: &str| ServerRow {
+            id: 1,
+            ip: "10.0.0.10".parse().unwrap(),
+            state: "running".into(),
+            role: role.into(),
+            epoch: Some(1),
+            leader: None,
+            heartbeat_age_ms: Some(100),
+            priority: None,
+            server_id: None,
+            http: None,
+            elections: None,
+        };
         assert_eq!(
-            health(&s.nodes, &s.rows, s.master.as_ref(), 1),
+            health(
+                &s.nodes,
+                &s.rows,
+                s.master.as_ref(),
+                1,
+                &[replica("leader")]
+            ),
             Vec::<String>::new()
         );
         // No counters written, no master, a client exited, a service down, one not reporting.
@@ -173,8 +186,15 @@ mod tests {
         broken.retain(|n| n.role != Role::Server);
         broken.extend([mn, an, bn]);
         let s = snap(broken, reports, None);
-        let problems = health(&s.nodes, &s.rows, s.master.as_ref(), 0);
+        let problems = health(
+            &s.nodes,
+            &s.rows,
+            s.master.as_ref(),
+            0,
+            &[replica("follower")],
+        );
         for want in [
+            "no server replica leads",
             "no server node",
             "rabbitmq rabbitmq is exited",
             "no server has written its counters",

@@ -1,4 +1,4 @@
-//! What `tsc` shows about clients: rows joined from the runtime's nodes and Redis, built by a
+//! What `tsc` shows about clients and server replicas: rows joined from the runtime's nodes and Redis, built by a
 //! pure function so the arithmetic is tested without a cluster.
 //!
 //! Two offsets per client, in µs. **Offset to master** is what the system itself can know: each
@@ -8,7 +8,9 @@
 //! meaningless across hosts.
 
 use super::output::{exit, CliResult, Failure};
-use crate::core::protocol::{MasterRecord, StoredReport};
+use crate::core::ntp::NtpStats;
+use crate::core::protocol::{MasterRecord, ReplicaRecord, StoredReport};
+use crate::runtime::node::replica_of;
 use crate::runtime::{Node, Role};
 use serde::Serialize;
 use std::net::IpAddr;
@@ -33,6 +35,55 @@ pub struct ClientRow {
     pub true_error_us: Option<i64>,
     pub last_report_age_ms: Option<i64>,
     pub reports_seq: Option<u64>,
+    /// NTP stratum of its time (16: not synchronized), from its last report.
+    pub stratum: Option<u8>,
+    /// What its time follows: `LOCL`, its master's address, or the master's NTP upstream.
+    pub reference: Option<String>,
+    /// Its NTP service's counters, when it serves NTP.
+    pub ntp: Option<NtpStats>,
+}
+
+/// Where the cluster's time comes from, as `tsc status` says it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimeSource {
+    /// The master's stratum and reference (`LOCL`: its own clock, no NTP upstream).
+    pub master_stratum: Option<u8>,
+    pub master_reference: Option<String>,
+    /// Whether the master follows an NTP upstream (its reference is not `LOCL`).
+    pub upstream: bool,
+    /// Clients serving NTP.
+    pub ntp_servers: usize,
+}
+
+/// The cluster's time source from its client rows.
+pub fn time_source(rows: &[ClientRow]) -> TimeSource {
+    let m = rows.iter().find(|r| r.is_master);
+    let master_reference = m.and_then(|m| m.reference.clone());
+    TimeSource {
+        master_stratum: m.and_then(|m| m.stratum),
+        upstream: master_reference.as_deref().is_some_and(|r| r != "LOCL"),
+        master_reference,
+        ntp_servers: rows.iter().filter(|r| r.ntp.is_some()).count(),
+    }
+}
+
+impl TimeSource {
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        let serving = match self.ntp_servers {
+            0 => "no client serves NTP".to_string(),
+            1 => "1 client serves NTP".to_string(),
+            n => format!("{n} clients serve NTP"),
+        };
+        let source = match (&self.master_reference, self.master_stratum) {
+            (Some(r), Some(s)) if self.upstream => {
+                format!("NTP upstream {r} (master at stratum {s})")
+            }
+            (Some(_), Some(s)) => format!("the master's own clock (stratum {s}, no NTP upstream)"),
+            _ => "unknown (no report from a master)".to_string(),
+        };
+        format!("{source}; {serving}")
+    }
 }
 
 /// Joins client nodes with their reports; reports without a node are listed as external.
@@ -55,6 +106,9 @@ pub fn client_rows(
                 .and_then(|(r, m)| Some(r.report.true_offset_us? - m.report.true_offset_us?)),
             last_report_age_ms: r.map(|r| (now_us - r.received_at_us) / 1000),
             reports_seq: r.map(|r| r.report.seq),
+            stratum: r.and_then(|r| r.report.stratum),
+            reference: r.and_then(|r| r.report.reference.clone()),
+            ntp: r.and_then(|r| r.report.ntp),
             id,
             ip,
             state,
@@ -104,6 +158,72 @@ pub fn estimated_offset(r: &StoredReport, m: &StoredReport) -> i64 {
     }
 }
 
+/// A replica record older than this (µs) is a replica that stopped talking.
+pub const STALE_RECORD_US: i64 = 5_000_000;
+
+/// One replica as `tsc servers list` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerRow {
+    pub id: u64,
+    pub ip: IpAddr,
+    /// Runtime state: `running`, `paused`, `exited`, ...
+    pub state: String,
+    /// Election role from its record (`leader`, `follower`, `candidate`); `down` when not
+    /// running, `silent` when running without a fresh record, `starting` without any.
+    pub role: String,
+    pub epoch: Option<u64>,
+    pub leader: Option<u64>,
+    pub heartbeat_age_ms: Option<i64>,
+    pub priority: Option<u64>,
+    pub server_id: Option<uuid::Uuid>,
+    pub http: Option<String>,
+    pub elections: Option<u64>,
+}
+
+/// Joins server nodes with replica records.
+pub fn server_rows(nodes: &[Node], records: &[ReplicaRecord], now_us: i64) -> Vec<ServerRow> {
+    let mut rows: Vec<ServerRow> = nodes
+        .iter()
+        .filter(|n| n.role == Role::Server)
+        .filter_map(|n| {
+            let id = replica_of(&n.id)?;
+            let rec = records.iter().find(|r| r.id == id);
+            let age = rec.map(|r| (now_us - r.heartbeat_at_us) / 1000);
+            let role = match (n.state.as_str(), rec) {
+                ("running", Some(r)) if now_us - r.heartbeat_at_us <= STALE_RECORD_US => {
+                    r.role.as_str().to_string()
+                }
+                ("running", Some(_)) => "silent".into(),
+                ("running", None) => "starting".into(),
+                ("paused", _) => "paused".into(),
+                _ => "down".into(),
+            };
+            Some(ServerRow {
+                id,
+                ip: n.ip,
+                state: n.state.clone(),
+                role,
+                epoch: rec.map(|r| r.epoch),
+                leader: rec.and_then(|r| r.leader),
+                heartbeat_age_ms: age,
+                priority: rec.map(|r| r.priority),
+                server_id: rec.map(|r| r.server_id),
+                http: rec.map(|r| r.http.clone()),
+                elections: rec.map(|r| r.elections),
+            })
+        })
+        .collect();
+    rows.sort_by_key(|r| r.id);
+    rows
+}
+
+/// The replica that leads now, by the fresh records: the leader with the highest epoch.
+pub fn current_leader(rows: &[ServerRow]) -> Option<&ServerRow> {
+    rows.iter()
+        .filter(|r| r.role == "leader")
+        .max_by_key(|r| r.epoch)
+}
+
 /// Finds the one item whose id (`id_of`) is `query` or, failing that, starts with it: how every
 /// `-c ID` of tsc names a client. An empty query is a usage error (it would match everything).
 pub fn find_by_prefix<'a, T>(
@@ -147,16 +267,10 @@ pub fn ms(us: Option<i64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::protocol::TimeReport;
+    use crate::core::protocol::{ReplicaRole, TimeReport};
 
     fn node(id: &Uuid, ip: &str) -> Node {
-        Node {
-            role: Role::Client,
-            id: id.to_string(),
-            ip: ip.parse().unwrap(),
-            state: "running".into(),
-            handle: "x".into(),
-        }
+        Node::fake(Role::Client, &id.to_string(), ip, "running")
     }
 
     fn stored(id: Uuid, ip: &str, true_off: i64, transit: i64, at: i64) -> StoredReport {
@@ -211,6 +325,93 @@ mod tests {
         // b has not reported yet.
         assert_eq!(rows[3].time_us, None);
         assert_eq!(rows[3].offset_to_master_us, None);
+    }
+
+    #[test]
+    fn the_time_source_is_the_masters_reference() {
+        let now = 10_000_000;
+        let (m, a) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let master = MasterRecord {
+            id: m,
+            ip: "10.0.0.20".parse().unwrap(),
+            elected_at_us: 0,
+            epoch: 1,
+        };
+        let with = |reference: &str, stratum: u8, serves: bool| {
+            let mut r = stored(m, "10.0.0.20", 0, 0, now);
+            r.report.reference = Some(reference.into());
+            r.report.stratum = Some(stratum);
+            r.report.ntp = serves.then(NtpStats::default);
+            let mut f = stored(a, "10.0.0.21", 0, 0, now);
+            f.report.ntp = Some(NtpStats::default());
+            let rows = client_rows(&[], &[r, f], Some(&master), now);
+            time_source(&rows)
+        };
+        let own = with("LOCL", 10, false);
+        assert!(!own.upstream);
+        assert_eq!(
+            own.describe(),
+            "the master's own clock (stratum 10, no NTP upstream); 1 client serves NTP"
+        );
+        let up = with("127.0.0.1", 4, true);
+        assert!(up.upstream);
+        assert_eq!(
+            up.describe(),
+            "NTP upstream 127.0.0.1 (master at stratum 4); 2 clients serve NTP"
+        );
+        let none = time_source(&[]);
+        assert_eq!(
+            none.describe(),
+            "unknown (no report from a master); no client serves NTP"
+        );
+    }
+
+    fn record(id: u64, role: ReplicaRole, epoch: u64, heartbeat_at_us: i64) -> ReplicaRecord {
+        ReplicaRecord {
+            id,
+            priority: 0,
+            server_id: uuid::Uuid::from_u128(id.into()),
+            role,
+            epoch,
+            leader: Some(3),
+            electing: false,
+            elections: 1,
+            http: format!("10.0.0.{}:8470", 9 + id),
+            heartbeat_at_us,
+            started_at_us: 0,
+        }
+    }
+
+    #[test]
+    fn rows_join_runtime_state_and_fresh_records() {
+        let now = 100_000_000;
+        let nodes = [
+            Node::fake(Role::Server, "server-10", "10.0.0.19", "running"),
+            Node::fake(Role::Server, "server-1", "10.0.0.10", "exited"),
+            Node::fake(Role::Server, "server-2", "10.0.0.11", "running"),
+            Node::fake(Role::Server, "server-3", "10.0.0.12", "paused"),
+            Node::fake(Role::Server, "server-4", "10.0.0.13", "running"),
+            Node {
+                role: Role::Client,
+                ..Node::fake(Role::Server, "server-5", "10.0.0.20", "running")
+            },
+        ];
+        let records = [
+            record(1, ReplicaRole::Leader, 4, now - 60_000_000),
+            record(2, ReplicaRole::Follower, 7, now - 200_000),
+            record(3, ReplicaRole::Leader, 6, now - 4_000_000),
+            record(4, ReplicaRole::Leader, 7, now - STALE_RECORD_US - 1),
+            record(10, ReplicaRole::Leader, 7, now - 100_000),
+        ];
+        let rows = server_rows(&nodes, &records, now);
+        let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 10], "numeric order, servers only");
+        let roles: Vec<&str> = rows.iter().map(|r| r.role.as_str()).collect();
+        assert_eq!(roles, ["down", "follower", "paused", "silent", "leader"]);
+        assert_eq!(rows[1].heartbeat_age_ms, Some(200));
+        assert_eq!(current_leader(&rows).map(|r| r.id), Some(10));
+        assert!(server_rows(&nodes[..1], &[], now)[0].epoch.is_none());
+        assert_eq!(server_rows(&nodes[2..3], &[], now)[0].role, "starting");
     }
 
     #[test]

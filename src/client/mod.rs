@@ -6,6 +6,8 @@
 //! queue behind). The reports queue is declared before the first publish so no early report is
 //! dropped. Decisions live in [`ClientCore`]; this module only moves messages.
 
+pub mod ntp;
+
 use crate::backoff::Backoff;
 use crate::broker;
 use crate::core::client::{ClientCore, UpdateOutcome};
@@ -74,6 +76,33 @@ pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
     );
     tokio::spawn(keys.clone().watch(shutdown.clone()));
     let core = Arc::new(Mutex::new(core));
+    if let Some(addr) = cfg.settings.ntp_listen {
+        let socket = ntp::bind(addr).await?;
+        let serve = ntp::serve(
+            socket,
+            core.clone(),
+            clock,
+            cfg.settings.ntp_rate,
+            shutdown.clone(),
+        );
+        tokio::spawn(serve);
+    }
+    if !cfg.settings.ntp_upstream.is_empty() {
+        core.lock()
+            .expect("not poisoned")
+            .set_upstreams(&cfg.settings.ntp_upstream);
+        let follow = ntp::follow(
+            core.clone(),
+            clock,
+            cfg.settings.ntp_upstream.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = follow.await {
+                tracing::error!(error = %e, "not following NTP upstreams");
+            }
+        });
+    }
     let link = Link {
         keys,
         rejects: Arc::new(Mutex::new(RejectLog::new("client".into()))),
@@ -180,9 +209,21 @@ async fn session<C: Clock>(
                     Ok(msg) => {
                         let reply = handle(&core, &msg, host_us, &link);
                         d.acker.ack(BasicAckOptions::default()).await?;
-                        if let Some(reading) = reply {
-                            let sealed = link.keys.get().seal_from_client(&ToServer::BerkeleyReading(reading))?;
-                            broker::publish_rpc(&ch, &sealed, &queue, PROBE_EXPIRY).await?;
+                        match reply {
+                            Reply::Nothing => {}
+                            Reply::Reading(reading) => {
+                                let sealed = link.keys.get().seal_from_client(&ToServer::BerkeleyReading(reading))?;
+                                broker::publish_rpc(&ch, &sealed, &queue, PROBE_EXPIRY).await?;
+                            }
+                            // The cluster (and the operator's dashboard) sees the new time now,
+                            // not up to an interval later; the next regular report follows
+                            // one interval after this one.
+                            Reply::ReportNow => {
+                                let report = core.lock().expect("not poisoned").report(clock.now_us());
+                                let sealed = link.keys.get().seal_from_client(&report)?;
+                                broker::publish_raw(&ch, "", REPORTS_QUEUE, &sealed, Some(expiry)).await?;
+                                ticker.reset();
+                            }
                         }
                     }
                     Err(e) => {
@@ -203,13 +244,17 @@ async fn session<C: Clock>(
 /// A probe or reading older than this is not worth answering.
 const PROBE_EXPIRY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Applies one authenticated message; returns the Berkeley reading to send, for a poll.
-fn handle(
-    core: &Mutex<ClientCore>,
-    msg: &ToClient,
-    host_us: i64,
-    link: &Link,
-) -> Option<BerkeleyReading> {
+/// What to send after handling a message.
+enum Reply {
+    Nothing,
+    /// The answer to a Berkeley poll.
+    Reading(BerkeleyReading),
+    /// A report now: the operator set this clock.
+    ReportNow,
+}
+
+/// Applies one authenticated message; says what to send in return.
+fn handle(core: &Mutex<ClientCore>, msg: &ToClient, host_us: i64, link: &Link) -> Reply {
     let mut c = core.lock().expect("not poisoned");
     if !c.admit(msg.epoch(), host_us) {
         let what = format!(
@@ -222,7 +267,7 @@ fn handle(
             .lock()
             .expect("not poisoned")
             .note("stale_epoch", &what, 0);
-        return None;
+        return Reply::Nothing;
     }
     c.observe(msg, host_us);
     match msg {
@@ -240,7 +285,7 @@ fn handle(
                 );
             }
         }
-        ToClient::BerkeleyPoll(p) => return Some(c.on_poll(p, host_us)),
+        ToClient::BerkeleyPoll(p) => return Reply::Reading(c.on_poll(p, host_us)),
         ToClient::BerkeleyAdjust(a) => {
             let outcome = c.on_adjust(a, host_us);
             log_outcome("berkeley average", a.round, outcome);
@@ -249,10 +294,11 @@ fn handle(
             let outcome = c.on_set_time(t, host_us);
             if let UpdateOutcome::Applied { offset_us, .. } = outcome {
                 info!(op_id = %t.op_id, step_us = offset_us, "the operator set this clock");
+                return Reply::ReportNow;
             }
         }
     }
-    None
+    Reply::Nothing
 }
 
 fn log_outcome(target: &str, seq: u64, outcome: UpdateOutcome) {

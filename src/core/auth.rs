@@ -270,6 +270,15 @@ fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).rposition(|w| w == needle)
 }
 
+/// Whether two secrets (tokens) are equal, compared in constant time for equal lengths.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// New random key material.
 pub fn random_key(rng: &mut impl rand::RngCore) -> [u8; KEY_LEN] {
     let mut k = [0u8; KEY_LEN];

@@ -18,15 +18,19 @@ use crate::core::clock::{
     Action, Discipline, Estimate, MinDelayFilter, OffsetEstimator, Sample, VirtualClock,
 };
 use crate::core::logical::{NodeClocks, Stamp};
+use crate::core::ntp::NtpStats;
 use crate::core::protocol::{
-    Algorithm, BerkeleyAdjust, BerkeleyPoll, BerkeleyReading, Event, EventKind, MasterUpdate,
-    Probe, ProbeReply, SetTime, TimeChange, TimeReport, ToClient, MAX_REPORT_EVENTS,
-    PROTOCOL_VERSION,
+    Algorithm, Event, EventKind, MasterUpdate, Probe, ProbeReply, SetTime, TimeChange, TimeReport,
+    ToClient, MAX_REPORT_EVENTS, PROTOCOL_VERSION,
 };
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
+
+mod berkeley;
+mod time_source;
+pub use berkeley::{BERKELEY_FREQ_GAIN, BERKELEY_MAX_FREQ_STEP_PPM};
 use uuid::Uuid;
 
 /// Probe period while the estimator has few samples: converge in about a second.
@@ -46,12 +50,6 @@ pub const READY_SAMPLES: usize = 5;
 /// Probe samples needed against a new reference by a client that is already synced: two
 /// seconds of fast probes, while it holds over.
 pub const RESYNC_SAMPLES: usize = 20;
-/// Share of a Berkeley adjustment attributed to frequency error. Small, because a round's
-/// adjustment is mostly measurement noise once the clock is close: a large gain would turn that
-/// noise into frequency swings.
-pub const BERKELEY_FREQ_GAIN: f64 = 0.3;
-/// Largest frequency change one Berkeley round may make (ppm).
-pub const BERKELEY_MAX_FREQ_STEP_PPM: f64 = 10.0;
 
 /// Largest jump up in leader epoch a client follows in one message. Epochs grow by one per
 /// election, so a real jump is small; a larger one would be a corrupt or forged epoch that,
@@ -61,6 +59,9 @@ pub const MAX_EPOCH_STEP: u64 = 1_000_000;
 pub const MAX_PENDING_EVENTS: usize = 64;
 /// Operator commands remembered, so that each applies once.
 pub const REMEMBERED_OPS: usize = 256;
+/// Largest unsealed report body: the seal (a key id and an HMAC tag in hex, under 200 bytes)
+/// must still fit in [`crate::core::protocol::MAX_MESSAGE_BYTES`].
+pub const REPORT_BODY_BUDGET: usize = crate::core::protocol::MAX_MESSAGE_BYTES - 256;
 
 /// What happened to a message.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -138,7 +139,17 @@ pub struct ClientCore {
     applied_ops: VecDeque<Uuid>,
     /// Master whose reference offset was last used, and when (host µs): hold-over applies to it.
     last_ref_sync: Option<(Uuid, i64)>,
+    /// The master's address, from the last update.
+    master_ip: Option<IpAddr>,
+    /// The master's NTP stratum, from the last update that had one.
+    master_stratum: Option<u8>,
+    /// When the clock last took a correction, or (as master) last heard it is master (host µs).
+    corrected_at_us: Option<i64>,
     pub stats: ClientStats,
+    /// The NTP service's counters, while it runs (reported as `ntp`).
+    pub ntp: Option<NtpStats>,
+    /// NTP upstreams to follow while master, and the state of following them.
+    follow: time_source::Follow,
 }
 
 impl ClientCore {
@@ -176,7 +187,12 @@ impl ClientCore {
             events: VecDeque::new(),
             applied_ops: VecDeque::new(),
             last_ref_sync: None,
+            master_ip: None,
+            master_stratum: None,
+            corrected_at_us: None,
             stats: ClientStats::default(),
+            ntp: None,
+            follow: time_source::Follow::default(),
         }
     }
 
@@ -296,7 +312,8 @@ impl ClientCore {
         self.stats.reports_sent += 1;
         let time_us = self.clock.now_at(host_us);
         let reference = self.ref_offset(host_us);
-        TimeReport {
+        let source = self.ntp_source(host_us);
+        let mut report = TimeReport {
             v: PROTOCOL_VERSION,
             id: self.id,
             ip: self.ip,
@@ -318,7 +335,19 @@ impl ClientCore {
                 .events
                 .drain(..self.events.len().min(MAX_REPORT_EVENTS))
                 .collect(),
+            stratum: Some(source.served_stratum()),
+            reference: self.reference_name(),
+            upstreams: self.upstream_statuses(host_us),
+            ntp: self.ntp,
+        };
+        // Events that would make the sealed report too large wait for the next one, in order.
+        while !report.events.is_empty()
+            && serde_json::to_vec(&report).map_or(0, |b| b.len()) > REPORT_BODY_BUDGET
+        {
+            let e = report.events.pop().expect("not empty");
+            self.events.push_front(e);
         }
+        report
     }
 
     /// The next offset probe, sent at host time `host_us`.
@@ -381,7 +410,13 @@ impl ClientCore {
         }
         self.last_update = Some((term, u.seq));
         self.master = Some((u.master_id, u.master_time_us));
+        self.master_ip = Some(u.master_ip);
+        if u.master_id != self.id {
+            self.follow.stop();
+        }
+        self.master_stratum = u.master_stratum.or(self.master_stratum);
         if u.master_id == self.id {
+            self.corrected_at_us = Some(host_us);
             return UpdateOutcome::IAmMaster;
         }
         let offset_us = match u.algorithm {
@@ -463,6 +498,7 @@ impl ClientCore {
         if confirms && offset_us.abs() < SYNCED_US {
             self.synced = true;
         }
+        self.corrected_at_us = Some(host_us);
         match action {
             Action::Step(delta) => {
                 // The initial steps toward sync are expected; a step after it is what
@@ -524,67 +560,13 @@ impl ClientCore {
             action: Action::Step(delta),
         }
     }
-
-    /// Answers a Berkeley poll received at host time `host_us`.
-    pub fn on_poll(&mut self, p: &BerkeleyPoll, host_us: i64) -> BerkeleyReading {
-        BerkeleyReading {
-            v: PROTOCOL_VERSION,
-            id: self.id,
-            epoch: p.epoch,
-            round: p.round,
-            poll: p.poll,
-            time_us: self.clock.now_at(host_us),
-            // Only an estimate against this coordinator's clock says anything about it.
-            ref_offset_us: (self.reference == Some(p.server_id))
-                .then(|| self.ref_offset(host_us))
-                .flatten()
-                .map(|(o, _)| o.round() as i64),
-            stamp: self.stamp(host_us),
-        }
-    }
-
-    /// Applies a Berkeley adjustment received at host time `host_us`.
-    pub fn on_adjust(&mut self, a: &BerkeleyAdjust, host_us: i64) -> UpdateOutcome {
-        if a.client_id != self.id {
-            return UpdateOutcome::NotForMe;
-        }
-        let term = (a.server_id, a.epoch);
-        if let Some((_, last, round)) = self.last_round {
-            // Rounds count per coordinator term: a new term starts again at 1.
-            if last == term && a.round <= round {
-                self.stats.updates_ignored += 1;
-                return UpdateOutcome::Stale;
-            }
-        }
-        let action = self.discipline.decide(a.adjust_us, self.synced);
-        // A first round proves nothing: with one usable reading the average is the client's own
-        // clock and the adjustment 0. Only a consecutive round's small adjustment means synced
-        // (before that, larger errors are stepped, not slewed for minutes).
-        let consecutive = self
-            .last_round
-            .is_some_and(|(_, t, r)| t == term && a.round == r + 1);
-        if let (Some((prev_host, prev_term, prev_round)), Action::Slew { .. }) =
-            (self.last_round, action)
-        {
-            // What is left to adjust after a round without steps is drift since the last one.
-            if prev_term == term && a.round == prev_round + 1 {
-                let secs = (host_us - prev_host) as f64 / 1e6;
-                if secs > 0.0 {
-                    let change = (BERKELEY_FREQ_GAIN * a.adjust_us as f64 / secs)
-                        .clamp(-BERKELEY_MAX_FREQ_STEP_PPM, BERKELEY_MAX_FREQ_STEP_PPM);
-                    let f = self.clock.freq_ppm() + change;
-                    self.clock.set_freq(host_us, f.clamp(-1000.0, 1000.0));
-                }
-            }
-        }
-        self.last_round = Some((host_us, term, a.round));
-        self.apply(host_us, a.adjust_us, action, consecutive, &a.stamp)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::ntp;
+    use crate::core::protocol::{BerkeleyAdjust, BerkeleyPoll};
 
     /// Whether `out` applied a step.
     fn stepped(out: &UpdateOutcome) -> bool {
@@ -624,8 +606,42 @@ mod tests {
             algorithm: Algorithm::Master,
             master_ref_offset_us: None,
             master_ref_freq_ppm: None,
+            master_stratum: Some(ntp::LOCAL_STRATUM),
             stamp: Stamp::default(),
         }
+    }
+
+    #[test]
+    fn reports_and_ntp_answers_carry_stratum_and_reference() {
+        let mut c = core(2, 5_000, 0.0);
+        let r = c.report(1_000_000);
+        assert_eq!(
+            (r.stratum, r.reference),
+            (Some(ntp::UNSYNCED_STRATUM), None)
+        );
+        // A follower of a master at stratum 12: 13, naming the master's address, once synced.
+        for (seq, at) in [(1, 2_000_000), (2, 3_000_000)] {
+            let mut u = update(seq, 1, at);
+            u.master_stratum = Some(12);
+            c.on_update(&u, at);
+        }
+        let s = c.ntp_source(3_000_000);
+        assert!(s.synced);
+        assert_eq!((s.stratum, s.reference_id), (13, [10, 0, 0, 1]));
+        let r = c.report(3_000_000);
+        assert_eq!(
+            (r.stratum, r.reference.as_deref()),
+            (Some(13), Some("10.0.0.1"))
+        );
+        // The master: the local stratum, `LOCL`, no delay.
+        let mut m = core(1, 0, 0.0);
+        m.on_update(&update(1, 1, 1_000_000), 1_000_000);
+        let s = m.ntp_source(1_500_000);
+        assert_eq!(
+            (s.stratum, s.reference_id, s.root_delay_us),
+            (10, ntp::LOCAL_REFID, 0)
+        );
+        assert_eq!(m.report(1_500_000).reference.as_deref(), Some("LOCL"));
     }
 
     /// Answers a probe from a reference clock equal to the host clock, with the given one-way

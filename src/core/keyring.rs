@@ -132,13 +132,9 @@ impl KeyRing {
 
     /// Whether `token` is an operator token (compared in constant time).
     pub fn is_operator(&self, token: &str) -> bool {
-        self.operator.iter().fold(false, |ok, t| {
-            ok | (t.len() == token.len()
-                && t.bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0)
-        })
+        self.operator
+            .iter()
+            .fold(false, |ok, t| ok | crate::core::auth::same_secret(t, token))
     }
 
     /// Client `id`'s keys, as tsc hands them to it: one per cluster secret, current first.
@@ -323,6 +319,7 @@ mod tests {
                 algorithm: Algorithm::Master,
                 master_ref_offset_us: Some(-3),
                 master_ref_freq_ppm: Some(1.5),
+                master_stratum: Some(10),
                 stamp: Stamp::default(),
             })
         }

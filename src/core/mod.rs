@@ -18,6 +18,8 @@
 //! - [`berkeley`]: the Berkeley algorithm: the fault-tolerant average and the coordinator's round.
 //! - [`auth`], [`keyring`]: keys, and sealing and opening messages with them.
 //! - [`logical`]: Lamport, vector and hybrid logical clocks.
+//! - [`ntp`]: NTPv4 packets and the answer to each request a client's NTP service gets;
+//!   [`upstream`]: following NTP servers (per-server estimates, falseticker rejection).
 
 pub mod auth;
 pub mod berkeley;
@@ -27,7 +29,9 @@ pub mod keyring;
 pub mod leader_election;
 pub mod logical;
 pub mod master_election;
+pub mod ntp;
 pub mod protocol;
+pub mod upstream;
 
 /// A setting that cannot work, with a message naming it and saying why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -216,8 +216,15 @@ pub fn client_env(
         log_dir: cfg.client_log_dir.clone(),
         ..settings::defaults()
     };
+    let mut client = cfg.client.clone();
+    // Clients of the local runtime share the host's addresses: each serves NTP on its own.
+    if let (Some(listen), Some(ip)) = (client.ntp_listen, ip) {
+        if listen.ip().is_unspecified() {
+            client.ntp_listen = Some(std::net::SocketAddr::new(ip, listen.port()));
+        }
+    }
     let mut env = settings::to_env(&node);
-    env.extend(settings::to_env(&cfg.client));
+    env.extend(settings::to_env(&client));
     env
 }
 

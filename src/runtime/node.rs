@@ -60,6 +60,18 @@ impl Node {
     pub fn running(&self) -> bool {
         self.state == "running"
     }
+
+    /// A node for unit tests (no handle).
+    #[cfg(test)]
+    pub(crate) fn fake(role: Role, id: &str, ip: &str, state: &str) -> Node {
+        Node {
+            role,
+            id: id.into(),
+            ip: ip.parse().expect("an IP address"),
+            state: state.into(),
+            handle: String::new(),
+        }
+    }
 }
 
 /// Host numbers of clients in a cluster's /24 (Docker) or on loopback (local).

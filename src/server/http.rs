@@ -23,7 +23,7 @@ use crate::core::protocol::{ReplicaRole, StoredReport, PROTOCOL_VERSION};
 use crate::core::protocol::{TimeChange, MAX_COUNTER, MAX_TIME_US};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -91,7 +91,7 @@ pub(super) async fn serve(listener: TcpListener, ctx: Ctx, replica: Arc<Replica>
 }
 
 fn router(api: Api) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/status", get(status))
         .route("/id", get(id))
         .route("/leader", get(leader))
@@ -104,16 +104,12 @@ fn router(api: Api) -> Router {
         .route("/clients", get(clients))
         .route("/master", get(master))
         .route("/metrics", get(metrics))
-        .fallback(|uri: Uri| async move {
-            ApiError(StatusCode::NOT_FOUND, format!("no such endpoint: {uri}"))
-        })
-        .method_not_allowed_fallback(|| async {
-            ApiError(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed here (POST /election, /clients/{id}/time, /berkeley/round; everything else is GET)".into(),
-            )
-        })
-        .with_state(api)
+        .with_state(api);
+    crate::net::json_fallbacks(
+        routes,
+        "endpoint",
+        "POST /election, /clients/{id}/time, /berkeley/round; everything else is GET",
+    )
 }
 
 /// This replica's view of the election, read under one lock.
@@ -199,22 +195,8 @@ async fn election_status(State(api): State<Api>) -> ApiResult<Json<ElectionStatu
 
 /// Refuses a request without the operator token (401), counting it.
 fn authorize(api: &Api, headers: &HeaderMap) -> ApiResult<()> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix("ts_operator="))
-        .next();
     let keys = api.ctx.keys.get();
-    if bearer
-        .or(cookie)
-        .is_some_and(|t| keys.is_operator(t.trim()))
-    {
+    if crate::net::presented_token(headers).is_some_and(|t| keys.is_operator(t)) {
         return Ok(());
     }
     api.ctx.metrics.inc(Counter::Unauthorized);
@@ -263,10 +245,19 @@ fn operator_stamp(lt: Option<u64>) -> Stamp {
 async fn start_election(
     State(api): State<Api>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     authorize(&api, &headers)?;
+    if let Some(b) = json_body::<OperatorBody>(&body)? {
+        api.ctx.observe(&operator_stamp(b.lt));
+    }
     match api.replica.request_election().await {
-        Some(true) => Ok((StatusCode::ACCEPTED, Json(json!({ "started": true })))),
+        Some(true) => Ok((
+            StatusCode::ACCEPTED,
+            Json(
+                json!({ "started": true, "replica": api.ctx.cfg.node.replica_id, "lt": api.ctx.stamp().lt }),
+            ),
+        )),
         Some(false) => Err(ApiError(
             StatusCode::CONFLICT,
             "an election is already in progress".into(),
@@ -343,9 +334,10 @@ async fn set_time(
     }
 }
 
+/// The body of a command that takes no arguments: only the operator's Lamport counter.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RoundBody {
+struct OperatorBody {
     lt: Option<u64>,
 }
 
@@ -355,7 +347,7 @@ async fn berkeley_round(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     authorize(&api, &headers)?;
-    let body: Option<RoundBody> = json_body(&body)?;
+    let body: Option<OperatorBody> = json_body(&body)?;
     leading(&api)?;
     if let Some(b) = body {
         api.ctx.observe(&operator_stamp(b.lt));

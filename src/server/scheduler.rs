@@ -207,6 +207,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             algorithm: self.algorithm,
             master_ref_offset_us,
             master_ref_freq_ppm,
+            master_stratum: master.report.stratum,
             stamp: Stamp::default(),
         }))
     }

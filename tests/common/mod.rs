@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use time_sync::cache::{RedisStore, ReportStore};
 pub use time_sync::core::keyring::KeyRing;
+use time_sync::core::ntp::{ntp_from_unix_us, Packet};
 use time_sync::core::protocol::{MasterRecord, StoredReport};
 pub use time_sync::keys::{self, ClusterKeys};
 use time_sync::runtime::cluster::{ClusterConfig, RuntimeKind};
@@ -358,6 +359,35 @@ impl Tsc {
     }
 }
 
+impl Tsc {
+    /// A cluster on the local runtime (subnet `subnet`), bootstrapped with `servers` replicas
+    /// of `workers` workers and `clients` clients, waited for until every clock is within 1 ms.
+    pub fn local_synced(subnet: &str, servers: u64, clients: usize, workers: usize) -> Tsc {
+        Tsc::local_synced_with(subnet, servers, clients, workers, |_| {})
+    }
+
+    /// [`Tsc::local_synced`] with cluster.toml changed by `edit` before bootstrap.
+    pub fn local_synced_with(
+        subnet: &str,
+        servers: u64,
+        clients: usize,
+        workers: usize,
+        edit: impl FnOnce(&mut ClusterConfig),
+    ) -> Tsc {
+        assert_rabbitmq_up();
+        let t = Tsc::new("local", subnet);
+        t.edit_config(edit);
+        let (s, c, w) = (
+            servers.to_string(),
+            clients.to_string(),
+            workers.to_string(),
+        );
+        t.ok(&["bootstrap", "-s", &s, "-c", &c, "-w", &w]);
+        t.ok(&["wait", "--timeout", "60", "--bound-ms", "1"]);
+        t
+    }
+}
+
 impl Drop for Tsc {
     fn drop(&mut self) {
         // Never leave a cluster behind, even when an assertion failed.
@@ -369,6 +399,13 @@ impl Drop for Tsc {
 }
 
 impl Tsc {
+    /// Changes cluster.toml.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut ClusterConfig)) {
+        let mut cfg = ClusterConfig::load(self.home.path()).unwrap();
+        edit(&mut cfg);
+        cfg.save().unwrap();
+    }
+
     /// `tsc --json servers list`.
     pub fn servers(&self) -> Value {
         self.ok(&["--json", "servers", "list"]).json()
@@ -625,4 +662,265 @@ pub async fn assert_client_user_is_confined(url: &str) {
         .await;
     refused("declaring ts.master_updates", decl.err());
     let _ = conn.close(200, "bye".into()).await;
+}
+
+/// A `tsc dashboard` of a test's cluster, on a free loopback port; stopped (SIGTERM) on drop.
+pub struct Dash {
+    child: std::process::Child,
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+}
+
+impl Dash {
+    /// Starts `tsc dashboard --addr 127.0.0.1:0` and reads the URL it prints.
+    pub fn start(t: &Tsc) -> Dash {
+        use std::io::BufRead;
+        let mut child = Command::new(TSC_BIN)
+            .args(["dashboard", "--addr", "127.0.0.1:0"])
+            .env("TSC_HOME", t.home.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_else(|| panic!("no URL in the dashboard's first line: {line:?}"))
+            .to_string();
+        Dash { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// The newest frame, once there is one.
+    pub async fn frame(&self) -> Value {
+        wait_for(Duration::from_secs(10), "a dashboard frame", || async {
+            let (code, body) = http(&self.addr, "GET", "/api/frame");
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (code == 200 && !v.is_null()).then_some(v)
+        })
+        .await
+    }
+
+    /// Client `id`'s card in the newest frame, if it has one.
+    pub async fn card(&self, id: &str) -> Option<Value> {
+        let f = self.frame().await;
+        f["clients"]
+            .as_array()?
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+    }
+
+    /// Stops it with SIGTERM; its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the dashboard did not stop within 10 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Dash {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a Debian NTP client (`ntpdate -q`, `sntp`: both ntpsec's ntpdig) read from a server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NtpReading {
+    /// Server minus local clock (µs).
+    pub offset_us: i64,
+    pub stratum: u8,
+    /// `no-leap`, `add-leap`, `del-leap`, or the tool's word for an alarm.
+    pub leap: String,
+}
+
+/// Asks `host` for the time with `tool` (`ntpdate` gets `-q`); `Err(stderr)` when the tool
+/// takes no answer (it exits 1 and says why).
+pub fn ntp_query(tool: &str, host: &str) -> Result<NtpReading, String> {
+    let args: &[&str] = if tool == "ntpdate" {
+        &["-q", host]
+    } else {
+        &["-t", "2", host]
+    };
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e} (scripts/setup.sh installs it)"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(stderr);
+    }
+    // `2026-12-02 11:07:26.69088 (+0000) -1800.499840 +/- 0.000376 127.0.0.77 s11 no-leap`
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("+/-"))
+        .unwrap_or_else(|| panic!("{tool}: no reading in {stdout:?} {stderr:?}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let at = f.iter().position(|w| *w == "+/-").unwrap();
+    let offset_s: f64 = f[at - 1].parse().unwrap();
+    let stratum = f[at + 3].trim_start_matches('s').parse().unwrap();
+    Ok(NtpReading {
+        offset_us: (offset_s * 1e6).round() as i64,
+        stratum,
+        leap: f[at + 4].to_string(),
+    })
+}
+
+/// The newest report of client `id` in `t`'s cluster, once it is newer than `after_seq`.
+pub async fn report_after(t: &Tsc, id: uuid::Uuid, after_seq: u64) -> StoredReport {
+    let (_, store) = t.endpoints().await;
+    wait_for(Duration::from_secs(5), "a newer report", || async {
+        live(&store)
+            .await
+            .into_iter()
+            .find(|r| r.report.id == id && r.report.seq > after_seq)
+    })
+    .await
+}
+
+/// Asks every client of `t`'s cluster for the time with each of `tools`, once every client
+/// reports the stratum it should (`tsc wait` sees clocks within its bound; a client calls
+/// itself synchronized once an update confirms it): each reads the client's true offset
+/// within 1 ms, `master_stratum` at the master and one more at the others, no alarm. The
+/// clients' reports.
+pub async fn ntp_clients_agree(t: &Tsc, tools: &[&str], master_stratum: u8) -> Vec<StoredReport> {
+    let (_, store) = t.endpoints().await;
+    let n = t.clients().len();
+    let m = master(&store).await.expect("a master");
+    let want = |id: uuid::Uuid| {
+        if id == m.id {
+            master_stratum
+        } else {
+            master_stratum + 1
+        }
+    };
+    let reports = wait_for(
+        Duration::from_secs(20),
+        "every client's stratum",
+        || async {
+            let r = live(&store).await;
+            (r.len() == n
+                && r.iter()
+                    .all(|r| r.report.stratum == Some(want(r.report.id))))
+            .then_some(r)
+        },
+    )
+    .await;
+    for r in &reports {
+        let ip = r.report.ip.to_string();
+        let is_master = r.report.id == m.id;
+        for tool in tools {
+            let got = ntp_query(tool, &ip).unwrap_or_else(|e| panic!("{tool} {ip}: {e}"));
+            let now = report_after(t, r.report.id, 0).await;
+            let truth = now.report.true_offset_us.unwrap();
+            println!(
+                "[{}] {tool} {ip} (master: {is_master}): offset {} µs, true offset {truth} µs, \
+                 stratum {}, {}",
+                t.runtime, got.offset_us, got.stratum, got.leap
+            );
+            assert_eq!(got.stratum, want(r.report.id), "{tool} {ip}");
+            assert_eq!(got.leap, "no-leap", "{tool} {ip}");
+            assert!(
+                (got.offset_us - truth).abs() < 1000,
+                "{tool} {ip}: read {} µs, the client's true offset is {truth} µs",
+                got.offset_us
+            );
+        }
+    }
+    reports
+}
+
+/// A `chronyd` of the test's own serving this host's clock on loopback at a free port, with a
+/// local stratum (it never touches the system clock: `-x`). Killed on drop.
+pub struct Chrony {
+    _proc: Process,
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    pub port: u16,
+}
+
+impl Chrony {
+    /// Starts one listening on `bind` (`127.0.0.1`, or `0.0.0.0` for containers to reach it
+    /// through their network's gateway), answering loopback and private addresses.
+    pub fn start(dir: &Path, name: &str, bind: &str, stratum: u8) -> Chrony {
+        let port = free_port();
+        let conf = dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbindaddress {bind}\nallow 127.0.0.0/8\nallow 10.0.0.0/8\n\
+                 local stratum {stratum}\ncmdport 0\npidfile {}\n",
+                dir.join(format!("{name}.pid")).display()
+            ),
+        )
+        .unwrap();
+        let args = ["-x", "-d", "-u", "root", "-f", conf.to_str().unwrap()].map(String::from);
+        let proc = Process::spawn(
+            name,
+            Path::new("/usr/sbin/chronyd"),
+            &args,
+            &[],
+            &dir.join(format!("{name}.log")),
+        )
+        .expect("chronyd (scripts/setup.sh installs chrony)");
+        let addr = format!("127.0.0.1:{port}");
+        // Up when it answers.
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let host_us = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as i64
+        };
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let req = Packet {
+                version: 4,
+                mode: 3,
+                transmit_ts: ntp_from_unix_us(host_us()),
+                ..Packet::default()
+            }
+            .encode();
+            s.send_to(&req, &addr).unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok((48, _)) = s.recv_from(&mut buf) {
+                let p = Packet::decode(&buf).unwrap();
+                assert_eq!(p.stratum, stratum, "chronyd's local stratum");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chronyd on {addr} does not answer (see {name}.log in {})",
+                dir.display()
+            );
+        }
+        Chrony {
+            _proc: proc,
+            addr,
+            port,
+        }
+    }
 }

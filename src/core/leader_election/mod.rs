@@ -10,8 +10,7 @@
 //! leader that was paused and wakes up cannot move anyone's clock.
 
 mod bully;
+mod timing;
 
-pub use bully::{
-    Bully, BullyConfig, ElectionStatus, Output, Peer, Rank, ANSWER_TIMEOUT, COORDINATOR_TIMEOUT,
-    HEARTBEAT_INTERVAL, LEADER_TIMEOUT,
-};
+pub use bully::{Bully, BullyConfig, ElectionStatus, Output, Peer, Rank};
+pub use timing::{ANSWER_TIMEOUT, COORDINATOR_TIMEOUT, HEARTBEAT_INTERVAL, LEADER_TIMEOUT};

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use uuid::Uuid;
 
 use super::{Event, Stamp, PROTOCOL_VERSION};
+use crate::core::ntp::NtpStats;
+pub use crate::core::upstream::Status as UpstreamStatus;
 
 /// A client's periodic report of its clock, published to [`REPORTS_QUEUE`](super::REPORTS_QUEUE).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +67,22 @@ pub struct TimeReport {
     /// them to the cluster's event log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
+    /// The NTP stratum the client's time has (docs/NTP.md): the master's is
+    /// [`crate::core::ntp::LOCAL_STRATUM`], a follower's one more than its master's; 16 while the
+    /// client is not synchronized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stratum: Option<u8>,
+    /// What the client's time follows, as its NTP service names it: `LOCL` for a master on its
+    /// own clock, else the address of the master it follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Diagnostic: the client's NTP service counters, when it serves NTP (docs/NTP.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ntp: Option<NtpStats>,
+    /// The NTP upstreams the client follows while it is master, each with its state (at most
+    /// 8; absent without upstreams).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamStatus>,
 }
 
 /// What the server stores in Redis for each client: the report plus when the server got it.
@@ -99,6 +117,10 @@ impl TimeReport {
             boot_us: 0,
             stamp: Stamp::default(),
             events: Vec::new(),
+            stratum: None,
+            reference: None,
+            ntp: None,
+            upstreams: Vec::new(),
         }
     }
 
@@ -205,6 +227,10 @@ pub struct MasterUpdate {
     /// `master` only: the master clock's rate minus the reference's (ppm).
     #[serde(default)]
     pub master_ref_freq_ppm: Option<f64>,
+    /// The master's NTP stratum, from its latest report: a follower's is one more
+    /// (docs/NTP.md). Absent when the master's report has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_stratum: Option<u8>,
     /// The sender's logical clocks.
     pub stamp: Stamp,
 }

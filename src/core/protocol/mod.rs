@@ -35,7 +35,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version of the message format. Decoders reject any other value: a newer peer's message is
 /// counted as rejected rather than misread.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest message accepted, in bytes. A report is ~700 bytes; anything this large is abuse.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
@@ -199,6 +199,18 @@ fn counters(fields: &[(&str, u64)]) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// Longest `reference` of a report (an IPv6 address with a port fits).
+pub const MAX_REFERENCE: usize = 64;
+
+fn stratum(name: &str, v: Option<u8>) -> Result<(), DecodeError> {
+    match v {
+        Some(s) if s > crate::core::ntp::UNSYNCED_STRATUM => {
+            Err(DecodeError::Malformed(format!("`{name}` above 16")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn freq(name: &str, v: Option<f64>) -> Result<(), DecodeError> {
     match v {
         Some(f) if !(f.is_finite() && f.abs() <= 1e6) => {
@@ -257,6 +269,30 @@ impl Checked for TimeReport {
         if self.events.len() > MAX_REPORT_EVENTS {
             return Err(DecodeError::Malformed("too many events".into()));
         }
+        stratum("stratum", self.stratum)?;
+        if self
+            .reference
+            .as_ref()
+            .is_some_and(|r| r.len() > MAX_REFERENCE)
+        {
+            return Err(DecodeError::Malformed("`reference` too long".into()));
+        }
+        if let Some(n) = &self.ntp {
+            counters(&n.fields())?;
+        }
+        if self.upstreams.len() > crate::core::upstream::MAX_UPSTREAMS {
+            return Err(DecodeError::Malformed("too many upstreams".into()));
+        }
+        for u in &self.upstreams {
+            if u.addr.len() > crate::core::upstream::MAX_ADDR_LEN {
+                return Err(DecodeError::Malformed("`upstreams.addr` too long".into()));
+            }
+            stratum("upstreams.stratum", u.stratum)?;
+            times(&[
+                ("upstreams.offset_us", u.offset_us),
+                ("upstreams.delay_us", u.delay_us),
+            ])?;
+        }
         self.events.iter().try_for_each(Checked::check)
     }
 }
@@ -273,6 +309,7 @@ impl Checked for ToClient {
                     ("master_ref_offset_us", u.master_ref_offset_us),
                 ])?;
                 counters(&[("seq", u.seq)])?;
+                stratum("master_stratum", u.master_stratum)?;
                 freq("master_ref_freq_ppm", u.master_ref_freq_ppm)
             }
             ToClient::ProbeReply(r) => {
@@ -365,8 +402,8 @@ mod tests {
             (b"[1,2]", "malformed"),
             (b"{\"v\":1,\"id\":1}", "bad_version"),
             (b"{\"v\":\"1\"}", "malformed"),
-            (b"{\"v\":4,\"id\":\"nope\"}", "malformed"),
-            (b"{\"v\":3,\"id\":\"nope\"}", "bad_version"),
+            (b"{\"v\":5,\"id\":\"nope\"}", "malformed"),
+            (b"{\"v\":4,\"id\":\"nope\"}", "bad_version"),
         ];
         for (bytes, kind) in cases {
             let err = decode::<TimeReport>(bytes).unwrap_err();

@@ -2,6 +2,7 @@
 //! delays and reorders, with one epoch store. Invariants are checked after every event.
 
 use super::*;
+use crate::core::leader_election::{ANSWER_TIMEOUT, HEARTBEAT_INTERVAL, LEADER_TIMEOUT};
 use crate::core::protocol::Stamp;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

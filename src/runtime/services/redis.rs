@@ -1,0 +1,105 @@
+//! A `redis-server` of one's own: its arguments (nothing on disk, the password on standard
+//! input) and a handle that kills it when dropped.
+
+use super::{free_port, port_open, Process};
+use crate::error::{Error, Result};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The arguments of a `redis-server` that keeps nothing on disk: `bind` on `port`. With a
+/// `password`, the last argument is `-`: redis-server then reads [`redis_config`] from its
+/// standard input, so the password is on no command line.
+pub fn redis_args(bind: IpAddr, port: u16, password: bool) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        &bind.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(String::from)
+    .to_vec();
+    if password {
+        args.push("-".into());
+    } else if !bind.is_loopback() {
+        // Reachable from other hosts without a password only if asked for explicitly.
+        args.extend(["--protected-mode".into(), "yes".into()]);
+    }
+    args
+}
+
+/// What a redis-server started with [`redis_args`]`(…, true)` reads on its standard input.
+pub fn redis_config(password: &str) -> String {
+    let quoted = password.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("requirepass \"{quoted}\"\n")
+}
+
+/// A `redis-server` of one's own on loopback, gone when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    pub port: u16,
+    password: Option<String>,
+    dir: PathBuf,
+    proc: Option<Process>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port (logging into `dir`) and waits until it answers.
+    pub fn start(dir: &Path, password: Option<&str>) -> Result<RedisServer> {
+        let mut r = RedisServer {
+            port: free_port()?,
+            password: password.map(str::to_string),
+            dir: dir.to_path_buf(),
+            proc: None,
+        };
+        r.restart()?;
+        Ok(r)
+    }
+
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    /// Kills it (its data is gone: it keeps nothing on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// (Re)starts it on the same port, empty, and waits until it answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let args = redis_args(lo, self.port, self.password.is_some());
+        let config = self.password.as_deref().map(redis_config);
+        let log = self.dir.join(format!("redis-{}.log", self.port));
+        self.proc = Some(Process::spawn_with_input(
+            "redis-server",
+            Path::new("redis-server"),
+            &args,
+            &[],
+            config.as_deref(),
+            &log,
+        )?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !port_open(lo, self.port) {
+            if Instant::now() > deadline {
+                return Err(Error::Runtime(format!(
+                    "redis-server did not open port {} (see {})",
+                    self.port,
+                    log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
