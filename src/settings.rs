@@ -519,7 +519,11 @@ fn ntp_upstreams(addrs: &[String]) -> Result<()> {
             addrs.len()
         ));
     }
-    for a in addrs {
+    for (i, a) in addrs.iter().enumerate() {
+        // One server named twice would get two votes in the selection.
+        if addrs[..i].contains(a) {
+            return invalid(format!("ntp_upstream: {a:?} is given twice"));
+        }
         let ok = a.len() <= MAX_ADDR_LEN
             && crate::net::host_port(a, 123).is_some_and(|(h, _)| !h.is_empty());
         if !ok {
@@ -694,6 +698,17 @@ mod tests {
             (|c| c.drift_ppm = f64::NAN, "drift_ppm"),
             (|c| c.interval_ms = 0, "interval_ms"),
             (|c| c.max_slew_ppm = 0.0, "max_slew_ppm"),
+            (|c| c.ntp_rate = -1.0, "ntp_rate"),
+            (
+                |c| c.ntp_upstream = vec!["a:1".into(), "a:1".into()],
+                "twice",
+            ),
+            (
+                |c| c.ntp_upstream = vec!["host:port".into()],
+                "ntp_upstream",
+            ),
+            (|c| c.ntp_upstream = vec!["x".repeat(65)], "ntp_upstream"),
+            (|c| c.ntp_upstream = vec!["n".into(); 9], "at most 8"),
         ];
         for (bad, name) in client {
             let mut c = ClientSettings::default();

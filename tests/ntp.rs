@@ -337,6 +337,7 @@ async fn a_cluster_follows_its_ntp_upstreams_and_ignores_a_liar() {
         .into_iter()
         .find(|r| r.report.id != m.id)
         .unwrap();
+    assert_eq!(follower.report.stratum, Some(5), "{:?}", follower.report);
     let f = ntp_query("ntpdate", &follower.report.ip.to_string()).unwrap();
     assert_eq!(f.stratum, 5);
     assert!(f.offset_us.abs() < 1000, "{f:?}");

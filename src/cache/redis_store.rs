@@ -271,6 +271,18 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Makes client `id`'s report expire now (in 1 ms), as if it had been silent for the TTL:
+    /// the leader then elects another master at its next tick if it was master, and logs
+    /// `client_left` from the expiry. `tsc clients remove` does this once the client is gone.
+    pub async fn expire_report(&self, id: &uuid::Uuid) -> Result<()> {
+        let _: i64 = redis::cmd("PEXPIRE")
+            .arg(crate::core::protocol::client_key(id))
+            .arg(1)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
     /// The underlying connection, for callers (tsc, tests) that read other keys.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()

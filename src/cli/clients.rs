@@ -145,12 +145,21 @@ pub fn removed_message(node: &Node) -> String {
     format!("Client at IP {} removed successfully", node.ip)
 }
 
-/// Stops and removes client `client` (an id or a unique prefix of one); the node removed.
+/// Stops and removes client `client` (an id or a unique prefix of one), and expires its report
+/// so that views drop it and, if it was master, the leader elects another at once; the node
+/// removed.
 pub async fn remove_client(rt: &Runtime, state: &mut State, client: &str) -> CliResult<Node> {
     let nodes = rt.nodes(state).await?;
     let clients: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Client).collect();
     let node = (*find_by_prefix(&clients, |n| &n.id, client)?).clone();
     rt.remove(state, &node).await?;
+    // Its report would keep it "live" (and master, if it was) for the TTL: expire it now. If
+    // Redis cannot be reached, the TTL does the same later.
+    if let (Ok(id), Ok(store)) = (node.id.parse(), super::snapshot::redis(rt, state).await) {
+        if let Err(e) = store.expire_report(&id).await {
+            tracing::debug!(error = %e, "cannot expire the removed client's report");
+        }
+    }
     Ok(node)
 }
 

@@ -8,9 +8,9 @@
 //! the service's counters into the next report.
 
 use crate::core::client::ClientCore;
+use crate::core::client::UpstreamReply;
 use crate::core::clock::Clock;
-use crate::core::ntp::{ntp_from_unix_us, Answer, Packet, Responder, MAX_REQUEST_LEN};
-use crate::core::upstream::Reply;
+use crate::core::ntp::{Answer, Packet, Responder, MAX_REQUEST_LEN};
 use crate::error::{Error, Result};
 use crate::logging::RejectLog;
 use std::net::SocketAddr;
@@ -91,8 +91,17 @@ pub const UPSTREAM_FIRST_POLLS: Duration = Duration::from_millis(250);
 const FIRST_POLLS: u32 = 4;
 /// A poll without an answer by then is missed.
 const REPLY_TIMEOUT: Duration = Duration::from_millis(500);
-/// An unreachable upstream is polled less often, down to once per this.
+/// An unreachable upstream is polled less often, down to once per this; so is one that sent
+/// `RATE` kisses.
 const MAX_RETRY: Duration = Duration::from_secs(32);
+/// Longest wait for a name lookup.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The code of a Kiss-o'-Death (stratum 0, mode 4), if `bytes` is one.
+fn kiss_code(bytes: &[u8]) -> Option<[u8; 4]> {
+    let p = Packet::decode(bytes)?;
+    (p.mode == 4 && p.stratum == 0).then_some(p.reference_id)
+}
 
 /// One upstream as the poller sees it.
 struct Poll {
@@ -105,9 +114,29 @@ struct Poll {
     answered: u32,
     failures: u32,
     warned: bool,
+    /// Polls come at least this far apart: doubled by every `RATE` kiss.
+    min_poll: Duration,
+    /// Told to stop (`DENY`, `RSTR` kiss): never polled again.
+    denied: bool,
 }
 
 impl Poll {
+    /// A Kiss-o'-Death: `RATE` doubles the poll interval (up to [`MAX_RETRY`]); `DENY` and
+    /// `RSTR` stop polling this upstream (RFC 5905 §7.4).
+    fn kissed(&mut self, code: &[u8; 4]) {
+        match code {
+            b"RATE" => {
+                self.min_poll = (self.min_poll * 2).min(MAX_RETRY);
+                warn!(upstream = %self.addr, poll_s = self.min_poll.as_secs(), "NTP upstream asks for fewer polls (RATE)");
+            }
+            b"DENY" | b"RSTR" => {
+                self.denied = true;
+                warn!(upstream = %self.addr, code = %String::from_utf8_lossy(code), "NTP upstream refuses us; not polled again");
+            }
+            _ => {}
+        }
+    }
+
     /// When to poll next after a poll at `now`.
     fn schedule(&mut self, now: Instant) {
         let wait = if self.failures >= crate::core::upstream::UNREACHABLE_AFTER {
@@ -119,7 +148,7 @@ impl Poll {
         } else {
             UPSTREAM_POLL
         };
-        self.next = now + wait;
+        self.next = now + wait.max(self.min_poll);
     }
 }
 
@@ -149,6 +178,8 @@ pub async fn follow<C: Clock>(
             answered: 0,
             failures: 0,
             warned: false,
+            min_poll: Duration::ZERO,
+            denied: false,
         })
         .collect();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -163,26 +194,36 @@ pub async fn follow<C: Clock>(
         };
         let t4 = clock.now_us();
         if let Some((bytes, from)) = got {
+            // Only the answer to the request in flight counts: a stray, late or forged datagram
+            // (another origin) is dropped without touching anything.
+            let Some(origin) = Packet::decode(&bytes).map(|p| p.origin_ts) else {
+                continue;
+            };
             let Some(i) = polls
                 .iter()
-                .position(|p| p.to == Some(from) && p.pending.is_some())
+                .position(|p| p.to == Some(from) && p.pending.is_some_and(|(s, _, _)| s == origin))
             else {
                 continue;
             };
             let p = &mut polls[i];
             let (sent, t1, _) = p.pending.take().expect("pending");
-            let mut c = core.lock().expect("not poisoned");
-            if Reply::parse(&bytes, sent, 0, 0).is_some() {
+            if let Some(code) = kiss_code(&bytes) {
+                p.kissed(&code);
+            }
+            let taken = core
+                .lock()
+                .expect("not poisoned")
+                .on_upstream_packet(i, &bytes, sent, t1, t4);
+            if taken == UpstreamReply::Unusable {
+                p.failures += 1;
+            } else {
                 p.answered += 1;
                 p.failures = 0;
                 if p.warned {
                     info!(upstream = %p.addr, "NTP upstream answers again");
                     p.warned = false;
                 }
-            } else {
-                p.failures += 1;
             }
-            c.on_upstream_packet(i, &bytes, sent, t1, t4);
             continue;
         }
         let wants = core.lock().expect("not poisoned").wants_upstreams();
@@ -197,6 +238,8 @@ pub async fn follow<C: Clock>(
                 if p.failures >= crate::core::upstream::UNREACHABLE_AFTER && !p.warned {
                     warn!(upstream = %p.addr, "NTP upstream does not answer; the clock runs free until it does");
                     p.warned = true;
+                    // Its address may have changed: look it up again.
+                    p.to = None;
                 }
             }
             if !wants {
@@ -205,12 +248,16 @@ pub async fn follow<C: Clock>(
                 p.next = now;
                 continue;
             }
-            if p.pending.is_some() || now < p.next {
+            if p.pending.is_some() || now < p.next || p.denied {
                 continue;
             }
             p.schedule(now);
             if p.to.is_none() {
-                p.to = resolve(&p.addr).await;
+                // Bounded, so that a slow name server cannot hold the other upstreams' replies.
+                p.to = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(&p.addr))
+                    .await
+                    .ok()
+                    .flatten();
                 match p.to {
                     Some(to) => core
                         .lock()
@@ -225,8 +272,9 @@ pub async fn follow<C: Clock>(
             }
             let to = p.to.expect("resolved");
             let t1 = clock.now_us();
-            // Our transmit timestamp only has to be unique: the reply echoes it.
-            let sent = ntp_from_unix_us(t1) ^ (i as u64 + 1);
+            // Our transmit timestamp is random (RFC 5905 §9.1's advice for clients that do not
+            // need it): the reply must echo it, which an off-path forger cannot guess.
+            let sent = rand::random::<u64>() | 1;
             let req = Packet {
                 version: 4,
                 mode: 3,
@@ -242,6 +290,8 @@ pub async fn follow<C: Clock>(
             if let Err(e) = s.send_to(&req, to).await {
                 warn!(upstream = %p.addr, error = %e, "cannot send to NTP upstream");
                 p.to = None;
+                p.failures += 1;
+                core.lock().expect("not poisoned").on_upstream_missed(i);
                 continue;
             }
             p.pending = Some((sent, t1, now));

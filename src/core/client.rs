@@ -31,6 +31,7 @@ use std::time::Duration;
 mod berkeley;
 mod time_source;
 pub use berkeley::{BERKELEY_FREQ_GAIN, BERKELEY_MAX_FREQ_STEP_PPM};
+pub use time_source::UpstreamReply;
 use uuid::Uuid;
 
 /// Probe period while the estimator has few samples: converge in about a second.
@@ -414,7 +415,7 @@ impl ClientCore {
         if u.master_id != self.id {
             self.follow.stop();
         }
-        self.master_stratum = u.master_stratum.or(self.master_stratum);
+        self.master_stratum = u.master_stratum;
         if u.master_id == self.id {
             self.corrected_at_us = Some(host_us);
             return UpdateOutcome::IAmMaster;
@@ -552,6 +553,8 @@ impl ClientCore {
         let text = format!("set by the operator: stepped {:+.6} s", delta as f64 / 1e6);
         self.record(EventKind::ClockStepped, text, data, Some(&t.stamp), host_us);
         self.synced = false;
+        // A master on NTP upstreams starts over with them: it returns to their time.
+        self.follow.stop();
         self.clock.step(host_us, delta);
         self.stats.steps += 1;
         self.stats.time_sets += 1;
@@ -642,6 +645,63 @@ mod tests {
             (10, ntp::LOCAL_REFID, 0)
         );
         assert_eq!(m.report(1_500_000).reference.as_deref(), Some("LOCL"));
+    }
+
+    #[test]
+    fn a_master_follows_its_upstream_and_runs_free_when_it_goes_silent() {
+        use crate::core::ntp::{ntp_from_unix_us, Packet};
+        let mut m = core(1, 3_600_000_000, 0.0);
+        m.set_upstreams(&["192.0.2.5:123".to_string()]);
+        assert!(!m.wants_upstreams(), "not master yet");
+        m.on_update(&update(1, 1, 1_000_000), 1_000_000);
+        assert!(m.wants_upstreams());
+        m.upstream_resolved(0, "192.0.2.5".parse().unwrap());
+        // The upstream's time is the host clock; replies after a 200 µs round trip.
+        let reply = |m: &mut ClientCore, at: i64| {
+            let sent = 0xabcd_0000 + at as u64;
+            let p = Packet {
+                version: 4,
+                mode: 4,
+                stratum: 2,
+                origin_ts: sent,
+                receive_ts: ntp_from_unix_us(at + 100),
+                transmit_ts: ntp_from_unix_us(at + 100),
+                ..Packet::default()
+            };
+            m.on_upstream_packet(0, &p.encode(), sent, at, at + 200)
+        };
+        let first = reply(&mut m, 2_000_000);
+        assert!(
+            matches!(first, UpstreamReply::Taken(Some(UpdateOutcome::Applied { action: Action::Step(d), .. })) if (d + 3_600_000_000).abs() < 10),
+            "an hour off: stepped back at once: {first:?}"
+        );
+        reply(&mut m, 3_000_000);
+        let s = m.ntp_source(3_000_500);
+        assert_eq!((s.stratum, s.reference_id), (3, [192, 0, 2, 5]));
+        assert!((m.now_at(3_000_500) - 3_000_500).abs() < 10);
+        assert_eq!(
+            m.report(3_000_500).reference.as_deref(),
+            Some("192.0.2.5:123")
+        );
+        // Silent: after a few missed polls the master runs free, and says so.
+        for _ in 0..crate::core::upstream::UNREACHABLE_AFTER {
+            m.on_upstream_missed(0);
+        }
+        let s = m.ntp_source(8_000_000);
+        assert_eq!((s.stratum, s.reference_id), (10, ntp::LOCAL_REFID));
+        assert_eq!(m.report(8_000_000).reference.as_deref(), Some("LOCL"));
+        // A bogus answer (wrong origin) counts as a miss, never as time.
+        let p = Packet {
+            mode: 4,
+            stratum: 2,
+            origin_ts: 1,
+            transmit_ts: 5,
+            ..Packet::default()
+        };
+        assert_eq!(
+            m.on_upstream_packet(0, &p.encode(), 2, 9_000_000, 9_000_100),
+            UpstreamReply::Unusable
+        );
     }
 
     /// Answers a probe from a reference clock equal to the host clock, with the given one-way

@@ -66,8 +66,8 @@ pub fn unix_us_from_ntp(ts: u64, near_us: i64) -> i64 {
 
 /// A duration in NTP short format (16.16 seconds), saturating.
 pub fn ntp_short_from_us(us: i64) -> u32 {
-    let us = us.max(0) as u64;
-    ((us << 16) / 1_000_000).min(u64::from(u32::MAX)) as u32
+    let us = u128::from(us.max(0) as u64);
+    ((us << 16) / 1_000_000).min(u128::from(u32::MAX)) as u32
 }
 
 /// The fields of an NTP header.
@@ -232,12 +232,17 @@ pub struct Source {
 }
 
 impl Source {
-    /// The stratum a reply carries: [`UNSYNCED_STRATUM`] while not synchronized.
+    /// Whether replies carry the alarm: not synchronized, or a chain too long to be a source.
+    pub fn alarm(&self) -> bool {
+        !self.synced || self.stratum >= UNSYNCED_STRATUM
+    }
+
+    /// The stratum a reply carries: [`UNSYNCED_STRATUM`] with the alarm.
     pub fn served_stratum(&self) -> u8 {
-        if self.synced {
-            self.stratum
-        } else {
+        if self.alarm() {
             UNSYNCED_STRATUM
+        } else {
+            self.stratum
         }
     }
 }
@@ -311,7 +316,7 @@ impl Responder {
             }
             Ok((req, kiss)) => {
                 let mut p = Packet {
-                    leap: if source.synced { 0 } else { 3 },
+                    leap: if source.alarm() { 3 } else { 0 },
                     version: req.version,
                     mode: 4,
                     stratum: source.served_stratum(),
@@ -479,6 +484,11 @@ mod tests {
         assert_eq!(ntp_short_from_us(1_000_000), 1 << 16);
         assert_eq!(ntp_short_from_us(-3), 0);
         assert_eq!(ntp_short_from_us(i64::MAX), u32::MAX);
+        assert_eq!(
+            ntp_short_from_us(1 << 48),
+            u32::MAX,
+            "saturates, never wraps"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! corrections never move, on the client's side). An upstream's **interval** is its estimated
 //! offset ± its root distance: half the best round trip to it (the most path asymmetry can
 //! hide), plus its own root delay / 2 and root dispersion (its distance to its reference), plus
-//! 15 ppm of the age of its newest sample. With three or more upstreams, the selection keeps the
+//! 15 ppm of the age of its newest sample, plus [`SELECT_MARGIN_US`] for the estimate's jitter. With three or more upstreams, the selection keeps the
 //! largest set (more than half of them) whose intervals share a point and calls the rest
 //! falsetickers; with one or two, it keeps them if they agree. The survivor with the smallest
 //! root distance is the one to follow.
@@ -21,6 +21,13 @@ use std::net::IpAddr;
 pub const MAX_UPSTREAMS: usize = 8;
 /// Polls without an answer after which an upstream counts as unreachable.
 pub const UNREACHABLE_AFTER: u32 = 4;
+/// Added to every interval's half-width in the selection (µs): an estimate's own jitter, which
+/// root distance does not count. Without it, two honest upstreams a few tens of µs apart on a
+/// busy host can fail to overlap, leave no majority, and make the master drop its upstream for
+/// a poll (NTP adds its MINDISP, 10 ms, for the same reason).
+pub const SELECT_MARGIN_US: i64 = 1_000;
+/// Largest root distance of a usable upstream (µs): RFC 5905's MAXDIST, 1.5 s.
+pub const MAX_DISTANCE_US: i64 = 1_500_000;
 /// Longest upstream address kept in reports (bytes).
 pub const MAX_ADDR_LEN: usize = 64;
 
@@ -42,20 +49,30 @@ pub struct Reply {
 impl Reply {
     /// The reply to a request whose transmit timestamp was `sent` (raw clock `t1_raw_us`),
     /// received at raw `t4_raw_us`; `None` if it is not a usable server reply to that request
-    /// (wrong mode or origin, a kiss, the alarm, stratum 0 or 16, no timestamps).
-    pub fn parse(bytes: &[u8], sent: u64, t1_raw_us: i64, t4_raw_us: i64) -> Option<Reply> {
+    /// (wrong mode, version or origin, a kiss, the alarm, stratum 0 or 16, no timestamps,
+    /// transmit before receive, a root distance over 1.5 s, or a server that names this client
+    /// as its reference, `own_refid`: a timing loop).
+    pub fn parse(
+        bytes: &[u8],
+        sent: u64,
+        t1_raw_us: i64,
+        t4_raw_us: i64,
+        own_refid: Option<[u8; 4]>,
+    ) -> Option<Reply> {
         let p = ntp::Packet::decode(bytes)?;
         let usable = p.mode == 4
+            && (1..=4).contains(&p.version)
             && p.origin_ts == sent
             && p.leap != 3
             && (1..ntp::UNSYNCED_STRATUM).contains(&p.stratum)
+            && Some(p.reference_id) != own_refid
             && p.receive_ts != 0
             && p.transmit_ts != 0;
         if !usable {
             return None;
         }
         let near = t1_raw_us;
-        Some(Reply {
+        let r = Reply {
             t1_raw_us,
             t4_raw_us,
             t2_us: ntp::unix_us_from_ntp(p.receive_ts, near),
@@ -64,7 +81,10 @@ impl Reply {
             leap: p.leap,
             root_delay_us: short_to_us(p.root_delay),
             root_dispersion_us: short_to_us(p.root_dispersion),
-        })
+        };
+        // Transmitted before it received, or further from its reference than NTP accepts.
+        let distance = r.root_delay_us / 2 + r.root_dispersion_us;
+        (r.t3_us >= r.t2_us && distance <= MAX_DISTANCE_US).then_some(r)
     }
 }
 
@@ -201,31 +221,42 @@ impl Upstream {
 }
 
 /// Marks every reachable upstream with an estimate `Selected`, `Candidate` or `Falseticker` at
-/// raw time `raw_us`, and returns the selected one's index (`None`: no majority, or none
-/// reachable).
-pub fn select(upstreams: &mut [Upstream], raw_us: i64) -> Option<usize> {
+/// raw time `raw_us`, and returns the selected one's index (`None`: no majority, none reachable,
+/// or some upstream not heard from yet: the first reply alone must not decide). `current`, the
+/// one followed so far, stays selected while it agrees with the majority, so that near-equal
+/// upstreams do not take turns.
+pub fn select(upstreams: &mut [Upstream], raw_us: i64, current: Option<usize>) -> Option<usize> {
+    if upstreams.iter().any(|u| u.state == State::Waiting) {
+        return None;
+    }
     let live: Vec<(usize, f64, f64)> = upstreams
         .iter()
         .enumerate()
-        .filter(|(_, u)| !matches!(u.state, State::Unreachable | State::Waiting))
+        .filter(|(_, u)| u.state != State::Unreachable)
         .filter_map(|(i, u)| {
             let e = u.estimate()?;
             // Intervals of the upstream's time minus the raw clock.
             let theta = -e.offset_at(raw_us);
-            let d = u.distance_us(raw_us) as f64;
+            let d = (u.distance_us(raw_us) + SELECT_MARGIN_US) as f64;
             Some((i, theta - d, theta + d))
         })
         .collect();
-    let truechimers = agreeing(&live.iter().map(|&(_, lo, hi)| (lo, hi)).collect::<Vec<_>>());
+    let truechimers: Vec<usize> =
+        agreeing(&live.iter().map(|&(_, lo, hi)| (lo, hi)).collect::<Vec<_>>())
+            .into_iter()
+            .map(|k| live[k].0)
+            .collect();
     for &(i, _, _) in &live {
         upstreams[i].state = State::Falseticker;
     }
-    let best = truechimers
-        .iter()
-        .map(|&k| live[k].0)
-        .min_by_key(|&i| (upstreams[i].distance_us(raw_us), upstreams[i].stratum()))?;
-    for &k in &truechimers {
-        upstreams[live[k].0].state = State::Candidate;
+    let best = current.filter(|c| truechimers.contains(c)).or_else(|| {
+        truechimers
+            .iter()
+            .copied()
+            .min_by_key(|&i| (upstreams[i].distance_us(raw_us), upstreams[i].stratum()))
+    })?;
+    for &i in &truechimers {
+        upstreams[i].state = State::Candidate;
     }
     upstreams[best].state = State::Selected;
     Some(best)
@@ -367,7 +398,13 @@ mod tests {
             ups[2].reply(reply(t, 1_050, 200, 3));
         }
         let now = t0 + 5_000_000;
-        assert_eq!(select(&mut ups, now), Some(2), "c: the shortest distance");
+        // The one followed stays while it agrees, though another is better.
+        assert_eq!(select(&mut ups, now, Some(0)), Some(0));
+        assert_eq!(
+            select(&mut ups, now, None),
+            Some(2),
+            "c: the shortest distance"
+        );
         let states: Vec<State> = ups.iter().map(|u| u.state).collect();
         assert_eq!(
             states,
@@ -383,13 +420,16 @@ mod tests {
             ups[2].missed();
         }
         assert_eq!(
-            select(&mut ups, now),
+            select(&mut ups, now, Some(2)),
             None,
             "a and the liar: two that disagree"
         );
         assert_eq!(ups[2].state, State::Unreachable);
         ups.remove(1);
-        assert_eq!(select(&mut ups, now), Some(0));
+        assert_eq!(select(&mut ups, now, None), Some(0));
+        // Until every upstream has been heard from, nothing is selected.
+        ups.push(Upstream::new("late:123"));
+        assert_eq!(select(&mut ups, now, Some(0)), None);
     }
 
     #[test]
@@ -406,7 +446,7 @@ mod tests {
             root_delay: 1 << 16,
             ..ntp::Packet::default()
         };
-        let parse = |p: ntp::Packet| Reply::parse(&p.encode(), sent, 10, 20);
+        let parse = |p: ntp::Packet| Reply::parse(&p.encode(), sent, 10, 20, Some([10, 0, 0, 9]));
         let r = parse(good).expect("usable");
         assert_eq!((r.stratum, r.root_delay_us), (3, 1_000_000));
         for bad in [
@@ -428,6 +468,6 @@ mod tests {
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
-        assert_eq!(Reply::parse(&[0u8; 47], sent, 0, 0), None);
+        assert_eq!(Reply::parse(&[0u8; 47], sent, 0, 0, None), None);
     }
 }

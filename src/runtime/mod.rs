@@ -17,7 +17,7 @@ pub use images::{ensure_images, BASE_BUILD_SCRIPT};
 pub use local::LocalRuntime;
 pub use node::{Node, Role, MAX_REPLICAS};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::settings::{self, ClientNode, ServerNode, ServerSettings};
 use cluster::{ClusterConfig, RuntimeKind, State};
 use std::net::{IpAddr, SocketAddr};
@@ -49,13 +49,21 @@ pub enum Runtime {
 
 impl Runtime {
     /// Opens the runtime that `kind` names (`Auto`: Docker if a daemon answers, else local).
+    /// A `DOCKER_HOST` that does not answer is an error even under `Auto`: whoever set it meant
+    /// that daemon, and a silent fall back to local processes would hide the mistake.
     pub async fn open(cfg: &ClusterConfig, kind: RuntimeKind) -> Result<Runtime> {
         match kind {
             RuntimeKind::Docker => Ok(Runtime::Docker(DockerRuntime::connect(cfg).await?)),
             RuntimeKind::Local => Ok(Runtime::Local(LocalRuntime::new(cfg))),
             RuntimeKind::Auto => match DockerRuntime::connect(cfg).await {
                 Ok(d) => Ok(Runtime::Docker(d)),
-                Err(_) => Ok(Runtime::Local(LocalRuntime::new(cfg))),
+                Err(e) => match std::env::var("DOCKER_HOST") {
+                    Ok(host) if !host.is_empty() => Err(Error::Runtime(format!(
+                        "DOCKER_HOST={host} does not answer ({e}); fix or unset it, or set \
+                         runtime = \"local\" in cluster.toml"
+                    ))),
+                    _ => Ok(Runtime::Local(LocalRuntime::new(cfg))),
+                },
             },
         }
     }

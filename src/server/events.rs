@@ -134,7 +134,7 @@ pub(crate) async fn leaves<C: Clock>(
                 ("client_id".to_string(), id.to_string().into()),
                 ("epoch".to_string(), epoch.into()),
             ]);
-            let text = format!("client {id} left: no report for the TTL");
+            let text = format!("client {id} left: its report expired");
             ctx.record(EventKind::ClientLeft, text, data, None);
         }
     }

@@ -207,7 +207,13 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             algorithm: self.algorithm,
             master_ref_offset_us,
             master_ref_freq_ppm,
-            master_stratum: master.report.stratum,
+            // A newly elected master's report is still its follower's (stratum 11, or 16): until
+            // it reports as master, the cluster's time is its own clock, stratum 10.
+            master_stratum: if master.report.master_id == Some(master.report.id) {
+                master.report.stratum
+            } else {
+                Some(crate::core::ntp::LOCAL_STRATUM)
+            },
             stamp: Stamp::default(),
         }))
     }

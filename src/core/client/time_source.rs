@@ -11,6 +11,15 @@ use crate::core::upstream::{self, Reply, Status, Upstream};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+/// What became of a reply from an upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamReply {
+    /// Not a usable answer to the request (counted as a missed poll).
+    Unusable,
+    /// Taken; what the master did with its clock (`None`: not master, or nothing selected).
+    Taken(Option<UpdateOutcome>),
+}
+
 /// The NTP upstreams a master follows, and how far it got.
 #[derive(Debug, Clone, Default)]
 pub struct Follow {
@@ -70,17 +79,22 @@ impl ClientCore {
             .is_some_and(|u| u.state == upstream::State::Unreachable)
     }
 
-    /// A poll of upstream `i` went unanswered.
+    /// A poll of upstream `i` went unanswered. Once the upstream followed is unreachable, the
+    /// master stops following it at once (it runs free, and says so: stratum 10, `LOCL`).
     pub fn on_upstream_missed(&mut self, i: usize) {
         if let Some(u) = self.follow.upstreams.get_mut(i) {
             u.missed();
+            if u.state == upstream::State::Unreachable && self.follow.following == Some(i) {
+                self.follow.stop();
+            }
         }
     }
 
     /// `bytes` from upstream `i`, the answer to the request with transmit timestamp `sent` made
-    /// at host time `t1_host_us`, received at `t4_host_us`. While this client is master, the
-    /// clock is steered to the selected upstream; `None` when nothing was applied (not master,
-    /// not a usable reply, no upstream selected).
+    /// at host time `t1_host_us`, received at `t4_host_us`. A reply that is not usable
+    /// ([`Reply::parse`], with this client's own address as the reference id that would make a
+    /// loop) counts as a missed poll. While this client is master, the clock is then steered to
+    /// the selected upstream.
     pub fn on_upstream_packet(
         &mut self,
         i: usize,
@@ -88,14 +102,18 @@ impl ClientCore {
         sent: u64,
         t1_host_us: i64,
         t4_host_us: i64,
-    ) -> Option<UpdateOutcome> {
+    ) -> UpstreamReply {
         let (t1, t4) = (self.clock.raw_at(t1_host_us), self.clock.raw_at(t4_host_us));
-        let Some(reply) = Reply::parse(bytes, sent, t1, t4) else {
+        let own = Some(ntp::refid_of(self.ip));
+        let (Some(reply), Some(u)) = (
+            Reply::parse(bytes, sent, t1, t4, own),
+            self.follow.upstreams.get_mut(i),
+        ) else {
             self.on_upstream_missed(i);
-            return None;
+            return UpstreamReply::Unusable;
         };
-        self.follow.upstreams.get_mut(i)?.reply(reply);
-        self.steer(t4_host_us)
+        u.reply(reply);
+        UpstreamReply::Taken(self.steer(t4_host_us))
     }
 
     /// Steers this master's clock to the selected upstream at host time `host_us`.
@@ -106,8 +124,9 @@ impl ClientCore {
             return None;
         }
         let raw = self.clock.raw_at(host_us);
-        let chosen = upstream::select(&mut self.follow.upstreams, raw);
-        if chosen != self.follow.following {
+        let chosen = upstream::select(&mut self.follow.upstreams, raw, self.follow.following);
+        if chosen.is_none() {
+            // Nothing to follow: run free (a switch between agreeing upstreams keeps `synced`).
             self.follow.synced = false;
         }
         self.follow.following = chosen;
@@ -153,7 +172,8 @@ impl ClientCore {
     /// The upstream this master follows, when it is synchronized to it.
     fn followed(&self) -> Option<&Upstream> {
         let i = self.follow.following.filter(|_| self.follow.synced)?;
-        self.is_master().then(|| &self.follow.upstreams[i])
+        let u = &self.follow.upstreams[i];
+        (self.is_master() && u.state == upstream::State::Selected).then_some(u)
     }
 
     /// What the client's time follows, as reports name it: the upstream a master follows,
@@ -216,9 +236,15 @@ impl ClientCore {
                 ),
             };
         }
-        let (delay, bound, age) = self.estimator.estimate().map_or((0, 0, 0), |e| {
-            (e.min_delay_us, e.min_delay_us / 2, raw - e.at_raw_us)
-        });
+        // Without an estimate (none yet, or the leader changed and it starts over), the bound is
+        // the sync threshold, grown since the last correction: never a claim of no error.
+        let since = host_us - self.corrected_at_us.unwrap_or(host_us);
+        let (delay, bound, age) = self
+            .estimator
+            .estimate()
+            .map_or((0, SYNCED_US, since), |e| {
+                (e.min_delay_us, e.min_delay_us / 2, raw - e.at_raw_us)
+            });
         ntp::Source {
             synced: self.synced,
             // Stratum 16 is "unsynchronized": a chain that long is no time source.

@@ -292,6 +292,11 @@ impl Checked for TimeReport {
                 ("upstreams.offset_us", u.offset_us),
                 ("upstreams.delay_us", u.delay_us),
             ])?;
+            if u.delay_us.is_some_and(|d| d < 0) {
+                return Err(DecodeError::Malformed(
+                    "`upstreams.delay_us` negative".into(),
+                ));
+            }
         }
         self.events.iter().try_for_each(Checked::check)
     }
