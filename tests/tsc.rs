@@ -106,6 +106,15 @@ async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
         8,
         "header + 7 ids"
     );
+    // More than fit in the cluster's /24: refused before any is started.
+    let too_many = t.run(&["clients", "add", "-n", "230"]);
+    assert_eq!(too_many.code, 2, "{}", too_many.stderr);
+    assert!(
+        too_many.stderr.contains("room for 228 more"),
+        "{}",
+        too_many.stderr
+    );
+    assert_eq!(running(&t.clients()).len(), 7, "nothing was started");
 
     // tail shows the client's log lines.
     let tail = t.ok(&["clients", "tail", "-c", &master, "-n", "50"]);

@@ -114,6 +114,19 @@ pub fn time_change(time: Option<&str>, shift: Option<f64>) -> CliResult<TimeChan
 pub const MAX_SHIFT_SECS: f64 = 366.0 * 86_400.0;
 
 /// Starts `n` clients, one line each.
+/// Whether `n` more clients fit beside `existing` ones (one address each in the cluster's /24):
+/// checked before any is started, so that a request too large starts none.
+pub fn check_room(existing: usize, n: usize) -> CliResult<()> {
+    let left = MAX_CLIENTS.saturating_sub(existing);
+    if n > left {
+        return Err(Failure::usage(format!(
+            "this cluster has {existing} clients and room for {left} more (at most {MAX_CLIENTS}, \
+             one address each); {n} asked"
+        )));
+    }
+    Ok(())
+}
+
 pub async fn add_clients(
     rt: &Runtime,
     state: &mut State,
@@ -125,6 +138,13 @@ pub async fn add_clients(
     } else {
         "processes"
     };
+    let existing = rt
+        .nodes(state)
+        .await?
+        .iter()
+        .filter(|n| n.role == Role::Client)
+        .count();
+    check_room(existing, n)?;
     out.line(&format!("Starting {n} client {what}.."));
     let mut started = Vec::new();
     for _ in 0..n {
@@ -329,6 +349,21 @@ pub async fn clients(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn clients_are_added_only_when_all_fit() {
+        assert!(check_room(0, MAX_CLIENTS).is_ok());
+        assert!(check_room(26, MAX_CLIENTS - 26).is_ok());
+        let e = check_room(26, 235).unwrap_err();
+        assert_eq!(e.code, exit::USAGE);
+        assert!(e.message.contains("room for 209 more"), "{}", e.message);
+        assert!(check_room(MAX_CLIENTS, 1).is_err());
+        assert!(
+            check_room(MAX_CLIENTS + 3, 1).is_err(),
+            "more than fit already: none more"
+        );
+    }
+
     use super::*;
 
     #[test]
