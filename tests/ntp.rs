@@ -10,6 +10,7 @@ mod common;
 use common::*;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+use time_sync::core::clock::{Clock, SystemClock};
 use time_sync::core::ntp::{
     ntp_from_unix_us, unix_us_from_ntp, NtpStats, Packet, KISS_RATE, LOCAL_REFID, LOCAL_STRATUM,
     MAX_REQUEST_LEN, PRECISION, UNSYNCED_STRATUM,
@@ -21,10 +22,7 @@ static PORT_123: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Host clock, µs since the Unix epoch.
 fn host_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
+    SystemClock.now_us()
 }
 
 fn request(version: u8, mode: u8, transmit_ts: u64) -> Vec<u8> {

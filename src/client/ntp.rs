@@ -121,6 +121,28 @@ struct Poll {
 }
 
 impl Poll {
+    /// A poll that got nothing usable (no answer, an unusable one, no address, a failed send):
+    /// counted, and once it makes the upstream unreachable, logged once per outage and its
+    /// address looked up again (it may have changed).
+    fn failed(&mut self) {
+        self.failures += 1;
+        if self.failures >= crate::core::upstream::UNREACHABLE_AFTER && !self.warned {
+            warn!(upstream = %self.addr, "NTP upstream does not answer; the clock runs free until it does");
+            self.warned = true;
+            self.to = None;
+        }
+    }
+
+    /// A usable answer.
+    fn answered(&mut self) {
+        self.answered += 1;
+        self.failures = 0;
+        if self.warned {
+            info!(upstream = %self.addr, "NTP upstream answers again");
+            self.warned = false;
+        }
+    }
+
     /// A Kiss-o'-Death: `RATE` doubles the poll interval (up to [`MAX_RETRY`]); `DENY` and
     /// `RSTR` stop polling this upstream (RFC 5905 §7.4).
     fn kissed(&mut self, code: &[u8; 4]) {
@@ -214,33 +236,26 @@ pub async fn follow<C: Clock>(
                 .lock()
                 .expect("not poisoned")
                 .on_upstream_packet(i, &bytes, sent, t1, t4);
+            // An unusable reply was counted as a miss by the core already.
             if taken == UpstreamReply::Unusable {
-                p.failures += 1;
+                p.failed();
             } else {
-                p.answered += 1;
-                p.failures = 0;
-                if p.warned {
-                    info!(upstream = %p.addr, "NTP upstream answers again");
-                    p.warned = false;
-                }
+                p.answered();
             }
             continue;
         }
         let wants = core.lock().expect("not poisoned").wants_upstreams();
         let now = Instant::now();
+        let missed = |p: &mut Poll, i: usize| {
+            p.failed();
+            core.lock().expect("not poisoned").on_upstream_missed(i);
+        };
         for (i, p) in polls.iter_mut().enumerate() {
             if p.pending
                 .is_some_and(|(_, _, at)| now.duration_since(at) > REPLY_TIMEOUT)
             {
                 p.pending = None;
-                p.failures += 1;
-                core.lock().expect("not poisoned").on_upstream_missed(i);
-                if p.failures >= crate::core::upstream::UNREACHABLE_AFTER && !p.warned {
-                    warn!(upstream = %p.addr, "NTP upstream does not answer; the clock runs free until it does");
-                    p.warned = true;
-                    // Its address may have changed: look it up again.
-                    p.to = None;
-                }
+                missed(p, i);
             }
             if !wants {
                 // Not master: start over with fast polls when it is again.
@@ -264,8 +279,7 @@ pub async fn follow<C: Clock>(
                         .expect("not poisoned")
                         .upstream_resolved(i, to.ip()),
                     None => {
-                        p.failures += 1;
-                        core.lock().expect("not poisoned").on_upstream_missed(i);
+                        missed(p, i);
                         continue;
                     }
                 }
@@ -290,8 +304,7 @@ pub async fn follow<C: Clock>(
             if let Err(e) = s.send_to(&req, to).await {
                 warn!(upstream = %p.addr, error = %e, "cannot send to NTP upstream");
                 p.to = None;
-                p.failures += 1;
-                core.lock().expect("not poisoned").on_upstream_missed(i);
+                missed(p, i);
                 continue;
             }
             p.pending = Some((sent, t1, now));

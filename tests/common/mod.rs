@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use time_sync::cache::{RedisStore, ReportStore};
+use time_sync::core::clock::{Clock, SystemClock};
 pub use time_sync::core::keyring::KeyRing;
 use time_sync::core::ntp::{ntp_from_unix_us, Packet};
 use time_sync::core::protocol::{MasterRecord, StoredReport};
@@ -887,12 +888,6 @@ impl Chrony {
         let addr = format!("127.0.0.1:{port}");
         // Up when it answers.
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let host_us = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_micros() as i64
-        };
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -900,7 +895,7 @@ impl Chrony {
             let req = Packet {
                 version: 4,
                 mode: 3,
-                transmit_ts: ntp_from_unix_us(host_us()),
+                transmit_ts: ntp_from_unix_us(SystemClock.now_us()),
                 ..Packet::default()
             }
             .encode();
