@@ -15,11 +15,31 @@ use tracing_subscriber::{fmt, EnvFilter, Layer};
 /// Log lines buffered between the program and the file writer thread.
 pub const LOG_BUFFER_LINES: usize = 4096;
 
+/// The filter for `RUST_LOG` (`None`: unset): its directives, or `info`, and the AMQP library
+/// off unless they name it; a spec that does not parse gives [`DEFAULT_FILTER`].
+pub fn filter_of(rust_log: Option<&str>) -> EnvFilter {
+    let spec = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or("info");
+    let spec = if spec.contains("lapin") {
+        spec.to_string()
+    } else {
+        format!("{spec},lapin=off")
+    };
+    EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+}
+
+/// Log levels unless `RUST_LOG` says otherwise: `info`, without the AMQP library's own lines. A
+/// broker restart made it write about fifty ERROR lines (every channel of every connection, each
+/// a restatement of the one error our session loop logs once with its consequence), and it logs
+/// a broker's returned message as a WARN with raw frame bytes under a second `message` key,
+/// where the replica already counts and handles the return. They stay off whatever level
+/// `RUST_LOG` sets, unless it names `lapin` (`RUST_LOG=info,lapin=debug` brings them back).
+pub const DEFAULT_FILTER: &str = "info,lapin=off";
+
 /// Installs the global subscriber. Logs go to stderr and, unless `dir` is empty, to
 /// `dir/file_name` when `dir` is given (the directory is created). Keep the returned guard alive until exit: it
-/// flushes the file. The level comes from `RUST_LOG` (default `info`).
+/// flushes the file. The level comes from `RUST_LOG` (default [`DEFAULT_FILTER`]).
 pub fn init(dir: Option<&Path>, file_name: &str) -> Result<Option<WorkerGuard>> {
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = || filter_of(std::env::var("RUST_LOG").ok().as_deref());
     let stderr = fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -128,6 +148,20 @@ impl RejectLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_amqp_library_is_off_unless_rust_log_names_it() {
+        // The directives, in whatever order the filter prints them.
+        let set = |spec: &str| -> std::collections::BTreeSet<String> {
+            spec.split(',').map(str::to_string).collect()
+        };
+        let shown = |rust_log: Option<&str>| set(&filter_of(rust_log).to_string());
+        assert_eq!(shown(None), set("info,lapin=off"));
+        assert_eq!(shown(Some("")), set("info,lapin=off"));
+        assert_eq!(shown(Some("debug")), set("debug,lapin=off"));
+        assert_eq!(shown(Some("info,lapin=debug")), set("info,lapin=debug"));
+        assert_eq!(shown(Some("info,[{bad")), set(DEFAULT_FILTER));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn logs_a_burst_then_counts_and_flushes_on_time() {

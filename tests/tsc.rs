@@ -489,3 +489,58 @@ fn bad_cli_input_gets_one_line_and_an_exit_code() {
     std::fs::write(&path, toml::to_string(&good).unwrap()).unwrap();
     assert_eq!(run(&["status"]).status.code(), Some(4), "valid again");
 }
+
+/// ctrl-c in the middle of `tsc bootstrap` removes what it had started, says so, and exits 130:
+/// no process, vhost or state is left behind.
+#[test]
+fn ctrl_c_during_bootstrap_leaves_nothing_behind() {
+    use std::io::{BufRead, BufReader};
+    assert_rabbitmq_up();
+    let t = Tsc::new("local", "10.241.0.0/24");
+    let cfg = ClusterConfig::load(t.home.path()).unwrap();
+    let mut child = Command::new(TSC_BIN)
+        .args(["bootstrap", "-s", "2", "-c", "4"])
+        .env("TSC_HOME", t.home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("server replica(s)") {
+        let mut line = String::new();
+        assert_ne!(
+            out.read_line(&mut line).unwrap(),
+            0,
+            "bootstrap ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    seen.push_str(&rest);
+    eprintln!("{seen}{err}");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        seen.contains("Interrupted: removing what bootstrap started"),
+        "{seen}"
+    );
+    assert!(seen.contains("Cluster removed."), "{seen}");
+    assert!(err.contains("bootstrap interrupted"), "{err}");
+    let home = t.home.path().display().to_string();
+    let left = Command::new("pgrep").args(["-f", &home]).output().unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let vhosts = sh("rabbitmqctl", &["-q", "list_vhosts"]);
+    let vhost = format!("tsc-{}", cfg.cluster_id);
+    assert!(!vhosts.lines().any(|l| l.trim() == vhost), "vhost left");
+    assert_eq!(t.run(&["status"]).code, 4, "no cluster");
+}

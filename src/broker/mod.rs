@@ -24,13 +24,22 @@ use tracing::{info, warn};
 /// [`protocol::MAX_MESSAGE_BYTES`], far below this.
 pub const FRAME_MAX: u32 = 8192;
 
-/// Parses an AMQP URL and applies [`FRAME_MAX`] unless the URL sets its own `frame_max`.
+/// AMQP heartbeat we ask for (seconds; the broker's default is 60). The connection counts as
+/// dead after two silent heartbeat periods, so a peer whose network went away is noticed in
+/// about 6 s instead of two minutes, and its sessions reconnect.
+pub const HEARTBEAT_SECS: u16 = 3;
+
+/// Parses an AMQP URL and applies [`FRAME_MAX`] and [`HEARTBEAT_SECS`] unless the URL sets its
+/// own `frame_max` or `heartbeat`.
 pub fn parse_url(url: &str) -> Result<lapin::uri::AMQPUri> {
     let mut uri: lapin::uri::AMQPUri = url
         .parse()
         .map_err(|e| crate::Error::Config(format!("bad AMQP URL: {e}")))?;
     if uri.query.frame_max.is_none() {
         uri.query.frame_max = Some(FRAME_MAX);
+    }
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(HEARTBEAT_SECS);
     }
     Ok(uri)
 }
@@ -380,5 +389,22 @@ pub async fn run_sessions<F, Fut>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_get_a_short_heartbeat_and_small_frames_unless_they_set_their_own() {
+        let uri = parse_url("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(uri.query.heartbeat, Some(HEARTBEAT_SECS));
+        assert_eq!(uri.query.frame_max, Some(FRAME_MAX));
+        let uri = parse_url("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&frame_max=65536")
+            .unwrap();
+        assert_eq!(uri.query.heartbeat, Some(10));
+        assert_eq!(uri.query.frame_max, Some(65536));
+        assert!(parse_url("http://nope").is_err());
     }
 }

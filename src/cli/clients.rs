@@ -151,6 +151,8 @@ pub async fn add_clients(
         let node = rt.start_client(state).await?;
         out.line(&started_message(&node));
         started.push(node);
+        // Starting a local process never waits: let a ctrl-c (tsc bootstrap) be seen.
+        tokio::task::yield_now().await;
     }
     Ok(started)
 }

@@ -151,8 +151,22 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
                 servers,
                 workers,
             };
-            lifecycle::bootstrap(&cfg, &mut state, cli.runtime, n, &out).await?;
-            Ok(0)
+            let bootstrap = lifecycle::bootstrap(&cfg, &mut state, cli.runtime, n, &out);
+            tokio::select! {
+                // First, so that the handler is installed before bootstrap's first step runs.
+                biased;
+                _ = tokio::signal::ctrl_c() => {
+                    // The half-done bootstrap is dropped here; what it started is in `state`
+                    // and carries the cluster's labels, so teardown finds all of it.
+                    out.line("Interrupted: removing what bootstrap started..");
+                    lifecycle::teardown(&cfg, &mut state, cli.runtime, &out).await?;
+                    Err(Failure::new(
+                        exit::INTERRUPTED,
+                        "bootstrap interrupted; nothing it started is left",
+                    ))
+                }
+                done = bootstrap => done.map(|()| 0),
+            }
         }
         Command::Teardown => {
             lifecycle::teardown(&cfg, &mut state, cli.runtime, &out).await?;
@@ -180,8 +194,13 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
                 Command::Status => status::status(&cfg, &state, &rt, &out).await,
                 Command::Wait { timeout, bound_ms } => {
                     let timeout = Duration::from_secs(timeout);
-                    let alg = cfg.server.algorithm;
-                    status::wait(&state, &rt, alg, timeout, bound_ms, &out).await
+                    let how = status::WaitFor {
+                        alg: cfg.server.algorithm,
+                        interval: cfg.client.interval(),
+                        timeout,
+                        bound_ms,
+                    };
+                    status::wait(&state, &rt, how, &out).await
                 }
                 Command::Report { duration, plot } => {
                     let duration = Duration::from_secs(duration);

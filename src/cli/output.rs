@@ -17,6 +17,8 @@ pub mod exit {
     pub const CLUSTER_EXISTS: u8 = 5;
     /// `status` or `wait` found the cluster unhealthy or not in sync.
     pub const UNHEALTHY: u8 = 6;
+    /// Interrupted by ctrl-c (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// A failed command: a message for people and an exit code.

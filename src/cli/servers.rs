@@ -238,6 +238,7 @@ pub async fn add_servers(
             node.ip, settings.workers
         ));
         started.push(node);
+        tokio::task::yield_now().await; // see add_clients
     }
     Ok(started)
 }

@@ -3,7 +3,7 @@
 
 use super::output::{exit, CliResult, Failure, Out};
 use super::snapshot::{redis, replicas, snapshot};
-use super::verdict::{health, synced};
+use super::verdict::{health, synced, Freshness};
 use super::view::{client_rows, current_leader, ms, time_source};
 use crate::cache::ReportStore;
 use crate::core::clock::{Clock, SystemClock};
@@ -20,18 +20,26 @@ const WAIT_POLL: Duration = Duration::from_millis(500);
 pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out) -> CliResult<u8> {
     let nodes = rt.nodes(state).await?;
     let redis_ok = redis(rt, state).await;
+    let fresh = Freshness::new(SystemClock.now_us(), cfg.client.interval());
     let (rows, master, stats) = match &redis_ok {
         Ok(store) => {
             let reports = store.live_reports().await.unwrap_or_default();
             let master = store.master().await.ok().flatten();
-            let rows = client_rows(&nodes, &reports, master.as_ref(), SystemClock.now_us());
+            let rows = client_rows(&nodes, &reports, master.as_ref(), fresh.now_us);
             (rows, master, store.server_stats().await.unwrap_or_default())
         }
         Err(_) => (client_rows(&nodes, &[], None, 0), None, vec![]),
     };
     let replicas = replicas(rt, state).await?;
     let leader = current_leader(&replicas).map(|r| r.id);
-    let mut problems = health(&nodes, &rows, master.as_ref(), stats.len(), &replicas);
+    let mut problems = health(
+        &nodes,
+        &rows,
+        master.as_ref(),
+        stats.len(),
+        &replicas,
+        fresh,
+    );
     if let Err(f) = &redis_ok {
         problems.insert(0, f.message.clone());
     }
@@ -115,22 +123,31 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
     Ok(code)
 }
 
-/// `tsc wait`: until every client follows the reference within `bound_ms`; exit 6 on timeout.
-pub async fn wait(
-    state: &State,
-    rt: &Runtime,
-    alg: Algorithm,
-    timeout: Duration,
-    bound_ms: f64,
-    out: &Out,
-) -> CliResult<u8> {
+/// What `tsc wait` waits for.
+pub struct WaitFor {
+    pub alg: Algorithm,
+    /// The clients' report interval: reports older than two are stale.
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub bound_ms: f64,
+}
+
+/// `tsc wait`: until every client follows the reference within `bound_ms`, with fresh
+/// reports; exit 6 on timeout.
+pub async fn wait(state: &State, rt: &Runtime, how: WaitFor, out: &Out) -> CliResult<u8> {
+    let WaitFor {
+        alg,
+        interval,
+        timeout,
+        bound_ms,
+    } = how;
     let t0 = Instant::now();
     let bound_us = (bound_ms * 1000.0) as i64;
     loop {
         let s = snapshot(rt, state).await;
         let verdict = match &s {
             Err(f) => Err(f.message.clone()),
-            Ok(s) => synced(s, alg, bound_us),
+            Ok(s) => synced(s, alg, bound_us, Freshness::new(s.now_us, interval)),
         };
         match verdict {
             Ok(worst) => {

@@ -6,6 +6,49 @@ use super::view::{current_leader, ms, ClientRow, ServerRow};
 use crate::core::protocol::{Algorithm, MasterRecord};
 use crate::runtime::{Node, Role};
 
+/// When a look was taken, and how old a report may be: a report older than two report
+/// intervals is stale (its client, or the path from it to Redis, is stuck).
+#[derive(Debug, Clone, Copy)]
+pub struct Freshness {
+    pub now_us: i64,
+    pub stale_after_ms: i64,
+}
+
+impl Freshness {
+    /// At `now_us`, for clients that report every `interval`.
+    pub fn new(now_us: i64, interval: std::time::Duration) -> Self {
+        Freshness {
+            now_us,
+            stale_after_ms: 2 * interval.as_millis() as i64,
+        }
+    }
+
+    /// Why `r`'s last report cannot be trusted as a picture of now, if it cannot.
+    fn stale(&self, r: &ClientRow) -> Option<String> {
+        let age = r.last_report_age_ms.filter(|a| *a > self.stale_after_ms)?;
+        Some(format!(
+            "client {}'s last report is {:.1} s old (stale after {:.1} s)",
+            r.id,
+            age as f64 / 1000.0,
+            self.stale_after_ms as f64 / 1000.0
+        ))
+    }
+}
+
+/// At most this many clients are named in one problem; the rest are counted.
+const NAMED: usize = 3;
+
+/// One problem for many clients: each named up to [`NAMED`], then a count.
+fn many(problems: Vec<String>, what: &str) -> Vec<String> {
+    if problems.len() <= NAMED {
+        return problems;
+    }
+    let n = problems.len() - NAMED;
+    let mut out: Vec<String> = problems.into_iter().take(NAMED).collect();
+    out.push(format!("{n} more clients {what}"));
+    out
+}
+
 /// Problems that make the cluster unhealthy; empty when all is well.
 pub fn health(
     nodes: &[Node],
@@ -13,6 +56,7 @@ pub fn health(
     master: Option<&MasterRecord>,
     servers_reporting: usize,
     replicas: &[ServerRow],
+    fresh: Freshness,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for role in [Role::Redis, Role::Rabbitmq, Role::Server] {
@@ -34,24 +78,94 @@ pub fn health(
             problems.push(format!("client {} has not reported", r.id));
         }
     }
-    if master.is_none() && !rows.is_empty() {
-        problems.push("no master elected".into());
+    let running: Vec<&ClientRow> = rows.iter().filter(|r| r.state == "running").collect();
+    let stale: Vec<String> = running.iter().filter_map(|r| fresh.stale(r)).collect();
+    problems.extend(many(stale, "have stale reports"));
+    // Only fresh reports, received after the clients had two intervals to hear of the master
+    // or leader, say whom they follow now.
+    let heard_since = |r: &ClientRow, since_us: i64| {
+        r.last_report_age_ms.is_some_and(|age| {
+            age <= fresh.stale_after_ms
+                && fresh.now_us - age * 1000 > since_us + fresh.stale_after_ms * 1000
+        })
+    };
+    match master {
+        None if !rows.is_empty() => problems.push("no master elected".into()),
+        None => {}
+        Some(m) => {
+            let ignoring: Vec<String> = running
+                .iter()
+                .filter(|r| !r.is_master && r.master_id != Some(m.id))
+                .filter(|r| heard_since(r, m.elected_at_us))
+                .map(|r| match r.master_id {
+                    Some(o) => format!("client {} follows {o}, not master {}", r.id, m.id),
+                    None => format!("client {} follows no master (master is {})", r.id, m.id),
+                })
+                .collect();
+            problems.extend(many(ignoring, "do not follow the master"));
+            let live = running.iter().filter(|r| fresh.stale(r).is_none());
+            if let Some(low) = live.min_by_key(|r| crate::core::master_election::ip_rank(&r.ip)) {
+                if !low.is_master
+                    && low.master_id == Some(m.id)
+                    && low.stratum.is_some_and(|s| s < 16)
+                {
+                    problems.push(format!(
+                        "master {} ({}) is not the lowest address: client {} ({}) is, and is synced to it (the leader hands over within {} s)",
+                        m.id,
+                        m.ip,
+                        low.id,
+                        low.ip,
+                        crate::core::master_election::HANDOVER_SCAN.as_secs()
+                    ));
+                }
+            }
+        }
     }
-    if current_leader(replicas).is_none() && replicas.iter().any(|r| r.state == "running") {
-        problems.push("no server replica leads".into());
+    match current_leader(replicas) {
+        None if replicas.iter().any(|r| r.state == "running") => {
+            problems.push("no server replica leads".into());
+        }
+        Some(l) => {
+            // Clients refuse every epoch below the one they follow: a leader under them leads
+            // nobody (the epoch counter went backwards).
+            let above: Vec<String> = running
+                .iter()
+                .filter(|r| fresh.stale(r).is_none())
+                .filter_map(|r| Some((r, r.epoch?, l.epoch?)))
+                .filter(|(_, followed, leading)| followed > leading)
+                .map(|(r, followed, leading)| {
+                    format!(
+                        "client {} ignores the leader: it follows epoch {followed}, the leader's is {leading}",
+                        r.id
+                    )
+                })
+                .collect();
+            problems.extend(many(above, "ignore the leader"));
+        }
+        None => {}
     }
     problems
 }
 
 /// `Ok(worst |true error|)` when every running client follows the reference within
 /// `bound_us`: the master, or for `berkeley` (which has none) the mean of all clocks.
-pub fn synced(s: &Snapshot, alg: Algorithm, bound_us: i64) -> Result<i64, String> {
+/// A report older than `fresh` allows is no evidence of sync: the client, or the path from it
+/// to Redis, may be stuck.
+pub fn synced(
+    s: &Snapshot,
+    alg: Algorithm,
+    bound_us: i64,
+    fresh: Freshness,
+) -> Result<i64, String> {
     let clients: Vec<&ClientRow> = s.rows.iter().filter(|r| r.state == "running").collect();
     if clients.is_empty() {
         return Err("no running clients".into());
     }
     if s.nodes.iter().filter(|n| n.role == Role::Client).count() != clients.len() {
         return Err("some clients are not running".into());
+    }
+    if let Some(why) = clients.iter().find_map(|r| fresh.stale(r)) {
+        return Err(why);
     }
     let mut worst = 0;
     if alg == Algorithm::Berkeley {
@@ -97,6 +211,10 @@ mod tests {
     use uuid::Uuid;
 
     const NOW: i64 = 100_000_000;
+
+    fn fresh() -> Freshness {
+        Freshness::new(NOW, std::time::Duration::from_secs(1))
+    }
 
     fn services() -> Vec<Node> {
         vec![
@@ -174,7 +292,8 @@ mod tests {
                 &s.rows,
                 s.master.as_ref(),
                 1,
-                &[replica("leader")]
+                &[replica("leader")],
+                fresh()
             ),
             Vec::<String>::new()
         );
@@ -192,6 +311,7 @@ mod tests {
             s.master.as_ref(),
             0,
             &[replica("follower")],
+            fresh(),
         );
         for want in [
             "no server replica leads",
@@ -209,6 +329,92 @@ mod tests {
         }
     }
 
+    /// What a table of live reports cannot show by itself: reports that stopped coming, clients
+    /// that follow someone else, a master that is not the lowest address, clients above the
+    /// leader's epoch.
+    #[test]
+    fn health_judges_freshness_and_whom_clients_follow() {
+        let (m, mn) = client(1, "10.0.0.20");
+        let (a, an) = client(2, "10.0.0.21");
+        let (b, bn) = client(3, "10.0.0.5");
+        let mut nodes = services();
+        nodes.extend([mn, an, bn]);
+        let leader = ServerRow {
+            id: 1,
+            ip: "10.0.0.10".parse().unwrap(),
+            state: "running".into(),
+            role: "leader".into(),
+            epoch: Some(4),
+            leader: None,
+            heartbeat_age_ms: Some(100),
+            priority: None,
+            server_id: None,
+            http: None,
+            elections: None,
+        };
+        let other = Uuid::from_u128(77);
+        let mut reports = vec![
+            report(m, "10.0.0.20", m, 0),
+            report(a, "10.0.0.21", other, 40),
+            report(b, "10.0.0.5", m, 10),
+        ];
+        reports[1].received_at_us = NOW - 3_000_000; // stale, and so no evidence of whom it follows
+        reports[2].report.stratum = Some(11);
+        reports[2].report.epoch = Some(9);
+        let s = snap(nodes.clone(), reports.clone(), Some(record(m, "10.0.0.20")));
+        let problems = health(
+            &s.nodes,
+            &s.rows,
+            s.master.as_ref(),
+            1,
+            std::slice::from_ref(&leader),
+            fresh(),
+        );
+        for want in [
+            format!("client {a}'s last report is 3.0 s old (stale after 2.0 s)"),
+            format!("master {m} (10.0.0.20) is not the lowest address: client {b} (10.0.0.5) is"),
+            format!("client {b} ignores the leader: it follows epoch 9, the leader's is 4"),
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(&want)),
+                "{want:?} not in {problems:?}"
+            );
+        }
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        // A fresh report that follows another master, long after the election.
+        reports[1].received_at_us = NOW - 100_000;
+        let s = snap(nodes.clone(), reports.clone(), Some(record(m, "10.0.0.20")));
+        let problems = health(
+            &s.nodes,
+            &s.rows,
+            s.master.as_ref(),
+            1,
+            std::slice::from_ref(&leader),
+            fresh(),
+        );
+        assert!(
+            problems.contains(&format!("client {a} follows {other}, not master {m}")),
+            "{problems:?}"
+        );
+        // ... but not right after the election: it has not heard of it yet.
+        let mut just = record(m, "10.0.0.20");
+        just.elected_at_us = NOW - 1_000_000;
+        let s = snap(nodes, reports, Some(just));
+        let problems = health(&s.nodes, &s.rows, s.master.as_ref(), 1, &[leader], fresh());
+        assert!(
+            !problems.iter().any(|p| p.contains("not master")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn many_problems_of_one_kind_name_three_and_count_the_rest() {
+        let p: Vec<String> = (0..5).map(|i| format!("client {i} is stale")).collect();
+        let out = many(p, "have stale reports");
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[3], "2 more clients have stale reports");
+    }
+
     #[test]
     fn synced_within_the_bound_against_the_master_or_the_mean() {
         let (m, mn) = client(1, "10.0.0.20");
@@ -223,35 +429,42 @@ mod tests {
         ];
         let master = Some(record(m, "10.0.0.20"));
         let s = snap(nodes.clone(), reports.clone(), master.clone());
-        assert_eq!(synced(&s, Algorithm::Master, 300), Ok(300));
-        assert!(synced(&s, Algorithm::Master, 299)
+        assert_eq!(synced(&s, Algorithm::Master, 300, fresh()), Ok(300));
+        assert!(synced(&s, Algorithm::Master, 299, fresh())
             .unwrap_err()
             .contains("exceeds"));
         // Berkeley: against the mean (1033): worst is a, 267 µs off.
-        assert_eq!(synced(&s, Algorithm::Berkeley, 300), Ok(267));
+        assert_eq!(synced(&s, Algorithm::Berkeley, 300, fresh()), Ok(267));
         // Not yet following the master.
         let mut lagging = reports.clone();
         lagging[1].report.master_id = None;
         let s = snap(nodes.clone(), lagging, master.clone());
-        assert!(synced(&s, Algorithm::Master, 10_000)
+        assert!(synced(&s, Algorithm::Master, 10_000, fresh())
             .unwrap_err()
             .contains("does not follow"));
         // No master, or no clients at all.
         let s = snap(nodes.clone(), reports.clone(), None);
         assert_eq!(
-            synced(&s, Algorithm::Master, 10_000),
+            synced(&s, Algorithm::Master, 10_000, fresh()),
             Err("no master yet".into())
         );
         let s = snap(services(), vec![], None);
         assert_eq!(
-            synced(&s, Algorithm::Master, 10_000),
+            synced(&s, Algorithm::Master, 10_000, fresh()),
             Err("no running clients".into())
         );
+        // A stale report is no evidence of sync.
+        let mut stuck = reports.clone();
+        stuck[2].received_at_us = NOW - 2_500_000;
+        let s = snap(nodes.clone(), stuck, master.clone());
+        assert!(synced(&s, Algorithm::Master, 10_000, fresh())
+            .unwrap_err()
+            .contains("stale"));
         // A client that stopped.
         let mut stopped = nodes;
         stopped[4].state = "exited".into();
         let s = snap(stopped, reports, master);
-        assert!(synced(&s, Algorithm::Master, 10_000)
+        assert!(synced(&s, Algorithm::Master, 10_000, fresh())
             .unwrap_err()
             .contains("not running"));
     }

@@ -35,6 +35,8 @@ pub struct ClientRow {
     pub true_error_us: Option<i64>,
     pub last_report_age_ms: Option<i64>,
     pub reports_seq: Option<u64>,
+    /// The leader epoch it follows, from its last report.
+    pub epoch: Option<u64>,
     /// NTP stratum of its time (16: not synchronized), from its last report.
     pub stratum: Option<u8>,
     /// What its time follows: `LOCL`, its master's address, or the master's NTP upstream.
@@ -106,6 +108,7 @@ pub fn client_rows(
                 .and_then(|(r, m)| Some(r.report.true_offset_us? - m.report.true_offset_us?)),
             last_report_age_ms: r.map(|r| (now_us - r.received_at_us) / 1000),
             reports_seq: r.map(|r| r.report.seq),
+            epoch: r.and_then(|r| r.report.epoch),
             stratum: r.and_then(|r| r.report.stratum),
             reference: r.and_then(|r| r.report.reference.clone()),
             ntp: r.and_then(|r| r.report.ntp),

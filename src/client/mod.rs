@@ -149,6 +149,28 @@ async fn advertised_ip(cfg: &ClientConfig, shutdown: &CancellationToken) -> Opti
     }
 }
 
+/// On every (re)connection, unless the address is configured: the address toward the broker
+/// again, since the one found at start may be gone (a container moved to another network, a
+/// DHCP lease renewed), and the election ranks clients by the address they report.
+async fn redetect_ip(cfg: &ClientConfig, core: &Mutex<ClientCore>) {
+    if cfg.node.ip.is_some() {
+        return;
+    }
+    let endpoint = endpoint_of(&cfg.node.amqp_url);
+    match local_ip_toward(&endpoint).await {
+        Ok(ip) => {
+            let mut c = core.lock().expect("not poisoned");
+            if c.ip != ip {
+                info!(old = %c.ip, new = %ip, "the address toward the broker changed; reporting the new one");
+                c.ip = ip;
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot find the address toward {endpoint}; keeping the last one")
+        }
+    }
+}
+
 async fn session<C: Clock>(
     conn: Arc<Connection>,
     core: Arc<Mutex<ClientCore>>,
@@ -157,6 +179,7 @@ async fn session<C: Clock>(
     link: Link,
     shutdown: &CancellationToken,
 ) -> Result<()> {
+    redetect_ip(cfg, &core).await;
     let ch = conn.create_channel().await?;
     if let Err(e) = broker::expect_client_topology(&ch).await {
         warn!(error = %e, "the servers have not declared the reports queue and updates exchange yet");

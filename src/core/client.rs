@@ -81,8 +81,10 @@ pub enum UpdateOutcome {
     NotForMe,
 }
 
-/// Longest hold-over before a client falls back to the filtered master time.
-pub const MAX_HOLDOVER: Duration = Duration::from_secs(10);
+/// Longest a synced client holds over (keeps its frequency, takes no correction) while every
+/// update it gets carries only the fallback master time, counted from the first such update.
+/// Afterwards it follows the fallback, by slewing only: a synced clock is never stepped on it.
+pub const MAX_HOLDOVER: Duration = Duration::from_secs(60);
 
 /// Counters a client keeps about itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -138,8 +140,11 @@ pub struct ClientCore {
     events: VecDeque<Event>,
     /// Operator commands applied, newest last.
     applied_ops: VecDeque<Uuid>,
-    /// Master whose reference offset was last used, and when (host µs): hold-over applies to it.
-    last_ref_sync: Option<(Uuid, i64)>,
+    /// Since when (host µs) updates brought nothing but the fallback to a synced clock.
+    held_since: Option<i64>,
+    /// Whether the clock has taken a reference-offset correction since it was last unsynced:
+    /// only then does it have something better than the fallback to hold over with.
+    ref_synced: bool,
     /// The master's address, from the last update.
     master_ip: Option<IpAddr>,
     /// The master's NTP stratum, from the last update that had one.
@@ -187,7 +192,8 @@ impl ClientCore {
             clocks: NodeClocks::new(max_offset_us),
             events: VecDeque::new(),
             applied_ops: VecDeque::new(),
-            last_ref_sync: None,
+            held_since: None,
+            ref_synced: false,
             master_ip: None,
             master_stratum: None,
             corrected_at_us: None,
@@ -428,18 +434,42 @@ impl ClientCore {
             }
             Algorithm::Master | Algorithm::Berkeley => match self.master_offset(u, host_us) {
                 Some(offset) => {
-                    self.last_ref_sync = Some((u.master_id, host_us));
+                    self.held_since = None;
+                    self.ref_synced = true;
                     offset
                 }
-                None if self.holding_over(u, host_us) => {
-                    self.stats.holdovers += 1;
-                    return UpdateOutcome::Held;
+                None if self.synced => return self.hold_over(u, host_us),
+                None => {
+                    self.held_since = None;
+                    self.filtered_offset(u, host_us)
                 }
-                None => self.filtered_offset(u, host_us),
             },
         };
         let action = self.discipline.decide(offset_us, self.synced);
         self.apply(host_us, offset_us, action, true, &u.stamp)
+    }
+
+    /// A synced clock and an update without a reference offset it can use (the leader, and
+    /// with it the reference clock, just changed, or the master's report still names the
+    /// previous leader's clock). The fallback master time is a single report's offset, and a
+    /// report that waited in a queue makes it wrong by the wait (hundreds of ms after the
+    /// replicas restart), so a clock that was synced by reference offsets keeps its frequency
+    /// and takes no correction for up to [`MAX_HOLDOVER`]. After that, or when the fallback is
+    /// all it ever had, it slews toward the fallback, never steps.
+    fn hold_over(&mut self, u: &MasterUpdate, host_us: i64) -> UpdateOutcome {
+        if self.ref_synced {
+            let since = *self.held_since.get_or_insert(host_us);
+            if host_us - since < MAX_HOLDOVER.as_micros() as i64 {
+                self.stats.holdovers += 1;
+                return UpdateOutcome::Held;
+            }
+        }
+        let offset_us = self.filtered_offset(u, host_us);
+        let action = Action::Slew {
+            delta_us: offset_us as f64,
+            rate_ppm: self.discipline.config.max_slew_ppm,
+        };
+        self.apply(host_us, offset_us, action, false, &u.stamp)
     }
 
     /// Target minus local from reference offsets, setting frequency to the master's rate.
@@ -460,16 +490,6 @@ impl ClientCore {
             self.clock.set_freq(host_us, m_freq - f);
         }
         Some((target - own).round() as i64)
-    }
-
-    /// Whether to skip a correction that only the fallback could make: synced, same master as
-    /// the last reference-offset correction, and not for long.
-    fn holding_over(&self, u: &MasterUpdate, host_us: i64) -> bool {
-        let max = MAX_HOLDOVER.as_micros() as i64;
-        self.synced
-            && self
-                .last_ref_sync
-                .is_some_and(|(m, at)| m == u.master_id && host_us - at < max)
     }
 
     /// Fallback without reference offsets: the master time through a min-delay filter, kept
@@ -553,6 +573,8 @@ impl ClientCore {
         let text = format!("set by the operator: stepped {:+.6} s", delta as f64 / 1e6);
         self.record(EventKind::ClockStepped, text, data, Some(&t.stamp), host_us);
         self.synced = false;
+        self.ref_synced = false;
+        self.held_since = None;
         // A master on NTP upstreams starts over with them: it returns to their time.
         self.follow.stop();
         self.clock.step(host_us, delta);
@@ -862,13 +884,57 @@ mod tests {
             before,
             "clock untouched"
         );
-        // Too long without a usable reference: the fallback takes over.
+        // Too long without a usable reference: the fallback takes over, by slewing only.
         v.seq = 3;
-        let late = S + MAX_HOLDOVER.as_micros() as i64;
+        let late = 2 * S + MAX_HOLDOVER.as_micros() as i64;
         assert!(matches!(
             c.on_update(&v, late),
-            UpdateOutcome::Applied { .. }
+            UpdateOutcome::Applied {
+                action: Action::Slew { .. },
+                ..
+            }
         ));
+    }
+
+    /// All replicas restarted: the first updates of the new leader carry no reference offset
+    /// and a fallback master time wrong by the time a report waited in the queue (−284 ms seen).
+    /// A synced client holds over however long the outage was, and is never stepped.
+    #[test]
+    fn a_synced_client_never_steps_on_a_fallback_update() {
+        let mut c = core(1, 0, 0.0);
+        for i in 0..10 {
+            probe_round(&mut c, i * S / 10, 100, 100);
+        }
+        let mut u = update(1, 2, 0);
+        u.master_ref_offset_us = Some(0);
+        u.server_time_us = S;
+        assert!(matches!(c.on_update(&u, S), UpdateOutcome::Applied { .. }));
+        // 20 s without any leader, then a new one whose update is 284 ms off.
+        let back = 21 * S;
+        let mut v = update(1, 2, back - 284_000);
+        v.server_id = Uuid::from_u128(SERVER + 9);
+        let before = c.now_at(back + S);
+        assert_eq!(c.on_update(&v, back), UpdateOutcome::Held);
+        assert_eq!(c.now_at(back + S), before, "clock untouched");
+        // Its next updates, still without reference offsets, a minute on: slewed, not stepped.
+        for (seq, at) in [(2, back + 30 * S), (3, back + 61 * S), (4, back + 62 * S)] {
+            v.seq = seq;
+            v.master_time_us = at - 284_000;
+            let out = c.on_update(&v, at);
+            assert!(
+                matches!(
+                    out,
+                    UpdateOutcome::Held
+                        | UpdateOutcome::Applied {
+                            action: Action::Slew { .. },
+                            ..
+                        }
+                ),
+                "{out:?}"
+            );
+        }
+        assert_eq!(c.stats.steps, 0);
+        assert_eq!(c.report(back + 63 * S).max_step_us, Some(0));
     }
 
     #[test]

@@ -7,12 +7,19 @@
 //! 128-bit value so every server replica picks the same master.
 //!
 //! A master, once elected, keeps the role while its reports keep arriving, even if a lower
-//! address joins: re-electing on every join would make every client chase a new reference.
-//! [`decide`] is the scheduler's whole decision and has no I/O.
+//! address joins, *until* that client has synced to it: re-electing on every join would make
+//! every client chase an unsynced reference, while never handing over would leave the role, after
+//! churn, with a client the rule does not name. A synced lower address takes over cleanly: its
+//! clock already agrees with the master's, and the followers hold over while they change
+//! reference. [`decide`] is the scheduler's whole decision and has no I/O.
 
 use crate::core::protocol::{MasterRecord, StoredReport};
 use std::net::IpAddr;
 use uuid::Uuid;
+
+/// How often a leader reads every live report while its master is alive, to hand the role to
+/// a lower address that has synced ([`Decision::HandOver`]).
+pub const HANDOVER_SCAN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A sort key in which "lower" means "preferred as master".
 pub fn ip_rank(ip: &IpAddr) -> (u8, u128) {
@@ -49,22 +56,43 @@ pub enum Decision<'a> {
         master: &'a StoredReport,
         previous: Option<Uuid>,
     },
+    /// The current master is alive, but a lower address has synced to it: hand the role over.
+    HandOver {
+        master: &'a StoredReport,
+        previous: Uuid,
+    },
+}
+
+/// Whether a report says its client follows `master` and is synchronized (a stratum below
+/// [`crate::core::ntp::UNSYNCED_STRATUM`]).
+fn synced_to(r: &StoredReport, master: Uuid) -> bool {
+    r.report.master_id == Some(master)
+        && r.report
+            .stratum
+            .is_some_and(|s| s < crate::core::ntp::UNSYNCED_STRATUM)
 }
 
 /// Decides from the stored master (if any) and the live reports (whose keys have not expired).
 pub fn decide<'a>(current: Option<&MasterRecord>, live: &'a [StoredReport]) -> Decision<'a> {
+    let lowest = lowest_ip(live.iter().map(|r| (&r.report.id, &r.report.ip))).map(|(id, _)| {
+        live.iter()
+            .find(|r| r.report.id == id)
+            .expect("lowest_ip returns one of the candidates")
+    });
     if let Some(cur) = current {
         if let Some(r) = live.iter().find(|r| r.report.id == cur.id) {
-            return Decision::Keep(r);
+            return match lowest {
+                Some(l) if l.report.id != cur.id && synced_to(l, cur.id) => Decision::HandOver {
+                    master: l,
+                    previous: cur.id,
+                },
+                _ => Decision::Keep(r),
+            };
         }
     }
-    let Some((id, _)) = lowest_ip(live.iter().map(|r| (&r.report.id, &r.report.ip))) else {
+    let Some(master) = lowest else {
         return Decision::NoClients;
     };
-    let master = live
-        .iter()
-        .find(|r| r.report.id == id)
-        .expect("lowest_ip returns one of the candidates");
     Decision::Elect {
         master,
         previous: current.map(|c| c.id),
@@ -147,10 +175,27 @@ mod tests {
                 previous: None
             }
         );
-        // A live master is kept even though a lower IP exists.
+        // A live master is kept even though a lower IP exists, while that one is not synced.
         assert_eq!(
             decide(Some(&record(1, "10.0.0.5")), &live),
             Decision::Keep(&live[0])
+        );
+        let mut following = live.clone();
+        following[1].report.master_id = Some(id(1));
+        following[1].report.stratum = Some(crate::core::ntp::UNSYNCED_STRATUM);
+        assert_eq!(
+            decide(Some(&record(1, "10.0.0.5")), &following),
+            Decision::Keep(&following[0]),
+            "following, not synced yet"
+        );
+        // Once it is synced to the master, it takes over.
+        following[1].report.stratum = Some(11);
+        assert_eq!(
+            decide(Some(&record(1, "10.0.0.5")), &following),
+            Decision::HandOver {
+                master: &following[1],
+                previous: id(1)
+            }
         );
         // An expired master is replaced by the lowest live IP.
         assert_eq!(

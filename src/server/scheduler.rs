@@ -16,7 +16,7 @@ use super::metrics::{Counter, Metrics};
 use crate::broker;
 use crate::cache::ReportStore;
 use crate::core::clock::{Clock, MinDelayFilter};
-use crate::core::master_election::{decide, Decision};
+use crate::core::master_election::{decide, Decision, HANDOVER_SCAN};
 use crate::core::protocol::{
     Algorithm, EventKind, MasterRecord, MasterUpdate, SetTime, Stamp, StoredReport, ToClient,
     PROTOCOL_VERSION, UPDATES_EXCHANGE,
@@ -65,6 +65,8 @@ pub struct Scheduler<S, C> {
     filtered: Option<(Uuid, u64)>,
     /// Events of the last ticks, for the cluster's log ([`Scheduler::take_events`]).
     events: Vec<(EventKind, String, EventData)>,
+    /// When every live report was last read (to look for a lower address to hand over to).
+    scanned_at: Option<i64>,
 }
 
 impl<S: ReportStore, C: Clock> Scheduler<S, C> {
@@ -89,6 +91,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             filter: MinDelayFilter::default(),
             filtered: None,
             events: Vec::new(),
+            scanned_at: None,
         }
     }
 
@@ -100,13 +103,21 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
     /// One tick: elect if needed, and return the update to broadcast (`None`: no live clients).
     pub async fn tick(&mut self) -> Result<Option<MasterUpdate>> {
         let current = self.store.master().await?;
-        // The common case costs one GET: the master is alive. Only an election lists everyone.
+        // The common case costs one GET: the master is alive. Only an election, and a look for
+        // a lower address to hand over to every HANDOVER_SCAN, list everyone.
         let mut live = Vec::new();
-        if let Some(cur) = &current {
+        let now = self.clock.now_us();
+        // A held election (or hand-over) is decided on the same full list the next tick.
+        let scan = self.election_armed
+            || self
+                .scanned_at
+                .is_none_or(|at| now - at >= HANDOVER_SCAN.as_micros() as i64);
+        if let (Some(cur), false) = (&current, scan) {
             live.extend(self.store.report(&cur.id).await?);
         }
         if live.is_empty() {
             live = self.store.live_reports().await?;
+            self.scanned_at = Some(now);
         }
         let master = match decide(current.as_ref(), &live) {
             Decision::NoClients => {
@@ -124,7 +135,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             // Hold every election for one tick: clients started together report within one
             // interval, and the master is sticky, so electing on the very first report would
             // make whoever reported first the master instead of the lowest address.
-            Decision::Elect { .. } if !self.election_armed => {
+            Decision::Elect { .. } | Decision::HandOver { .. } if !self.election_armed => {
                 self.election_armed = true;
                 info!(
                     live_clients = live.len(),
@@ -134,49 +145,24 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             }
             Decision::Elect { master, previous } => {
                 self.election_armed = false;
-                let record = MasterRecord {
-                    id: master.report.id,
-                    ip: master.report.ip,
-                    elected_at_us: self.clock.now_us(),
-                    epoch: self.epoch,
-                };
-                if !self.store.set_master(&record).await? {
-                    info!(
-                        epoch = self.epoch,
-                        "a later leader has chosen the master; not electing"
-                    );
-                    return Ok(None);
-                }
-                self.metrics.inc(Counter::MasterChanges);
-                info!(
-                    master_id = %record.id,
-                    master_ip = %record.ip,
-                    previous = ?previous,
-                    live_clients = live.len(),
-                    "elected new master"
-                );
                 let why = match previous {
                     Some(p) => format!("master {p} has not reported for the TTL"),
                     None => "there was no master".to_string(),
                 };
-                let mut data = EventData::from([
-                    ("master_id".to_string(), record.id.to_string().into()),
-                    ("ip".to_string(), record.ip.to_string().into()),
-                    ("epoch".to_string(), self.epoch.into()),
-                    ("live_clients".to_string(), live.len().into()),
-                    ("reason".to_string(), why.clone().into()),
-                ]);
-                if let Some(p) = previous {
-                    data.insert("previous".to_string(), p.to_string().into());
+                match self.elect(master, previous, &why, live.len()).await? {
+                    Some(m) => m,
+                    None => return Ok(None),
                 }
-                let text = format!(
-                    "elected master {} ({}), the lowest IP of {} live clients: {why}",
-                    record.id,
-                    record.ip,
-                    live.len()
+            }
+            Decision::HandOver { master, previous } => {
+                self.election_armed = false;
+                let why = format!(
+                    "it has the lowest address and is synced to master {previous}, which hands over"
                 );
-                self.events.push((EventKind::MasterElected, text, data));
-                master
+                match self.elect(master, Some(previous), &why, live.len()).await? {
+                    Some(m) => m,
+                    None => return Ok(None),
+                }
             }
         };
         self.idle = false;
@@ -216,6 +202,55 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             },
             stamp: Stamp::default(),
         }))
+    }
+
+    /// Records `master` as the new master and logs the election; `None` when a later leader
+    /// already chose one (this term is over).
+    async fn elect<'a>(
+        &mut self,
+        master: &'a StoredReport,
+        previous: Option<Uuid>,
+        why: &str,
+        live_clients: usize,
+    ) -> Result<Option<&'a StoredReport>> {
+        let record = MasterRecord {
+            id: master.report.id,
+            ip: master.report.ip,
+            elected_at_us: self.clock.now_us(),
+            epoch: self.epoch,
+        };
+        if !self.store.set_master(&record).await? {
+            info!(
+                epoch = self.epoch,
+                "a later leader has chosen the master; not electing"
+            );
+            return Ok(None);
+        }
+        self.metrics.inc(Counter::MasterChanges);
+        info!(
+            master_id = %record.id,
+            master_ip = %record.ip,
+            previous = ?previous,
+            live_clients,
+            reason = why,
+            "elected new master"
+        );
+        let mut data = EventData::from([
+            ("master_id".to_string(), record.id.to_string().into()),
+            ("ip".to_string(), record.ip.to_string().into()),
+            ("epoch".to_string(), self.epoch.into()),
+            ("live_clients".to_string(), live_clients.into()),
+            ("reason".to_string(), why.into()),
+        ]);
+        if let Some(p) = previous {
+            data.insert("previous".to_string(), p.to_string().into());
+        }
+        let text = format!(
+            "elected master {} ({}), the lowest IP of {live_clients} live clients: {why}",
+            record.id, record.ip,
+        );
+        self.events.push((EventKind::MasterElected, text, data));
+        Ok(Some(master))
     }
 
     /// The filtered offset of the master's clock to the server's: each new report of the same
@@ -426,6 +461,68 @@ mod tests {
         assert_eq!(
             s.tick().await.unwrap().unwrap().master_id,
             Uuid::from_u128(1)
+        );
+    }
+
+    /// After churn, a lower address than the master's joins: it is left alone until it has
+    /// synced to the master, then the role is handed to it at the next scan.
+    #[tokio::test]
+    async fn a_synced_lower_address_takes_over_at_the_next_scan() {
+        let (clock, store, mut s) = setup();
+        let now = clock.now_us();
+        store
+            .store_reports(&[report(2, "10.0.0.20", now, now)], TTL)
+            .await
+            .unwrap();
+        assert_eq!(s.tick().await.unwrap(), None, "held one tick");
+        clock.advance_us(S);
+        assert_eq!(
+            s.tick().await.unwrap().unwrap().master_id,
+            Uuid::from_u128(2)
+        );
+        let mut low = report(1, "10.0.0.3", clock.now_us(), clock.now_us());
+        low.report.master_id = Some(Uuid::from_u128(2));
+        low.report.stratum = Some(crate::core::ntp::UNSYNCED_STRATUM);
+        let keep = |s: Option<MasterUpdate>| s.expect("an update").master_id;
+        let mut seq = 1;
+        let mut fresh = |t: i64, low: &mut StoredReport| {
+            seq += 1;
+            let mut r2 = report(2, "10.0.0.20", t, t);
+            r2.report.seq = seq;
+            low.report.seq = seq;
+            low.received_at_us = t;
+            [r2, low.clone()]
+        };
+        for _ in 0..12 {
+            clock.advance_us(S);
+            let t = clock.now_us();
+            store.store_reports(&fresh(t, &mut low), TTL).await.unwrap();
+            assert_eq!(
+                keep(s.tick().await.unwrap()),
+                Uuid::from_u128(2),
+                "not synced yet"
+            );
+        }
+        low.report.stratum = Some(11);
+        let mut master = Uuid::from_u128(2);
+        for _ in 0..12 {
+            clock.advance_us(S);
+            let t = clock.now_us();
+            store.store_reports(&fresh(t, &mut low), TTL).await.unwrap();
+            if let Some(u) = s.tick().await.unwrap() {
+                master = u.master_id;
+            }
+        }
+        assert_eq!(
+            master,
+            Uuid::from_u128(1),
+            "handed over within a scan and a tick"
+        );
+        let events = s.take_events();
+        assert!(
+            events.last().unwrap().1.contains("hands over"),
+            "{:?}",
+            events.last()
         );
     }
 

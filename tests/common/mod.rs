@@ -207,10 +207,16 @@ impl TestEnv {
 
     /// Starts `ts-client` advertising `ip`; returns `(index, id)`.
     pub fn client(&mut self, ip: &str, extra: &[&str]) -> (usize, uuid::Uuid) {
+        let url = self.vhost.url();
+        self.client_via(&url, ip, extra)
+    }
+
+    /// [`TestEnv::client`] through `amqp_url` (a proxy in front of this test's broker).
+    pub fn client_via(&mut self, amqp_url: &str, ip: &str, extra: &[&str]) -> (usize, uuid::Uuid) {
         let id = uuid::Uuid::new_v4();
         let mut args = vec![
             "--amqp-url".to_string(),
-            self.vhost.url(),
+            amqp_url.to_string(),
             "--id".into(),
             id.to_string(),
             "--ip".into(),

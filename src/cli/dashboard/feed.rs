@@ -14,7 +14,7 @@ use crate::cache::{RedisStore, ReportStore};
 use crate::cli::events::{causal_order, Logged};
 use crate::cli::operator::http;
 use crate::cli::snapshot::redis;
-use crate::cli::verdict::health;
+use crate::cli::verdict::{health, Freshness};
 use crate::cli::view::{client_rows, current_leader, server_rows, ClientRow, ServerRow};
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::protocol::{EventKind, MasterRecord};
@@ -319,6 +319,7 @@ impl Looker {
                 master.as_ref(),
                 stats.len(),
                 &servers,
+                Freshness::new(now_us, self.cfg.client.interval()),
             ));
         }
         let mut events: Vec<Logged> = self.events.iter().cloned().collect();
@@ -423,6 +424,7 @@ mod tests {
             true_error_us: None,
             last_report_age_ms: Some(0),
             reports_seq: Some(1),
+            epoch: None,
             stratum: None,
             reference: None,
             ntp: None,

@@ -396,6 +396,27 @@ impl RabbitNode {
         self.shutdown(false);
     }
 
+    /// Freezes (`true`) or thaws the node's Erlang VM, as a stuck host would: connections stay
+    /// open and nothing answers.
+    pub fn pause(&self, pause: bool) {
+        self.signal(if pause { libc::SIGSTOP } else { libc::SIGCONT });
+    }
+
+    /// Sends `signal` to the node's Erlang VM. It runs under runuser's shell; the node's pid
+    /// file names it, and a pid counts as ours only while its command line names our node.
+    fn signal(&self, signal: libc::c_int) {
+        let pid = std::fs::read_to_string(self.dir.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<libc::pid_t>().ok());
+        if let Some(pid) = pid {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&self.name) {
+                // SAFETY: kill(2) on the live process of our own node.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+    }
+
     /// Starts a killed node again, on the same ports and data.
     pub async fn restart(&mut self) -> Result<()> {
         self.shutdown(false);
@@ -406,18 +427,7 @@ impl RabbitNode {
         if polite {
             let _ = rabbitmqctl(Some(&self.name), &["-q", "stop"]);
         }
-        // The Erlang VM runs under runuser's shell; the node's pid file names it. A pid counts
-        // as ours only while its command line still names our node.
-        let pid = std::fs::read_to_string(self.dir.join("pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<libc::pid_t>().ok());
-        if let Some(pid) = pid {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&self.name) {
-                // SAFETY: kill(2) on the live process of our own node.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
+        self.signal(libc::SIGKILL);
         if let Some(mut p) = self.proc.take() {
             p.kill();
         }
