@@ -109,12 +109,17 @@ async fn shown(c: &Client, id: &str) -> Option<i64> {
     day_ms(&text(c, &format!(".card[data-id='{id}'] .digital")).await)
 }
 
+/// The ids of the cards shown, read in one script: the page re-renders cards as frames arrive,
+/// so elements found one call earlier can be gone by the next (a stale element reference).
 async fn cards(c: &Client) -> Vec<String> {
-    let mut ids = Vec::new();
-    for e in c.find_all(Locator::Css(".card")).await.unwrap() {
-        ids.push(e.attr("data-id").await.unwrap().unwrap_or_default());
-    }
-    ids
+    let ids = c
+        .execute(
+            "return Array.from(document.querySelectorAll('.card')).map(e => e.dataset.id || '');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(ids).unwrap()
 }
 
 async fn click(c: &Client, css: &str) {

@@ -555,14 +555,7 @@ fn write_results(name: &str, lines: &[String]) {
 /// its new address, and is back in sync; the broker keeps no queue of the dead connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_client_cut_off_and_moved() {
-    assert!(
-        std::process::Command::new("docker")
-            .arg("info")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false),
-        "no Docker daemon answers; .ci/run starts one (scripts/setup.sh)"
-    );
+    assert_docker_answers();
     let t = Tsc::new("docker", "10.240.0.0/24");
     t.edit_config(|c| c.server.ttl = 30);
     t.ok(&["bootstrap", "-s", "1", "-c", "3"]);
@@ -617,22 +610,8 @@ async fn docker_client_cut_off_and_moved() {
     // The dead connection's queue is gone: one queue per client (and none other).
     let rabbit = format!("ts-{}-rabbitmq-rabbitmq", cfg.cluster_id);
     let orphans = wait_for(Duration::from_secs(20), "no orphan queue", || async {
-        let out = sh(
-            "docker",
-            &[
-                "exec",
-                &rabbit,
-                "rabbitmqctl",
-                "-q",
-                "list_queues",
-                "--no-table-headers",
-                "name",
-            ],
-        );
-        let n = out
-            .lines()
-            .filter(|l| l.trim().starts_with("amq.gen-"))
-            .count();
+        let queues = docker_queues(&rabbit);
+        let n = queues.iter().filter(|q| q.starts_with("amq.gen-")).count();
         (n == clients.len()).then_some(0)
     })
     .await;

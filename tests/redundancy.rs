@@ -373,14 +373,7 @@ async fn scenario(t: &Tsc) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_docker() {
-    assert!(
-        std::process::Command::new("docker")
-            .arg("info")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false),
-        "no Docker daemon answers; .ci/run starts one (scripts/setup.sh)"
-    );
+    assert_docker_answers();
     let t = Tsc::new("docker", "10.251.0.0/24");
     scenario(&t).await;
 }

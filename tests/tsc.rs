@@ -315,14 +315,7 @@ fn docker_ps(filter: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_runtime_flow() {
-    assert!(
-        Command::new("docker")
-            .arg("info")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false),
-        "no Docker daemon answers; .ci/run starts one (scripts/setup.sh)"
-    );
+    assert_docker_answers();
     let t = Tsc::new("docker", "10.252.0.0/24");
     let cfg = ClusterConfig::load(t.home.path()).unwrap();
     let label = format!("label=time-sync.cluster={}", cfg.cluster_id);
@@ -331,22 +324,7 @@ async fn docker_runtime_flow() {
             .into_iter()
             .find(|n| n.contains("rabbitmq"))
             .unwrap();
-        sh(
-            "docker",
-            &[
-                "exec",
-                &rabbit,
-                "rabbitmqctl",
-                "-q",
-                "list_queues",
-                "--no-table-headers",
-                "name",
-            ],
-        )
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
+        docker_queues(&rabbit)
     };
     flow(&t, &queues).await;
     assert!(

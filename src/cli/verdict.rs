@@ -241,6 +241,23 @@ mod tests {
         }
     }
 
+    /// Replica 1, running, in `role` at `epoch`.
+    fn replica(role: &str, epoch: u64) -> ServerRow {
+        ServerRow {
+            id: 1,
+            ip: "10.0.0.10".parse().unwrap(),
+            state: "running".into(),
+            role: role.into(),
+            epoch: Some(epoch),
+            leader: None,
+            heartbeat_age_ms: Some(100),
+            priority: None,
+            server_id: None,
+            http: None,
+            elections: None,
+        }
+    }
+
     fn record(id: Uuid, ip: &str) -> MasterRecord {
         MasterRecord {
             id,
@@ -273,19 +290,7 @@ mod tests {
         nodes.extend([mn.clone(), an.clone()]);
         let reports = vec![report(m, "10.0.0.20", m, 0), report(a, "10.0.0.21", m, 40)];
         let s = snap(nodes.clone(), reports.clone(), Some(record(m, "10.0.0.20")));
-        let replica = |role: &str| ServerRow {
-            id: 1,
-            ip: "10.0.0.10".parse().unwrap(),
-            state: "running".into(),
-            role: role.into(),
-            epoch: Some(1),
-            leader: None,
-            heartbeat_age_ms: Some(100),
-            priority: None,
-            server_id: None,
-            http: None,
-            elections: None,
-        };
+        let replica = |role: &str| replica(role, 1);
         assert_eq!(
             health(
                 &s.nodes,
@@ -339,18 +344,10 @@ mod tests {
         let (b, bn) = client(3, "10.0.0.5");
         let mut nodes = services();
         nodes.extend([mn, an, bn]);
-        let leader = ServerRow {
-            id: 1,
-            ip: "10.0.0.10".parse().unwrap(),
-            state: "running".into(),
-            role: "leader".into(),
-            epoch: Some(4),
-            leader: None,
-            heartbeat_age_ms: Some(100),
-            priority: None,
-            server_id: None,
-            http: None,
-            elections: None,
+        let leader = replica("leader", 4);
+        let judge = |s: &Snapshot| {
+            let replicas = std::slice::from_ref(&leader);
+            health(&s.nodes, &s.rows, s.master.as_ref(), 1, replicas, fresh())
         };
         let other = Uuid::from_u128(77);
         let mut reports = vec![
@@ -362,14 +359,7 @@ mod tests {
         reports[2].report.stratum = Some(11);
         reports[2].report.epoch = Some(9);
         let s = snap(nodes.clone(), reports.clone(), Some(record(m, "10.0.0.20")));
-        let problems = health(
-            &s.nodes,
-            &s.rows,
-            s.master.as_ref(),
-            1,
-            std::slice::from_ref(&leader),
-            fresh(),
-        );
+        let problems = judge(&s);
         for want in [
             format!("client {a}'s last report is 3.0 s old (stale after 2.0 s)"),
             format!("master {m} (10.0.0.20) is not the lowest address: client {b} (10.0.0.5) is"),
@@ -384,14 +374,7 @@ mod tests {
         // A fresh report that follows another master, long after the election.
         reports[1].received_at_us = NOW - 100_000;
         let s = snap(nodes.clone(), reports.clone(), Some(record(m, "10.0.0.20")));
-        let problems = health(
-            &s.nodes,
-            &s.rows,
-            s.master.as_ref(),
-            1,
-            std::slice::from_ref(&leader),
-            fresh(),
-        );
+        let problems = judge(&s);
         assert!(
             problems.contains(&format!("client {a} follows {other}, not master {m}")),
             "{problems:?}"
@@ -400,7 +383,7 @@ mod tests {
         let mut just = record(m, "10.0.0.20");
         just.elected_at_us = NOW - 1_000_000;
         let s = snap(nodes, reports, Some(just));
-        let problems = health(&s.nodes, &s.rows, s.master.as_ref(), 1, &[leader], fresh());
+        let problems = judge(&s);
         assert!(
             !problems.iter().any(|p| p.contains("not master")),
             "{problems:?}"

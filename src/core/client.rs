@@ -862,10 +862,10 @@ mod tests {
         assert_eq!(c.report(S).master_id, Some(Uuid::from_u128(7)));
     }
 
-    #[test]
-    fn holds_over_a_change_of_reference_instead_of_falling_back() {
+    /// A client synced at host time S by a reference-offset update of master 2, against server
+    /// SERVER (10 probe rounds before it).
+    fn synced_by_reference() -> ClientCore {
         let mut c = core(1, 0, 0.0);
-        // Synced against server SERVER with a probing master.
         for i in 0..10 {
             probe_round(&mut c, i * S / 10, 100, 100);
         }
@@ -873,6 +873,12 @@ mod tests {
         u.master_ref_offset_us = Some(0);
         u.server_time_us = S;
         assert!(matches!(c.on_update(&u, S), UpdateOutcome::Applied { .. }));
+        c
+    }
+
+    #[test]
+    fn holds_over_a_change_of_reference_instead_of_falling_back() {
+        let mut c = synced_by_reference();
         // A new leader: its updates name another server, whose clock we have no samples of.
         let mut v = update(2, 2, 5_000);
         v.server_id = Uuid::from_u128(SERVER + 7);
@@ -901,14 +907,7 @@ mod tests {
     /// A synced client holds over however long the outage was, and is never stepped.
     #[test]
     fn a_synced_client_never_steps_on_a_fallback_update() {
-        let mut c = core(1, 0, 0.0);
-        for i in 0..10 {
-            probe_round(&mut c, i * S / 10, 100, 100);
-        }
-        let mut u = update(1, 2, 0);
-        u.master_ref_offset_us = Some(0);
-        u.server_time_us = S;
-        assert!(matches!(c.on_update(&u, S), UpdateOutcome::Applied { .. }));
+        let mut c = synced_by_reference();
         // 20 s without any leader, then a new one whose update is 284 ms off.
         let back = 21 * S;
         let mut v = update(1, 2, back - 284_000);

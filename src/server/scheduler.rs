@@ -442,15 +442,25 @@ mod tests {
         (clock, store, sched)
     }
 
-    #[tokio::test]
-    async fn late_joiner_with_lower_ip_wins_the_held_election() {
+    /// Client 2 (10.0.0.20) reported, and the first tick held its election.
+    async fn with_one_client_held() -> (
+        ManualClock,
+        MemoryStore<ManualClock>,
+        Scheduler<MemoryStore<ManualClock>, ManualClock>,
+    ) {
         let (clock, store, mut s) = setup();
         let now = clock.now_us();
         store
             .store_reports(&[report(2, "10.0.0.20", now, now)], TTL)
             .await
             .unwrap();
-        assert_eq!(s.tick().await.unwrap(), None);
+        assert_eq!(s.tick().await.unwrap(), None, "held one tick");
+        (clock, store, s)
+    }
+
+    #[tokio::test]
+    async fn late_joiner_with_lower_ip_wins_the_held_election() {
+        let (clock, store, mut s) = with_one_client_held().await;
         clock.advance_us(S / 2);
         let t = clock.now_us();
         store
@@ -468,13 +478,7 @@ mod tests {
     /// synced to the master, then the role is handed to it at the next scan.
     #[tokio::test]
     async fn a_synced_lower_address_takes_over_at_the_next_scan() {
-        let (clock, store, mut s) = setup();
-        let now = clock.now_us();
-        store
-            .store_reports(&[report(2, "10.0.0.20", now, now)], TTL)
-            .await
-            .unwrap();
-        assert_eq!(s.tick().await.unwrap(), None, "held one tick");
+        let (clock, store, mut s) = with_one_client_held().await;
         clock.advance_us(S);
         assert_eq!(
             s.tick().await.unwrap().unwrap().master_id,

@@ -93,6 +93,38 @@ pub fn assert_rabbitmq_up() {
     );
 }
 
+/// Fails loudly unless a Docker daemon answers (CI starts one; a test never skips for it).
+pub fn assert_docker_answers() {
+    assert!(
+        Command::new("docker")
+            .arg("info")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false),
+        "no Docker daemon answers; .ci/run starts one (scripts/setup.sh)"
+    );
+}
+
+/// The queue names of the broker in container `rabbit` (its default vhost).
+pub fn docker_queues(rabbit: &str) -> Vec<String> {
+    sh(
+        "docker",
+        &[
+            "exec",
+            rabbit,
+            "rabbitmqctl",
+            "-q",
+            "list_queues",
+            "--no-table-headers",
+            "name",
+        ],
+    )
+    .lines()
+    .map(|l| l.trim().to_string())
+    .filter(|l| !l.is_empty())
+    .collect()
+}
+
 /// One test's services, log directory and processes: its own vhost on the machine's RabbitMQ
 /// (or on a broker node of its own) and its own `redis-server`.
 pub struct TestEnv {
