@@ -12,9 +12,10 @@
 //! step any synced client took. For `master` it then kills the master and reports how long the
 //! failover took and the largest step any client took across it.
 //!
-//! Run: `cargo bench --bench sync` (options after `--`: `--clients N`, `--steady S`,
-//! `--algorithms master,naive,berkeley`, `--berkeley-interval-ms MS`, `--plot DIR` to write an
-//! SVG of every client's error over time per algorithm).
+//! Run: `cargo bench --bench sync` (options after `--`: `--clients N`, `--steady S` (seconds, or
+//! `Ns` / `Nm`), `--algorithms master,naive,berkeley`, `--berkeley-interval-ms MS`, `--plot DIR`
+//! to write an SVG of every client's error over time per algorithm, `--stress` to run
+//! `stress-ng --cpu 2` beside the cluster for the whole run: the loaded case).
 
 #[path = "support.rs"]
 mod support;
@@ -45,6 +46,41 @@ struct Opts {
     algorithms: Vec<Algorithm>,
     berkeley_interval_ms: u64,
     plot: Option<std::path::PathBuf>,
+    stress: bool,
+}
+
+/// `300`, `300s` or `5m`.
+fn duration_arg(v: &str) -> Duration {
+    let bad = || panic!("--steady wants seconds, Ns or Nm (got {v:?})");
+    let (n, unit) = match v.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (v.strip_suffix('s').unwrap_or(v), 1),
+    };
+    Duration::from_secs(n.parse::<u64>().unwrap_or_else(|_| bad()) * unit)
+}
+
+/// A CPU hog on every core, killed when dropped.
+struct Stress(std::process::Child);
+
+impl Stress {
+    fn start() -> Stress {
+        let child = std::process::Command::new("stress-ng")
+            .args(["--cpu", "2", "--quiet"])
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("--stress needs stress-ng ({e}); scripts/setup.sh installs it")
+            });
+        Stress(child)
+    }
+}
+
+impl Drop for Stress {
+    fn drop(&mut self) {
+        // stress-ng's workers follow their parent's SIGTERM.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
 }
 
 fn opts() -> Opts {
@@ -54,6 +90,7 @@ fn opts() -> Opts {
         algorithms: vec![Algorithm::Master, Algorithm::Naive, Algorithm::Berkeley],
         berkeley_interval_ms: 5000,
         plot: None,
+        stress: false,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -61,7 +98,12 @@ fn opts() -> Opts {
         let val = |i: usize| args.get(i + 1).cloned().unwrap_or_default();
         match args[i].as_str() {
             "--clients" => o.clients = val(i).parse().expect("--clients N"),
-            "--steady" => o.steady = Duration::from_secs(val(i).parse().expect("--steady S")),
+            "--steady" => o.steady = duration_arg(&val(i)),
+            "--stress" => {
+                o.stress = true;
+                i += 1;
+                continue;
+            }
             "--berkeley-interval-ms" => o.berkeley_interval_ms = val(i).parse().expect("ms"),
             "--plot" => o.plot = Some(val(i).into()),
             "--algorithms" => {
@@ -192,11 +234,13 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
     }
     let max_step = series.max_step.values().copied().max().unwrap_or(0);
     let mut line = format!(
-        "algorithm={} clients={} converge_s={converge_s} median_us={} p99_us={} max_us={} max_step_us={max_step} samples={}",
+        "algorithm={} clients={} stress={} converge_s={converge_s} median_us={} p99_us={} p999_us={} max_us={} max_step_us={max_step} samples={}",
         alg.as_str(),
         o.clients,
+        u8::from(o.stress),
         steady.median_us,
         steady.p99_us,
+        steady.p999_us,
         steady.max_us,
         steady.samples,
     );
@@ -264,11 +308,17 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
 async fn main() {
     let o = opts();
     println!(
-        "sync: {} clients (±1 h skew, ±50 ppm drift), steady window {}s, berkeley interval {} ms",
+        "sync: {} clients (±1 h skew, ±50 ppm drift), steady window {}s, berkeley interval {} ms{}",
         o.clients,
         o.steady.as_secs(),
-        o.berkeley_interval_ms
+        o.berkeley_interval_ms,
+        if o.stress {
+            ", stress-ng --cpu 2 beside"
+        } else {
+            ""
+        }
     );
+    let _stress = o.stress.then(Stress::start);
     let mut lines = Vec::new();
     for (i, alg) in o.algorithms.iter().enumerate() {
         println!("running {}...", alg.as_str());

@@ -29,6 +29,7 @@ command -v docker >/dev/null || need+=(docker.io)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v ntpdate >/dev/null || need+=(ntpsec-ntpdate)
+command -v stress-ng >/dev/null || need+=(stress-ng)  # cargo bench --bench sync -- --stress
 command -v sntp >/dev/null || need+=(sntp)
 apt_updated=""
 apt_install() {

@@ -99,11 +99,12 @@ pub async fn report(
     }
     out.line(&t.to_string());
     out.line(&format!(
-        "algorithm={} reference={reference} clients={} median_us={} p99_us={} max_us={} samples={}",
+        "algorithm={} reference={reference} clients={} median_us={} p99_us={} p999_us={} max_us={} samples={}",
         alg.as_str(),
         rows.len(),
         overall.median_us,
         overall.p99_us,
+        overall.p999_us,
         overall.max_us,
         overall.samples
     ));

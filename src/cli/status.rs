@@ -39,6 +39,7 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
         stats.len(),
         &replicas,
         fresh,
+        cfg.server.algorithm,
     );
     if let Err(f) = &redis_ok {
         problems.insert(0, f.message.clone());

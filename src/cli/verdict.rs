@@ -57,6 +57,7 @@ pub fn health(
     servers_reporting: usize,
     replicas: &[ServerRow],
     fresh: Freshness,
+    alg: Algorithm,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for role in [Role::Redis, Role::Rabbitmq, Role::Server] {
@@ -83,15 +84,19 @@ pub fn health(
     problems.extend(many(stale, "have stale reports"));
     // Only fresh reports, received after the clients had two intervals to hear of the master
     // or leader, say whom they follow now.
+    // A client that started this interval may not have had an update yet.
     let heard_since = |r: &ClientRow, since_us: i64| {
-        r.last_report_age_ms.is_some_and(|age| {
-            age <= fresh.stale_after_ms
-                && fresh.now_us - age * 1000 > since_us + fresh.stale_after_ms * 1000
-        })
+        r.reports_seq.is_some_and(|n| n > 3)
+            && r.last_report_age_ms.is_some_and(|age| {
+                age <= fresh.stale_after_ms
+                    && fresh.now_us - age * 1000 > since_us + fresh.stale_after_ms * 1000
+            })
     };
     match master {
         None if !rows.is_empty() => problems.push("no master elected".into()),
         None => {}
+        // Berkeley's master only labels a client: nobody follows it, and no hand-over is due.
+        Some(_) if alg == Algorithm::Berkeley => {}
         Some(m) => {
             let ignoring: Vec<String> = running
                 .iter()
@@ -110,7 +115,7 @@ pub fn health(
                     && low.stratum.is_some_and(|s| s < 16)
                 {
                     problems.push(format!(
-                        "master {} ({}) is not the lowest address: client {} ({}) is, and is synced to it (the leader hands over within {} s)",
+                        "master {} ({}) is not the lowest address: client {} ({}) is, and is synced to it (the leader hands the role over once their clocks agree, checking every {} s)",
                         m.id,
                         m.ip,
                         low.id,
@@ -298,7 +303,8 @@ mod tests {
                 s.master.as_ref(),
                 1,
                 &[replica("leader")],
-                fresh()
+                fresh(),
+                Algorithm::Master
             ),
             Vec::<String>::new()
         );
@@ -317,6 +323,7 @@ mod tests {
             0,
             &[replica("follower")],
             fresh(),
+            Algorithm::Master,
         );
         for want in [
             "no server replica leads",
@@ -347,7 +354,15 @@ mod tests {
         let leader = replica("leader", 4);
         let judge = |s: &Snapshot| {
             let replicas = std::slice::from_ref(&leader);
-            health(&s.nodes, &s.rows, s.master.as_ref(), 1, replicas, fresh())
+            health(
+                &s.nodes,
+                &s.rows,
+                s.master.as_ref(),
+                1,
+                replicas,
+                fresh(),
+                Algorithm::Master,
+            )
         };
         let other = Uuid::from_u128(77);
         let mut reports = vec![
@@ -355,6 +370,9 @@ mod tests {
             report(a, "10.0.0.21", other, 40),
             report(b, "10.0.0.5", m, 10),
         ];
+        for r in reports.iter_mut() {
+            r.report.seq = 10; // long enough up to have heard of the master
+        }
         reports[1].received_at_us = NOW - 3_000_000; // stale, and so no evidence of whom it follows
         reports[2].report.stratum = Some(11);
         reports[2].report.epoch = Some(9);
@@ -379,7 +397,31 @@ mod tests {
             problems.contains(&format!("client {a} follows {other}, not master {m}")),
             "{problems:?}"
         );
-        // ... but not right after the election: it has not heard of it yet.
+        // Berkeley's master is a label: nobody follows it.
+        let berkeley = health(
+            &s.nodes,
+            &s.rows,
+            s.master.as_ref(),
+            1,
+            std::slice::from_ref(&leader),
+            fresh(),
+            Algorithm::Berkeley,
+        );
+        assert!(
+            !berkeley
+                .iter()
+                .any(|p| p.contains("not master") || p.contains("lowest")),
+            "{berkeley:?}"
+        );
+        // A client that has just started has not heard of the master yet.
+        let mut young = reports.clone();
+        young[1].report.seq = 2;
+        let s2 = snap(nodes.clone(), young, Some(record(m, "10.0.0.20")));
+        assert!(
+            !judge(&s2).iter().any(|p| p.contains("not master")),
+            "just started"
+        );
+        // ... nor one right after the election.
         let mut just = record(m, "10.0.0.20");
         just.elected_at_us = NOW - 1_000_000;
         let s = snap(nodes, reports, Some(just));

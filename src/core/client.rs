@@ -86,6 +86,10 @@ pub enum UpdateOutcome {
 /// Afterwards it follows the fallback, by slewing only: a synced clock is never stepped on it.
 pub const MAX_HOLDOVER: Duration = Duration::from_secs(60);
 
+/// Updates further apart than this end a stretch of holding over: the next one starts another
+/// (a leader that was gone for minutes comes back with the same coarse first updates).
+pub const HOLD_GAP: Duration = Duration::from_secs(5);
+
 /// Counters a client keeps about itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientStats {
@@ -140,8 +144,9 @@ pub struct ClientCore {
     events: VecDeque<Event>,
     /// Operator commands applied, newest last.
     applied_ops: VecDeque<Uuid>,
-    /// Since when (host µs) updates brought nothing but the fallback to a synced clock.
-    held_since: Option<i64>,
+    /// Since when, and until when (host µs), updates brought nothing but the fallback to a
+    /// synced clock: one stretch of holding over.
+    held_since: Option<(i64, i64)>,
     /// Whether the clock has taken a reference-offset correction since it was last unsynced:
     /// only then does it have something better than the fallback to hold over with.
     ref_synced: bool,
@@ -424,6 +429,7 @@ impl ClientCore {
         self.master_stratum = u.master_stratum;
         if u.master_id == self.id {
             self.corrected_at_us = Some(host_us);
+            self.held_since = None;
             return UpdateOutcome::IAmMaster;
         }
         let offset_us = match u.algorithm {
@@ -458,7 +464,14 @@ impl ClientCore {
     /// all it ever had, it slews toward the fallback, never steps.
     fn hold_over(&mut self, u: &MasterUpdate, host_us: i64) -> UpdateOutcome {
         if self.ref_synced {
-            let since = *self.held_since.get_or_insert(host_us);
+            // A stretch is updates coming on time: after a silence (no leader at all), the
+            // first update starts a new one.
+            let gap = HOLD_GAP.as_micros() as i64;
+            let (since, _) = match self.held_since {
+                Some((since, last)) if host_us - last <= gap => (since, last),
+                _ => (host_us, host_us),
+            };
+            self.held_since = Some((since, host_us));
             if host_us - since < MAX_HOLDOVER.as_micros() as i64 {
                 self.stats.holdovers += 1;
                 return UpdateOutcome::Held;
@@ -890,9 +903,14 @@ mod tests {
             before,
             "clock untouched"
         );
-        // Too long without a usable reference: the fallback takes over, by slewing only.
-        v.seq = 3;
+        // Too long without a usable reference (updates on time all along): the fallback takes
+        // over, by slewing only.
         let late = 2 * S + MAX_HOLDOVER.as_micros() as i64;
+        for (seq, at) in (3..).zip((3 * S..late).step_by(S as usize)) {
+            v.seq = seq;
+            assert_eq!(c.on_update(&v, at), UpdateOutcome::Held);
+        }
+        v.seq = 1000;
         assert!(matches!(
             c.on_update(&v, late),
             UpdateOutcome::Applied {
@@ -934,6 +952,13 @@ mod tests {
         }
         assert_eq!(c.stats.steps, 0);
         assert_eq!(c.report(back + 63 * S).max_step_us, Some(0));
+        // Then no leader for two minutes: the next leader's first updates are held again.
+        let later = back + 180 * S;
+        v.seq = 5;
+        v.master_time_us = later - 284_000;
+        let before = c.now_at(later + S);
+        assert_eq!(c.on_update(&v, later), UpdateOutcome::Held);
+        assert_eq!(c.now_at(later + S), before, "clock untouched");
     }
 
     #[test]

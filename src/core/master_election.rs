@@ -56,20 +56,35 @@ pub enum Decision<'a> {
         master: &'a StoredReport,
         previous: Option<Uuid>,
     },
-    /// The current master is alive, but a lower address has synced to it: hand the role over.
+    /// The current master (`current`, alive) and a lower address that has synced to it: hand
+    /// the role over.
     HandOver {
         master: &'a StoredReport,
-        previous: Uuid,
+        current: &'a StoredReport,
     },
 }
 
-/// Whether a report says its client follows `master` and is synchronized (a stratum below
-/// [`crate::core::ntp::UNSYNCED_STRATUM`]).
-fn synced_to(r: &StoredReport, master: Uuid) -> bool {
-    r.report.master_id == Some(master)
-        && r.report
-            .stratum
+/// How close a hand-over candidate's clock must be to the master's, by their offsets to the
+/// same reference clock (µs): the followers will follow it without a visible change.
+pub const HANDOVER_AGREE_US: i64 = 200;
+/// How much older than the master's a candidate's last report may be (µs): a client that
+/// stopped reporting is not handed the role while its key lives out the TTL.
+pub const HANDOVER_FRESH_US: i64 = 2_000_000;
+
+/// Whether `r`'s client can take over from master `m` now: it follows `m`, is synchronized (a
+/// stratum below [`crate::core::ntp::UNSYNCED_STRATUM`]), reports as recently as `m` does, and
+/// its clock agrees with `m`'s within [`HANDOVER_AGREE_US`] against one reference clock.
+fn ready_to_take_over(r: &StoredReport, m: &StoredReport) -> bool {
+    let (c, mr) = (&r.report, &m.report);
+    let same_reference = c.ref_server_id.is_some() && c.ref_server_id == mr.ref_server_id;
+    c.master_id == Some(mr.id)
+        && c.stratum
             .is_some_and(|s| s < crate::core::ntp::UNSYNCED_STRATUM)
+        && r.received_at_us >= m.received_at_us - HANDOVER_FRESH_US
+        && same_reference
+        && c.ref_offset_us
+            .zip(mr.ref_offset_us)
+            .is_some_and(|(a, b)| (a - b).abs() <= HANDOVER_AGREE_US)
 }
 
 /// Decides from the stored master (if any) and the live reports (whose keys have not expired).
@@ -82,10 +97,12 @@ pub fn decide<'a>(current: Option<&MasterRecord>, live: &'a [StoredReport]) -> D
     if let Some(cur) = current {
         if let Some(r) = live.iter().find(|r| r.report.id == cur.id) {
             return match lowest {
-                Some(l) if l.report.id != cur.id && synced_to(l, cur.id) => Decision::HandOver {
-                    master: l,
-                    previous: cur.id,
-                },
+                Some(l) if l.report.id != cur.id && ready_to_take_over(l, r) => {
+                    Decision::HandOver {
+                        master: l,
+                        current: r,
+                    }
+                }
                 _ => Decision::Keep(r),
             };
         }
@@ -181,22 +198,44 @@ mod tests {
             Decision::Keep(&live[0])
         );
         let mut following = live.clone();
+        let server = Some(id(50));
+        for (r, off) in following.iter_mut().zip([1000, 1150]) {
+            r.report.ref_server_id = server;
+            r.report.ref_offset_us = Some(off);
+        }
         following[1].report.master_id = Some(id(1));
         following[1].report.stratum = Some(crate::core::ntp::UNSYNCED_STRATUM);
+        let cur = record(1, "10.0.0.5");
         assert_eq!(
-            decide(Some(&record(1, "10.0.0.5")), &following),
+            decide(Some(&cur), &following),
             Decision::Keep(&following[0]),
             "following, not synced yet"
         );
         // Once it is synced to the master, it takes over.
         following[1].report.stratum = Some(11);
         assert_eq!(
-            decide(Some(&record(1, "10.0.0.5")), &following),
+            decide(Some(&cur), &following),
             Decision::HandOver {
                 master: &following[1],
-                previous: id(1)
+                current: &following[0]
             }
         );
+        // Not while its clock is further from the master's than HANDOVER_AGREE_US, its report
+        // is older than the master's by more than HANDOVER_FRESH_US, or its offset is against
+        // another reference.
+        let mut far = following.clone();
+        far[1].report.ref_offset_us = Some(1000 + HANDOVER_AGREE_US + 1);
+        let mut silent = following.clone();
+        silent[1].received_at_us -= HANDOVER_FRESH_US + 1;
+        let mut elsewhere = following.clone();
+        elsewhere[1].report.ref_server_id = Some(id(51));
+        for (what, live) in [("far", far), ("silent", silent), ("elsewhere", elsewhere)] {
+            assert_eq!(
+                decide(Some(&cur), &live),
+                Decision::Keep(&live[0]),
+                "{what}"
+            );
+        }
         // An expired master is replaced by the lowest live IP.
         assert_eq!(
             decide(Some(&record(9, "10.0.0.1")), &live),

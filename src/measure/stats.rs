@@ -16,6 +16,7 @@ pub struct Stats {
     pub samples: usize,
     pub median_us: i64,
     pub p99_us: i64,
+    pub p999_us: i64,
     pub max_us: i64,
 }
 
@@ -27,6 +28,7 @@ impl Stats {
             samples: v.len(),
             median_us: percentile(&v, 0.5),
             p99_us: percentile(&v, 0.99),
+            p999_us: percentile(&v, 0.999),
             max_us: v.last().copied().unwrap_or(0),
         }
     }
@@ -43,5 +45,7 @@ mod tests {
         assert_eq!(percentile(&[], 0.5), 0);
         let v: Vec<i64> = (1..=100).collect();
         assert_eq!((percentile(&v, 0.5), percentile(&v, 0.99)), (51, 99));
+        let v: Vec<i64> = (1..=2000).collect();
+        assert_eq!(Stats::of(v).p999_us, 1998);
     }
 }

@@ -135,13 +135,23 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             // Hold every election for one tick: clients started together report within one
             // interval, and the master is sticky, so electing on the very first report would
             // make whoever reported first the master instead of the lowest address.
-            Decision::Elect { .. } | Decision::HandOver { .. } if !self.election_armed => {
+            Decision::Elect { .. } if !self.election_armed => {
                 self.election_armed = true;
                 info!(
                     live_clients = live.len(),
                     "no live master; electing on the next tick"
                 );
                 return Ok(None);
+            }
+            // Held the same way, but the current master is alive and still broadcast meanwhile.
+            Decision::HandOver { master, current } if !self.election_armed => {
+                self.election_armed = true;
+                info!(
+                    candidate = %master.report.id,
+                    candidate_ip = %master.report.ip,
+                    "a lower address is synced to the master; handing over on the next tick"
+                );
+                current
             }
             Decision::Elect { master, previous } => {
                 self.election_armed = false;
@@ -154,8 +164,9 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
                     None => return Ok(None),
                 }
             }
-            Decision::HandOver { master, previous } => {
+            Decision::HandOver { master, current } => {
                 self.election_armed = false;
+                let previous = current.report.id;
                 let why = format!(
                     "it has the lowest address and is synced to master {previous}, which hands over"
                 );
@@ -486,6 +497,8 @@ mod tests {
         );
         let mut low = report(1, "10.0.0.3", clock.now_us(), clock.now_us());
         low.report.master_id = Some(Uuid::from_u128(2));
+        low.report.ref_server_id = Some(Uuid::from_u128(99));
+        low.report.ref_offset_us = Some(40);
         low.report.stratum = Some(crate::core::ntp::UNSYNCED_STRATUM);
         let keep = |s: Option<MasterUpdate>| s.expect("an update").master_id;
         let mut seq = 1;
@@ -493,6 +506,8 @@ mod tests {
             seq += 1;
             let mut r2 = report(2, "10.0.0.20", t, t);
             r2.report.seq = seq;
+            r2.report.ref_server_id = Some(Uuid::from_u128(99));
+            r2.report.ref_offset_us = Some(0);
             low.report.seq = seq;
             low.received_at_us = t;
             [r2, low.clone()]

@@ -320,6 +320,7 @@ impl Looker {
                 stats.len(),
                 &servers,
                 Freshness::new(now_us, self.cfg.client.interval()),
+                self.cfg.server.algorithm,
             ));
         }
         let mut events: Vec<Logged> = self.events.iter().cloned().collect();
