@@ -21,11 +21,13 @@
 mod support;
 
 use rand::{Rng, SeedableRng};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use support::Services;
 use time_sync::core::clock::{Clock, SystemClock};
 use time_sync::core::protocol::Algorithm;
 use time_sync::measure::{plot_lines, Stats, TrueOffsets};
+use time_sync::runtime::services::Process;
 use uuid::Uuid;
 
 /// |error| below which a client counts as converged (µs).
@@ -59,28 +61,19 @@ fn duration_arg(v: &str) -> Duration {
     Duration::from_secs(n.parse::<u64>().unwrap_or_else(|_| bad()) * unit)
 }
 
-/// A CPU hog on every core, killed when dropped.
-struct Stress(std::process::Child);
-
-impl Stress {
-    fn start() -> Stress {
-        let child = std::process::Command::new("stress-ng")
-            .args(["--cpu", "2", "--quiet"])
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("--stress needs stress-ng ({e}); scripts/setup.sh installs it")
-            });
-        Stress(child)
-    }
-}
-
-impl Drop for Stress {
-    fn drop(&mut self) {
-        // stress-ng's workers follow their parent's SIGTERM.
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
+/// A CPU hog on both cores (`stress-ng --cpu 2`), for the loaded case; its output goes to
+/// `target/stress-ng.log`.
+fn stress() -> Process {
+    let log = concat!(env!("CARGO_MANIFEST_DIR"), "/target/stress-ng.log");
+    let args = ["--cpu", "2", "--quiet"].map(String::from);
+    Process::spawn(
+        "stress-ng",
+        Path::new("stress-ng"),
+        &args,
+        &[],
+        Path::new(log),
+    )
+    .unwrap_or_else(|e| panic!("--stress needs stress-ng ({e}); scripts/setup.sh installs it"))
 }
 
 fn opts() -> Opts {
@@ -318,11 +311,15 @@ async fn main() {
             ""
         }
     );
-    let _stress = o.stress.then(Stress::start);
+    let mut stress = o.stress.then(stress);
     let mut lines = Vec::new();
     for (i, alg) in o.algorithms.iter().enumerate() {
         println!("running {}...", alg.as_str());
         lines.push(run(*alg, &o, 42 + i as u64).await.line);
+    }
+    // SIGTERM, so that stress-ng stops its workers too.
+    if let Some(p) = stress.as_mut() {
+        p.terminate(Duration::from_secs(5));
     }
     println!();
     for l in lines {

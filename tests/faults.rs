@@ -293,6 +293,22 @@ impl Suite {
         }
     }
 
+    /// Replica `id`'s process.
+    fn replica(&mut self, id: u64) -> &mut Process {
+        &mut self.env.procs[self.replicas[&id]]
+    }
+
+    /// Kills every replica, waits `down`, and starts them all again.
+    async fn restart_all_replicas(&mut self, down: Duration) {
+        for id in REPLICAS {
+            self.replica(id).kill();
+        }
+        tokio::time::sleep(down).await;
+        for id in REPLICAS {
+            self.start_replica(id);
+        }
+    }
+
     /// The replica that leads now, by the records in Redis.
     async fn leader(&self) -> u64 {
         wait_for(Duration::from_secs(30), "a leading replica", || async {
@@ -328,31 +344,24 @@ impl Suite {
                 // clients remember the epoch they follow.
                 self.env.redis.stop();
                 self.env.redis.restart().unwrap();
-                for id in REPLICAS {
-                    self.env.procs[self.replicas[&id]].kill();
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                for id in REPLICAS {
-                    self.start_replica(id);
-                }
+                self.restart_all_replicas(Duration::from_secs(2)).await;
             }
             Fault::LeaderKill => {
                 let id = self.leader().await;
-                self.env.procs[self.replicas[&id]].kill();
+                self.replica(id).kill();
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 self.start_replica(id);
             }
             Fault::LeaderPause => {
                 let id = self.leader().await;
-                let p = &self.env.procs[self.replicas[&id]];
-                p.signal(libc::SIGSTOP);
+                self.replica(id).signal(libc::SIGSTOP);
                 let timeout = time_sync::core::leader_election::LEADER_TIMEOUT;
                 tokio::time::sleep(timeout + Duration::from_secs(2)).await;
-                p.signal(libc::SIGCONT);
+                self.replica(id).signal(libc::SIGCONT);
             }
             Fault::LeaderStop => {
                 let id = self.leader().await;
-                let st = self.env.procs[self.replicas[&id]].terminate(Duration::from_secs(10));
+                let st = self.replica(id).terminate(Duration::from_secs(10));
                 assert!(
                     st.is_some_and(|s| s.success()),
                     "replica {id} stops cleanly"
@@ -361,13 +370,7 @@ impl Suite {
                 self.start_replica(id);
             }
             Fault::AllReplicasRestart => {
-                for id in REPLICAS {
-                    self.env.procs[self.replicas[&id]].kill();
-                }
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                for id in REPLICAS {
-                    self.start_replica(id);
-                }
+                self.restart_all_replicas(Duration::from_secs(10)).await;
             }
             Fault::ClientCut => {
                 self.proxy.cut.store(true, Relaxed);

@@ -113,7 +113,6 @@ pub fn time_change(time: Option<&str>, shift: Option<f64>) -> CliResult<TimeChan
 /// Largest shift accepted (s): a year.
 pub const MAX_SHIFT_SECS: f64 = 366.0 * 86_400.0;
 
-/// Starts `n` clients, one line each.
 /// Whether `n` more clients fit beside `existing` ones (one address each in the cluster's /24):
 /// checked before any is started, so that a request too large starts none.
 pub fn check_room(existing: usize, n: usize) -> CliResult<()> {
@@ -127,6 +126,7 @@ pub fn check_room(existing: usize, n: usize) -> CliResult<()> {
     Ok(())
 }
 
+/// Starts `n` clients, one line each, if all of them fit.
 pub async fn add_clients(
     rt: &Runtime,
     state: &mut State,
@@ -351,6 +351,7 @@ pub async fn clients(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn clients_are_added_only_when_all_fit() {
@@ -365,8 +366,6 @@ mod tests {
             "more than fit already: none more"
         );
     }
-
-    use super::*;
 
     #[test]
     fn time_changes_from_flags() {

@@ -159,11 +159,14 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
                     // The half-done bootstrap is dropped here; what it started is in `state`
                     // and carries the cluster's labels, so teardown finds all of it.
                     out.line("Interrupted: removing what bootstrap started..");
-                    lifecycle::teardown(&cfg, &mut state, cli.runtime, &out).await?;
-                    Err(Failure::new(
-                        exit::INTERRUPTED,
-                        "bootstrap interrupted; nothing it started is left",
-                    ))
+                    let message = match lifecycle::teardown(&cfg, &mut state, cli.runtime, &out).await {
+                        Ok(()) => "bootstrap interrupted; nothing it started is left".to_string(),
+                        Err(f) => format!(
+                            "bootstrap interrupted, and removing what it started failed: {}\n`tsc teardown` tries again",
+                            f.message
+                        ),
+                    };
+                    Err(Failure::new(exit::INTERRUPTED, message))
                 }
                 done = bootstrap => done.map(|()| 0),
             }

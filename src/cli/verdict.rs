@@ -79,17 +79,17 @@ pub fn health(
             problems.push(format!("client {} has not reported", r.id));
         }
     }
-    let running: Vec<&ClientRow> = rows.iter().filter(|r| r.state == "running").collect();
-    let stale: Vec<String> = running.iter().filter_map(|r| fresh.stale(r)).collect();
+    let running = rows.iter().filter(|r| r.state == "running");
+    let (fresh_rows, stale_rows): (Vec<&ClientRow>, Vec<&ClientRow>) =
+        running.partition(|r| fresh.stale(r).is_none());
+    let stale: Vec<String> = stale_rows.iter().filter_map(|r| fresh.stale(r)).collect();
     problems.extend(many(stale, "have stale reports"));
-    // Only fresh reports, received after the clients had two intervals to hear of the master
-    // or leader, say whom they follow now.
-    // A client that started this interval may not have had an update yet.
+    // Whom a client follows is news only from a fresh report of a client that had time to hear
+    // of the master: past its third report, and received two intervals after the election.
     let heard_since = |r: &ClientRow, since_us: i64| {
         r.reports_seq.is_some_and(|n| n > 3)
             && r.last_report_age_ms.is_some_and(|age| {
-                age <= fresh.stale_after_ms
-                    && fresh.now_us - age * 1000 > since_us + fresh.stale_after_ms * 1000
+                fresh.now_us - age * 1000 > since_us + fresh.stale_after_ms * 1000
             })
     };
     match master {
@@ -98,7 +98,7 @@ pub fn health(
         // Berkeley's master only labels a client: nobody follows it, and no hand-over is due.
         Some(_) if alg == Algorithm::Berkeley => {}
         Some(m) => {
-            let ignoring: Vec<String> = running
+            let ignoring: Vec<String> = fresh_rows
                 .iter()
                 .filter(|r| !r.is_master && r.master_id != Some(m.id))
                 .filter(|r| heard_since(r, m.elected_at_us))
@@ -108,11 +108,15 @@ pub fn health(
                 })
                 .collect();
             problems.extend(many(ignoring, "do not follow the master"));
-            let live = running.iter().filter(|r| fresh.stale(r).is_none());
-            if let Some(low) = live.min_by_key(|r| crate::core::master_election::ip_rank(&r.ip)) {
+            let lowest = fresh_rows
+                .iter()
+                .min_by_key(|r| crate::core::master_election::ip_rank(&r.ip));
+            if let Some(low) = lowest {
                 if !low.is_master
                     && low.master_id == Some(m.id)
-                    && low.stratum.is_some_and(|s| s < 16)
+                    && low
+                        .stratum
+                        .is_some_and(|s| s < crate::core::ntp::UNSYNCED_STRATUM)
                 {
                     problems.push(format!(
                         "master {} ({}) is not the lowest address: client {} ({}) is, and is synced to it (the leader hands the role over once their clocks agree, checking every {} s)",
@@ -133,9 +137,8 @@ pub fn health(
         Some(l) => {
             // Clients refuse every epoch below the one they follow: a leader under them leads
             // nobody (the epoch counter went backwards).
-            let above: Vec<String> = running
+            let above: Vec<String> = fresh_rows
                 .iter()
-                .filter(|r| fresh.stale(r).is_none())
                 .filter_map(|r| Some((r, r.epoch?, l.epoch?)))
                 .filter(|(_, followed, leading)| followed > leading)
                 .map(|(r, followed, leading)| {

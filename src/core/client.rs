@@ -478,10 +478,7 @@ impl ClientCore {
             }
         }
         let offset_us = self.filtered_offset(u, host_us);
-        let action = Action::Slew {
-            delta_us: offset_us as f64,
-            rate_ppm: self.discipline.config.max_slew_ppm,
-        };
+        let action = self.discipline.slew(offset_us);
         self.apply(host_us, offset_us, action, false, &u.stamp)
     }
 

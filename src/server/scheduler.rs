@@ -154,26 +154,24 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
                 current
             }
             Decision::Elect { master, previous } => {
-                self.election_armed = false;
                 let why = match previous {
                     Some(p) => format!("master {p} has not reported for the TTL"),
                     None => "there was no master".to_string(),
                 };
-                match self.elect(master, previous, &why, live.len()).await? {
-                    Some(m) => m,
-                    None => return Ok(None),
+                if !self.elect(master, previous, &why, live.len()).await? {
+                    return Ok(None);
                 }
+                master
             }
             Decision::HandOver { master, current } => {
-                self.election_armed = false;
                 let previous = current.report.id;
                 let why = format!(
                     "it has the lowest address and is synced to master {previous}, which hands over"
                 );
-                match self.elect(master, Some(previous), &why, live.len()).await? {
-                    Some(m) => m,
-                    None => return Ok(None),
+                if !self.elect(master, Some(previous), &why, live.len()).await? {
+                    return Ok(None);
                 }
+                master
             }
         };
         self.idle = false;
@@ -215,15 +213,16 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
         }))
     }
 
-    /// Records `master` as the new master and logs the election; `None` when a later leader
+    /// Records `master` as the new master and logs the election; `false` when a later leader
     /// already chose one (this term is over).
-    async fn elect<'a>(
+    async fn elect(
         &mut self,
-        master: &'a StoredReport,
+        master: &StoredReport,
         previous: Option<Uuid>,
         why: &str,
         live_clients: usize,
-    ) -> Result<Option<&'a StoredReport>> {
+    ) -> Result<bool> {
+        self.election_armed = false;
         let record = MasterRecord {
             id: master.report.id,
             ip: master.report.ip,
@@ -235,7 +234,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
                 epoch = self.epoch,
                 "a later leader has chosen the master; not electing"
             );
-            return Ok(None);
+            return Ok(false);
         }
         self.metrics.inc(Counter::MasterChanges);
         info!(
@@ -261,7 +260,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             record.id, record.ip,
         );
         self.events.push((EventKind::MasterElected, text, data));
-        Ok(Some(master))
+        Ok(true)
     }
 
     /// The filtered offset of the master's clock to the server's: each new report of the same

@@ -62,10 +62,15 @@ impl Discipline {
         if offset_us.abs() > threshold {
             Action::Step(offset_us)
         } else {
-            Action::Slew {
-                delta_us: offset_us as f64,
-                rate_ppm: self.config.max_slew_ppm,
-            }
+            self.slew(offset_us)
+        }
+    }
+
+    /// Slewing away `offset_us` at the maximum slew rate, whatever its size.
+    pub fn slew(&self, offset_us: i64) -> Action {
+        Action::Slew {
+            delta_us: offset_us as f64,
+            rate_ppm: self.config.max_slew_ppm,
         }
     }
 }
