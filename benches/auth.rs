@@ -63,6 +63,7 @@ fn main() {
         master_ref_offset_us: Some(-1234),
         master_ref_freq_ppm: Some(12.5),
         master_stratum: Some(10),
+        master_ref_error_us: None,
         stamp: stamp.clone(),
     });
     let report = TimeReport {

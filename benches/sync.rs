@@ -8,13 +8,18 @@
 //! master: it converges to the average).
 //!
 //! Per algorithm: convergence time (the last moment any client was ≥ 1 ms off, before the
-//! steady window), then median / p99 / max |error| over a steady-state window, and the largest
-//! step any synced client took. For `master` it then kills the master and reports how long the
-//! failover took and the largest step any client took across it.
+//! steady window), the largest error while the estimators' windows fill (`settle_max_us`, the
+//! 120 s after convergence), then median / p99 / p99.9 / max |error| over a steady-state window,
+//! and the largest step any synced client took. For `master` it then kills the master and
+//! reports how long the failover took and the largest step any client took across it. Every
+//! report carries the client's own error bound ε (`max_error_us`): the bench gives its median
+//! over the steady window (`eps_median_us`) and how often |error| ≤ ε held over the whole run,
+//! convergence and failover included (`eps_coverage`, of `eps_samples`, with the largest miss).
 //!
 //! Run: `cargo bench --bench sync` (options after `--`: `--clients N`, `--steady S` (seconds, or
 //! `Ns` / `Nm`), `--algorithms master,naive,berkeley`, `--berkeley-interval-ms MS`, `--plot DIR`
-//! to write an SVG of every client's error over time per algorithm, `--stress` to run
+//! to write an SVG of every client's error over time per algorithm (and the samples as CSV:
+//! `t_s,ip,error_us,eps_us`), `--stress` to run
 //! `stress-ng --cpu 2` beside the cluster for the whole run: the loaded case).
 
 #[path = "support.rs"]
@@ -34,9 +39,10 @@ use uuid::Uuid;
 const CONVERGED_US: i64 = 1000;
 /// Longest wait for convergence before the steady window starts anyway.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pause between convergence and the steady window: frequency estimates need about 8 s of
-/// probe samples, and the transient until then is part of convergence, not of steady state.
-const SETTLE: Duration = Duration::from_secs(15);
+/// Pause between convergence and the steady window: the probe estimator's window (120 s,
+/// `core::clock::estimator::MAX_SPAN_US`) fills first; until then its frequency comes from a
+/// shorter span. The largest error in this pause is reported too (`settle_max_us`).
+const SETTLE: Duration = Duration::from_secs(120);
 /// Server TTL in the benchmark, so the failover takes seconds.
 const TTL_S: u64 = 3;
 /// Redis is read this often.
@@ -192,18 +198,16 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
     }
     let steady_to = SystemClock.now_us();
     let errs = series.errors(alg);
-    let converge_at = series
-        .points
-        .keys()
-        .map(|id| {
-            errs.iter()
-                .filter(|(c, h, e)| c == id && *h < steady_from && e.abs() >= CONVERGED_US)
-                .map(|(_, h, _)| *h)
-                .max()
-                .unwrap_or(t0)
-        })
+    let converge_at = errs
+        .iter()
+        .filter(|(_, h, e)| *h < steady_from && e.abs() >= CONVERGED_US)
+        .map(|(_, h, _)| *h)
         .max()
         .unwrap_or(t0);
+    let reach_100us = reached(&errs, 100, expected(alg, o.clients))
+        .map_or("none".to_string(), |h| {
+            format!("{:.1}", (h - t0) as f64 / 1e6)
+        });
     let still_off = errs
         .iter()
         .any(|(_, h, e)| *h >= steady_from && *h <= steady_to && e.abs() >= CONVERGED_US);
@@ -226,8 +230,22 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
         );
     }
     let max_step = series.max_step.values().copied().max().unwrap_or(0);
+    let settle_max = errs
+        .iter()
+        .filter(|(_, h, _)| *h > converge_at && *h < steady_from)
+        .map(|(_, _, e)| e.abs())
+        .max()
+        .unwrap_or(0);
+    // ε: its median over the steady window, and how often it held, from the first report that
+    // had one (convergence included; the failover's are added below).
+    let in_steady: Vec<(Uuid, i64, i64)> = errs
+        .iter()
+        .copied()
+        .filter(|(_, h, _)| *h >= steady_from && *h <= steady_to)
+        .collect();
+    let eps_steady = Stats::of(series.bounds_of(&in_steady));
     let mut line = format!(
-        "algorithm={} clients={} stress={} converge_s={converge_s} median_us={} p99_us={} p999_us={} max_us={} max_step_us={max_step} samples={}",
+        "algorithm={} clients={} stress={} converge_s={converge_s} reach_100us_s={reach_100us} median_us={} p99_us={} p999_us={} max_us={} max_step_us={max_step} samples={} settle_max_us={settle_max} eps_median_us={}",
         alg.as_str(),
         o.clients,
         u8::from(o.stress),
@@ -236,6 +254,11 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
         steady.p999_us,
         steady.max_us,
         steady.samples,
+        if eps_steady.samples == 0 {
+            "none".to_string()
+        } else {
+            eps_steady.median_us.to_string()
+        },
     );
     // Failover: kill the master; a new one takes over once the old one's key expires.
     if alg == Algorithm::Master {
@@ -276,6 +299,15 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
             ));
         }
     }
+    if alg != Algorithm::Berkeley {
+        let c = series.coverage(&series.errors(alg));
+        line.push_str(&format!(
+            " eps_coverage={} eps_samples={} eps_worst_miss_us={}",
+            c.ratio(),
+            c.bounded,
+            c.worst_miss_us.max(0)
+        ));
+    }
     if let Some(dir) = &o.plot {
         std::fs::create_dir_all(dir).unwrap();
         // From convergence on: the initial hour-sized errors would flatten everything else.
@@ -292,9 +324,48 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
         )
         .unwrap();
         println!("  wrote {}", path.display());
+        // The same points as numbers, for a closer look: every error sample, its client and ε.
+        let mut csv = String::from("t_s,ip,error_us,eps_us\n");
+        let mut rows = series.errors(alg);
+        rows.sort_by_key(|&(_, h, _)| h);
+        for (id, h, e) in rows {
+            let ip = series
+                .ips
+                .get(&id)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            let eps = series.bounds.get(&(id, h)).map(u64::to_string);
+            let t = (h - t0) as f64 / 1e6;
+            csv.push_str(&format!("{t:.3},{ip},{e},{}\n", eps.unwrap_or_default()));
+        }
+        let path = path.with_extension("csv");
+        std::fs::write(&path, csv).unwrap();
+        println!("  wrote {}", path.display());
     }
     println!("  {line}");
     Outcome { line }
+}
+
+/// Clients whose errors are measured: all but the master, except under `berkeley`.
+fn expected(alg: Algorithm, clients: usize) -> usize {
+    if alg == Algorithm::Berkeley {
+        clients
+    } else {
+        clients - 1
+    }
+}
+
+/// The first host time at which the latest error of each of `clients` clients was below
+/// `bound_us`.
+fn reached(errs: &[(Uuid, i64, i64)], bound_us: i64, clients: usize) -> Option<i64> {
+    let mut latest = std::collections::HashMap::new();
+    for (id, h, e) in errs {
+        latest.insert(*id, e.abs());
+        if latest.len() >= clients && latest.values().all(|e| *e < bound_us) {
+            return Some(*h);
+        }
+    }
+    None
 }
 
 #[tokio::main]

@@ -106,7 +106,7 @@ from collections import deque
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 REPORTS_QUEUE = "ts.reports"
 UPDATES_EXCHANGE = "ts.master_updates"
 RPC_QUEUE = "ts.rpc"
@@ -470,7 +470,7 @@ TO_CLIENT = {
         master_time_us=("us", REQ), server_time_us=("us", REQ),
         algorithm=("algorithm", OPT_NOT_NULL),  # absent = "master"; null is not allowed
         master_ref_offset_us=("us", OPT), master_ref_freq_ppm=("ppm", OPT),
-        master_stratum=("stratum", OPT)),
+        master_stratum=("stratum", OPT), master_ref_error_us=("u53", OPT)),
     "probe_reply": common(
         client_id=("uuid", REQ), seq=("u53", REQ), t1_us=("us", REQ), t2_us=("us", REQ),
         t3_us=("us", REQ)),
@@ -491,7 +491,8 @@ TIME_REPORT = {
     "rejected_msgs": ("u64", OPT), "boot_us": ("us", REQ), "stamp": ("stamp", REQ),
     "events": ("events", OPT_NOT_NULL), "stratum": ("stratum", OPT),
     "reference": ("reference", OPT), "ntp": ("ntp", OPT),
-    "upstreams": ("upstreams", OPT_NOT_NULL),
+    "upstreams": ("upstreams", OPT_NOT_NULL), "ref_error_us": ("u53", OPT),
+    "max_error_us": ("u53", OPT),
 }
 TO_SERVER = {
     "probe": {"id": ("uuid", REQ), "seq": ("u53", REQ), "t1_us": ("us", REQ),
@@ -1180,14 +1181,14 @@ TEST_KID_HASHES = {  # domain, key -> SHA-256 in full (§6.6)
 }
 # §6.6: the probe's message, signed bytes and tag; the probe_reply's signed bytes.
 TEST_PROBE_MESSAGE = (
-    b'{"type":"probe","v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,'
+    b'{"type":"probe","v":6,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,'
     b'"t1_us":1763777045123456,"stamp":{"lt":88}}')
 TEST_PROBE_SIGNED = (
-    b'{"type":"probe","v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,'
+    b'{"type":"probe","v":6,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,'
     b'"t1_us":1763777045123456,"stamp":{"lt":88},"kid":"b610eb16"}')
-TEST_PROBE_TAG = "0f06591d0c2d5c2d778d989baf33e2296f7e0bb85d7cb322b43d2ca437479083"
+TEST_PROBE_TAG = "8bf17288e8c4d1fdb9599b795d3388542dda8f732fc827dd03204f36b1a09430"
 TEST_REPLY_SIGNED = (
-    b'{"type":"probe_reply","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",'
+    b'{"type":"probe_reply","v":6,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",'
     b'"epoch":4,"client_id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,'
     b'"t1_us":1763777045123456,"t2_us":1763777045123506,"t3_us":1763777045123514,'
     b'"stamp":{"lt":4182,"hlc":{"us":1763777045123515,"c":0}},"kid":"669b67d7"}')
@@ -1195,43 +1196,43 @@ TEST_REPLY_SIGNED = (
 # Every sealed example of PROTOCOL.md, byte for byte (name, length, body).
 DOC_EXAMPLES = [
     ('6.6 probe', 210,
-     b'{"type":"probe","v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,"t1'
-     b'_us":1763777045123456,"stamp":{"lt":88},"kid":"b610eb16","sig":"0f06591d0c2d5c2d'
-     b'778d989baf33e2296f7e0bb85d7cb322b43d2ca437479083"}'
+     b'{"type":"probe","v":6,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,"t1'
+     b'_us":1763777045123456,"stamp":{"lt":88},"kid":"b610eb16","sig":"8bf17288e8c4d1fd'
+     b'b9599b795d3388542dda8f732fc827dd03204f36b1a09430"}'
      ),
     ('6.6 probe_reply', 436,
-     b'{"type":"probe_reply","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d","'
+     b'{"type":"probe_reply","v":6,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d","'
      b'epoch":4,"client_id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,"t1_us":1'
      b'763777045123456,"t2_us":1763777045123506,"t3_us":1763777045123514,"stamp":{"lt":'
-     b'4182,"hlc":{"us":1763777045123515,"c":0}},"kid":"669b67d7","sig":"4983bf4f3c6cf3'
-     b'5f1df4d67ab5afe03fbd753b503395765fd2fd548bdf22aea37d049f4a34366231b16bc76637826d'
-     b'395912360179fc35050214781c6c5a6508"}'
+     b'4182,"hlc":{"us":1763777045123515,"c":0}},"kid":"669b67d7","sig":"b2e86c5f4c3357'
+     b'476429e1e76975811e6dd58e630add08bf0e6544edca34204d25720fffbf30661b8b368260016315'
+     b'5f80fff698f783ed625ab6be91991d5303"}'
      ),
     ('6.6/13.6 election', 223,
-     b'{"type":"election","v":5,"from":1,"priority":0,"stamp":{"lt":611,"hlc":{"us":176'
-     b'3776990512004,"c":0},"vc":{"1":233,"2":190,"3":187}},"kid":"c9297ae8","sig":"f47'
-     b'1cce9f9f88873c1aef1138a8df436ad08dc52dd1d220bc05ebf2d2ec19263"}'
+     b'{"type":"election","v":6,"from":1,"priority":0,"stamp":{"lt":611,"hlc":{"us":176'
+     b'3776990512004,"c":0},"vc":{"1":233,"2":190,"3":187}},"kid":"c9297ae8","sig":"30d'
+     b'966b5c1233647ad61ef538c50ff5d5a31c61a2b001233ef63786f0df7c697"}'
      ),
-    ('9 report, synced follower', 593,
-     b'{"v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ip":"10.0.0.7","time_us":176'
+    ('9 report, synced follower', 629,
+     b'{"v":6,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ip":"10.0.0.7","time_us":176'
      b'3777045123456,"seq":42,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","maste'
      b'r_time_us":1763777044998870,"true_offset_us":-312,"ref_offset_us":2641,"ref_freq'
      b'_ppm":-0.8824675191726605,"max_step_us":0,"ref_server_id":"9a8b7c6d-5e4f-4a3b-2c'
      b'1d-0e9f8a7b6c5d","epoch":4,"stale_epoch_msgs":0,"rejected_msgs":0,"boot_us":1763'
      b'777003000000,"stamp":{"lt":57,"hlc":{"us":1763777045120815,"c":0}},"stratum":11,'
-     b'"reference":"10.0.0.2","kid":"b610eb16","sig":"9fd1125e52838ffafa598896844586a6e'
-     b'd67c41a303ac9b49a89a2dc6d9215ef"}'
+     b'"reference":"10.0.0.2","ref_error_us":21,"max_error_us":44,"kid":"b610eb16","sig'
+     b'":"d3c50ba00f9f5f667da90de832c122d3917047a38e5b2797a15af32a3596fbb3"}'
      ),
     ('9 first report', 452,
-     b'{"v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ip":"10.0.0.7","time_us":176'
+     b'{"v":6,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ip":"10.0.0.7","time_us":176'
      b'3778845000000,"seq":1,"master_id":null,"master_time_us":null,"true_offset_us":18'
      b'00000000000,"ref_offset_us":null,"ref_freq_ppm":null,"max_step_us":null,"ref_ser'
      b'ver_id":null,"epoch":null,"stale_epoch_msgs":0,"rejected_msgs":0,"boot_us":17637'
-     b'77044990000,"stamp":{"lt":1},"stratum":16,"kid":"b610eb16","sig":"25b8e1524ec1ad'
-     b'9fc3fdc6063e53706ac97b5061717ba3968f1eff1b4beb3e6f"}'
+     b'77044990000,"stamp":{"lt":1},"stratum":16,"kid":"b610eb16","sig":"1f70840d7b54bc'
+     b'971e77790eb38a628c03f2aa792288952e92940a2906b8907e"}'
      ),
     ('9 report with an event', 850,
-     b'{"v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ip":"10.0.0.7","time_us":176'
+     b'{"v":6,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ip":"10.0.0.7","time_us":176'
      b'3776948000412,"seq":4,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","master'
      b'_time_us":1763776947998003,"true_offset_us":-287,"ref_offset_us":2666,"ref_freq_'
      b'ppm":null,"max_step_us":0,"ref_server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
@@ -1240,126 +1241,126 @@ DOC_EXAMPLES = [
      b'nced","node":"client-5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","stamp":{"lt":4135,"h'
      b'lc":{"us":1763776947998021,"c":2}},"cause":{"lt":4133,"hlc":{"us":17637769479980'
      b'21,"c":0}},"text":"synced: within 412 \xc2\xb5s of the master","data":{"offset_us":412'
-     b'}}],"stratum":11,"reference":"10.0.0.2","kid":"b610eb16","sig":"0d34a9f912979e3f'
-     b'02d7d0d4de1e4e2c725bb04fc20fb2eb16ace3c004e2480c"}'
+     b'}}],"stratum":11,"reference":"10.0.0.2","kid":"b610eb16","sig":"4ba24253749e5396'
+     b'cdd551f9b300741356697f1ce07c268f971392b085d25251"}'
      ),
     ('9 report of a client that does not probe', 376,
-     b'{"v":5,"id":"7f565e2b-d40f-42ac-8c89-f88709a5ccd8","ip":"10.0.0.9","time_us":176'
+     b'{"v":6,"id":"7f565e2b-d40f-42ac-8c89-f88709a5ccd8","ip":"10.0.0.9","time_us":176'
      b'3777045200000,"seq":7,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","master'
      b'_time_us":1763777045002310,"true_offset_us":-1668,"epoch":5,"stale_epoch_msgs":3'
-     b',"boot_us":1763777038000000,"stamp":{"lt":31},"kid":"b610eb16","sig":"35c24f8caf'
-     b'258d137a370663a3b838e10d90f1c0019ce81eeace68cd86508a7a"}'
+     b',"boot_us":1763777038000000,"stamp":{"lt":31},"kid":"b610eb16","sig":"c7825ed401'
+     b'055177b69efaf2edb1ebe8b6d5a91ab87027b0c6717a7a33b4dd65"}'
      ),
-    ('10.1 master_update (the master probes)', 564,
-     b'{"type":"master_update","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
+    ('10.1 master_update (the master probes)', 589,
+     b'{"type":"master_update","v":6,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
      b',"epoch":4,"seq":318,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","master_'
      b'ip":"10.0.0.2","master_time_us":1763777045002310,"server_time_us":17637770450000'
      b'00,"algorithm":"master","master_ref_offset_us":2650,"master_ref_freq_ppm":-0.882'
-     b'4675191726605,"master_stratum":10,"stamp":{"lt":4211,"hlc":{"us":176377704500001'
-     b'9,"c":0}},"kid":"669b67d7","sig":"64075872d160c38c5ee331daa8e017d31230dc17921c23'
-     b'75a8726dda962560cae05b97cb1e3ea7ceaa09d428050a1daf9ade443f951306dfb235d38576f0d7'
-     b'0f"}'
+     b'4675191726605,"master_stratum":10,"master_ref_error_us":22,"stamp":{"lt":4211,"h'
+     b'lc":{"us":1763777045000019,"c":0}},"kid":"669b67d7","sig":"d4463c5067a0bbd1a3d10'
+     b'e0e5060e046340509a5fead2bacda5713f2eb1ebc977f24baee5e2f56dddea4a472f2ede67f1e92e'
+     b'3fdd9ba2d09678c1ff91c608d00"}'
      ),
     ('10.1 master_update (no reference offsets)', 549,
-     b'{"type":"master_update","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
+     b'{"type":"master_update","v":6,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
      b',"epoch":4,"seq":319,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","master_'
      b'ip":"10.0.0.2","master_time_us":1763777046002287,"server_time_us":17637770460000'
      b'00,"algorithm":"master","master_ref_offset_us":null,"master_ref_freq_ppm":null,"'
      b'master_stratum":10,"stamp":{"lt":4236,"hlc":{"us":1763777046000017,"c":0}},"kid"'
-     b':"669b67d7","sig":"b485af54c822b927112f00ea70ece46ec8670946df6e2f8007e0fb9b2f9e7'
-     b'38b55ec9e4e7182551449cfe880797936f2a6ba14f19fd20579b154994ce7173801"}'
+     b':"669b67d7","sig":"8fdea258d129d875838c2f5c1e9b81ee047a40f9a1d2e97a8889023ebd826'
+     b'7368d45b6857766a31cd9c2e62479c8b124b5634559cc51be7c2a13628de5683a01"}'
      ),
     ('10.1 master_update (naive)', 548,
-     b'{"type":"master_update","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
+     b'{"type":"master_update","v":6,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
      b',"epoch":4,"seq":320,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","master_'
      b'ip":"10.0.0.2","master_time_us":1763777046412871,"server_time_us":17637770470000'
      b'00,"algorithm":"naive","master_ref_offset_us":null,"master_ref_freq_ppm":null,"m'
      b'aster_stratum":10,"stamp":{"lt":4260,"hlc":{"us":1763777047000015,"c":0}},"kid":'
-     b'"669b67d7","sig":"9c1bd17792ec7a48b4e45cc82dfc9c6b6521c534b957b3bf9ddccbb62c970a'
-     b'7cf54733c01ec0f0b644e65c14a427000465b8053af941e54d7bce75bcd6a2d20f"}'
+     b'"669b67d7","sig":"ac5f50062caa7e342942cc3e9856cc1d1d7ba6cb02a4eb9bcc74b1eb4be418'
+     b'2cdd17fb7ea32849952f75734537b5859fb418d156093c12d25bcd0ec548f89508"}'
      ),
     ('10.1 smallest master_update', 417,
-     b'{"type":"master_update","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
+     b'{"type":"master_update","v":6,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
      b',"epoch":4,"seq":321,"master_id":"0d3c1f8a-2b4e-4c6d-8e9f-1a2b3c4d5e6f","master_'
      b'ip":"10.0.0.2","master_time_us":1763777048002301,"server_time_us":17637770480000'
-     b'00,"stamp":{"lt":4287},"kid":"669b67d7","sig":"7de54b49d325bb3ded5ee3c32d35af475'
-     b'f81f3853a38efc50ba7946c40a1270a9c732a84480994dd426d28e0732adc7759b42c68f096974c4'
-     b'736448801540404"}'
+     b'00,"stamp":{"lt":4287},"kid":"669b67d7","sig":"c0be85a5645482c54b84863c34bcba9a9'
+     b'2527b075a2f44a6ea3d26de20be5d9d03769dc5691ac2872db357046975a2cdc4cbce12fcfa7cdaa'
+     b'33a8aee18eb170e"}'
      ),
     ('10.3 berkeley_poll', 321,
-     b'{"type":"berkeley_poll","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
+     b'{"type":"berkeley_poll","v":6,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d"'
      b',"epoch":4,"round":17,"poll":0,"stamp":{"lt":5120,"hlc":{"us":1763777045800102,"'
-     b'c":0}},"kid":"669b67d7","sig":"863ffb62c219cca54c6bf04ab2f5b9d6be36861e1d395011b'
-     b'02c5d5c0b5e6b3912c5b34de5210fc43cd634d9bb2afb6fd23cce8ff61dcc65dd83da634c22cb03"'
+     b'c":0}},"kid":"669b67d7","sig":"b830a7e8cedd14a29304aab9c55041af344e8372c789c89ea'
+     b'e9a632842af5875f70cc742c996a49d3b5da2a90d3a9d97dbad5e6d1eabb9fa2ad5cbcb288a510a"'
      b'}'
      ),
     ('10.4 berkeley_adjust', 397,
-     b'{"type":"berkeley_adjust","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5'
+     b'{"type":"berkeley_adjust","v":6,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5'
      b'd","epoch":4,"client_id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","round":17,"adju'
      b'st_us":-48,"outlier":false,"stamp":{"lt":5163,"hlc":{"us":1763777046550377,"c":0'
-     b'}},"kid":"669b67d7","sig":"ba2428cdace655c6de0f70f939ac4529af968af69672c5976da26'
-     b'22779f496ac8a4c5ce4a6ca3d08451c0c8d887ccda3de93128fbcfa58db5b3ddc760cbf3307"}'
+     b'}},"kid":"669b67d7","sig":"99b585d5c8017f659f9d04aba07a8ee0021d52ca42c1c234a35e8'
+     b'6744ef710ed2da3068ca9c0dd8a3f23298c59310383dc261b1ead3953cc56b04ef260da640e"}'
      ),
     ('10.5 set_time (absolute)', 445,
-     b'{"type":"set_time","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d","epo'
+     b'{"type":"set_time","v":6,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d","epo'
      b'ch":4,"client_id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","op_id":"c2a1f4de-93b7-'
      b'4b0e-8d6a-2f5e7c9b1a03","change":{"absolute":{"time_us":1763780645000000}},"stam'
-     b'p":{"lt":5301,"hlc":{"us":1763777050000210,"c":0}},"kid":"669b67d7","sig":"a83b3'
-     b'55ff3752ec1034e2d26082fd1d662eae9bd7095ea48a0e82e212a9d3cd504346fd9cb11b031ec407'
-     b'004a2f219be48a4b8ec4d3e5b00fe136c6510cade00"}'
+     b'p":{"lt":5301,"hlc":{"us":1763777050000210,"c":0}},"kid":"669b67d7","sig":"b2ef1'
+     b'6a2ea95197dfccf845517c3ef5815d9e55d9209779c991e4854d5ec750b4e2a8712e43f95bfd1421'
+     b'f45e87c408d85603cc759cc937a11ae224ae316600a"}'
      ),
     ('10.5 set_time (shift)', 436,
-     b'{"type":"set_time","v":5,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d","epo'
+     b'{"type":"set_time","v":6,"server_id":"9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d","epo'
      b'ch":4,"client_id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","op_id":"e7d3b2a1-6c5f-'
      b'4e8d-9b0a-1c2d3e4f5a6b","change":{"shift":{"shift_us":-30000000}},"stamp":{"lt":'
-     b'5340,"hlc":{"us":1763777052000188,"c":1}},"kid":"669b67d7","sig":"188e55f9a89e68'
-     b'c7e98ff48519c6d4df820576ab586615e5756afdfbfb310c2d27b834e93514086fa4ea680a87599f'
-     b'f78c269102fc662c00c12624fb81e6a400"}'
+     b'5340,"hlc":{"us":1763777052000188,"c":1}},"kid":"669b67d7","sig":"bd0cce0b620971'
+     b'29a46f319fb595385feb0ab31218c16b897b9e18056cc1abb771f7ef01530bcbf1c169353755e0ab'
+     b'890512752120e812b5fd9f960882907500"}'
      ),
     ('11.1 probe (with hlc)', 246,
-     b'{"type":"probe","v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,"t1'
+     b'{"type":"probe","v":6,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","seq":1207,"t1'
      b'_us":1763777045123456,"stamp":{"lt":88,"hlc":{"us":1763777045120815,"c":0}},"kid'
-     b'":"b610eb16","sig":"6d63d7e282926c4a8aa7b449fab43a2ac6021c4190fe51c5686037a457a2'
-     b'c31f"}'
+     b'":"b610eb16","sig":"6faabcd09154ab2c85e9b35e706dd86ab68e70f22c7d7dc732fc94cfa310'
+     b'22d9"}'
      ),
     ('11.2 berkeley_reading (with ref_offset_us)', 301,
-     b'{"type":"berkeley_reading","v":5,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ep'
+     b'{"type":"berkeley_reading","v":6,"id":"5b0f7c9e-1d2a-4e8b-9f3c-6a7d8e9f0a1b","ep'
      b'och":4,"round":17,"poll":0,"time_us":1763777045801234,"ref_offset_us":-131,"stam'
-     b'p":{"lt":5122,"hlc":{"us":1763777045801365,"c":0}},"kid":"b610eb16","sig":"96710'
-     b'3b2d1b1317626b60b5bdbb2ebdfac05abcf108ed6736098d3dcb9daffc7"}'
+     b'p":{"lt":5122,"hlc":{"us":1763777045801365,"c":0}},"kid":"b610eb16","sig":"2067b'
+     b'47689e5526195345dbaebb7f1ea065e8a83110c53241398cca2cad5cff7"}'
      ),
     ('11.2 berkeley_reading (without)', 242,
-     b'{"type":"berkeley_reading","v":5,"id":"7f565e2b-d40f-42ac-8c89-f88709a5ccd8","ep'
+     b'{"type":"berkeley_reading","v":6,"id":"7f565e2b-d40f-42ac-8c89-f88709a5ccd8","ep'
      b'och":4,"round":17,"poll":3,"time_us":1763777045950771,"stamp":{"lt":44},"kid":"b'
-     b'610eb16","sig":"433f39fe862b7d73bce0ef3be33c88cc34af89df98516bee3cca5296fd4ae073'
+     b'610eb16","sig":"cc02b7ace29a10eb62a349bde49c0e4222fb8bede7f3a2406c09e86bd1e648e4'
      b'"}'
      ),
     ('13.6 answer', 221,
-     b'{"type":"answer","v":5,"from":3,"priority":0,"stamp":{"lt":613,"hlc":{"us":17637'
-     b'76990512771,"c":0},"vc":{"1":233,"2":190,"3":189}},"kid":"c9297ae8","sig":"e3713'
-     b'30e6f21dfa097124221f5f6fab3374566c1f14ce192e1cde33e049e960c"}'
+     b'{"type":"answer","v":6,"from":3,"priority":0,"stamp":{"lt":613,"hlc":{"us":17637'
+     b'76990512771,"c":0},"vc":{"1":233,"2":190,"3":189}},"kid":"c9297ae8","sig":"ab5cc'
+     b'98f9e2c237980d2e09f404c72d27ecb02290efdc3155b93570f8b6da49d"}'
      ),
     ('13.6 coordinator', 236,
-     b'{"type":"coordinator","v":5,"from":3,"priority":0,"epoch":7,"stamp":{"lt":614,"h'
+     b'{"type":"coordinator","v":6,"from":3,"priority":0,"epoch":7,"stamp":{"lt":614,"h'
      b'lc":{"us":1763776990512790,"c":0},"vc":{"1":233,"2":190,"3":190}},"kid":"c9297ae'
-     b'8","sig":"bdd3dd2b1bcca146a3d5a27819c4da020a8cc58c84c3c0cee8194d89459ba380"}'
+     b'8","sig":"cc8b4d901abedbbc7b5b049b66ef6bffb73ae8ce7480de9c7ca1dd29fd4f9912"}'
      ),
     ('13.6 heartbeat (leader)', 261,
-     b'{"type":"heartbeat","v":5,"from":3,"priority":0,"role":"leader","epoch":7,"leade'
+     b'{"type":"heartbeat","v":6,"from":3,"priority":0,"role":"leader","epoch":7,"leade'
      b'r":3,"stamp":{"lt":702,"hlc":{"us":1763776991520331,"c":0},"vc":{"1":240,"2":196'
-     b',"3":214}},"kid":"c9297ae8","sig":"457fe451293d0b1ddb795216e196bf654772223d864b3'
-     b'7132f60f647bb4a7e00"}'
+     b',"3":214}},"kid":"c9297ae8","sig":"3541ece6495a812ab4b138028d3e20216da72335186d8'
+     b'ecd5b838cee3598eca0"}'
      ),
     ('13.6 heartbeat (follower)', 263,
-     b'{"type":"heartbeat","v":5,"from":1,"priority":0,"role":"follower","epoch":7,"lea'
+     b'{"type":"heartbeat","v":6,"from":1,"priority":0,"role":"follower","epoch":7,"lea'
      b'der":3,"stamp":{"lt":705,"hlc":{"us":1763776991540118,"c":0},"vc":{"1":246,"2":1'
-     b'96,"3":214}},"kid":"c9297ae8","sig":"69ffc4e28eb50418b9c3df7ceb92799eb6cd564f643'
-     b'e8df13ff66e469cd9f387"}'
+     b'96,"3":214}},"kid":"c9297ae8","sig":"dac86fe9627d7f7c638c70e160d5d7d6a0fd2a98f94'
+     b'5ee47dc3d50b7f94f84de"}'
      ),
     ('13.6 resign', 222,
-     b'{"type":"resign","v":5,"from":3,"epoch":7,"stamp":{"lt":9120,"hlc":{"us":1763777'
-     b'200004511,"c":0},"vc":{"1":3010,"2":2987,"3":3122}},"kid":"c9297ae8","sig":"83a4'
-     b'cc53a3bfd33f3e1e2adb5d0d0fb80caae43c8d81e2bc20fcf57982ec30f7"}'
+     b'{"type":"resign","v":6,"from":3,"epoch":7,"stamp":{"lt":9120,"hlc":{"us":1763777'
+     b'200004511,"c":0},"vc":{"1":3010,"2":2987,"3":3122}},"kid":"c9297ae8","sig":"35e2'
+     b'e8cbc93e76cd17a8a60a4096d32c0f59be3a1bdb99bf0c0d59d4f05a050f"}'
      ),
 ]
 
@@ -1473,11 +1474,11 @@ def self_test():
         ("an unknown kid", update.replace(b'"kid":"669b67d7"', b'"kid":"00000000"'),
          "unknown_key"),
         ("a version-5 message without a seal", message, "unsigned"),
-        ("an unsealed version-3 message", message.replace(b'"v":5', b'"v":3'), "bad_version"),
-        ("a sealed version-4 message", signed_body(message.replace(b'"v":5', b'"v":4')),
+        ("an unsealed version-3 message", message.replace(b'"v":6', b'"v":3'), "bad_version"),
+        ("a sealed version-4 message", signed_body(message.replace(b'"v":6', b'"v":4')),
          "bad_version"),
-        ("v as a float", signed_body(message.replace(b'"v":5', b'"v":5.0')), "malformed"),
-        ("v as a boolean", signed_body(message.replace(b'"v":5', b'"v":true')), "malformed"),
+        ("v as a float", signed_body(message.replace(b'"v":6', b'"v":6.0')), "malformed"),
+        ("v as a boolean", signed_body(message.replace(b'"v":6', b'"v":true')), "malformed"),
         ("a body over 4096 bytes", update[:-1] + b" " * 4096 + b"}", "too_large"),
         ("a byte-order mark", b"\xef\xbb\xbf" + update, "malformed"),
         ("not JSON", b"garbage", "malformed"),

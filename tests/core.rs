@@ -53,6 +53,44 @@ async fn lowest_ip_becomes_master_and_clocks_converge() {
     }
     println!("steady-state worst spread over 5 s: {worst} µs");
     assert!(worst < SYNC_BOUND_US, "spread {worst} µs");
+    // Every follower states ε, its own bound on its error to the master, and it holds: the
+    // true error (all clients share this host's clock) is within it. Until a follower's probes
+    // span 8 s its frequency is unmeasured and ε counts 500 ppm for it (milliseconds); then it
+    // falls below 1 ms.
+    wait_for(
+        Duration::from_secs(30),
+        "every follower stating ε < 1 ms",
+        || async {
+            let r = live(&store).await;
+            let stated = r
+                .iter()
+                .filter(|f| f.report.id != m.id)
+                .filter(|f| f.report.max_error_us.is_some_and(|e| e < 1000))
+                .count();
+            (stated + 1 == ips.len()).then_some(())
+        },
+    )
+    .await;
+    let (mut held, mut bounded) = (0, 0);
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = live(&store).await;
+        let mt = r.iter().find(|r| r.report.id == m.id).unwrap();
+        assert_eq!(mt.report.max_error_us, Some(0), "the master's ε is 0");
+        for f in r.iter().filter(|r| r.report.id != m.id) {
+            let eps = f.report.max_error_us.expect("a synced follower states ε") as i64;
+            assert!(eps > 0 && eps < 1000, "ε {eps} µs");
+            let err = f.report.true_offset_us.unwrap() - mt.report.true_offset_us.unwrap();
+            bounded += 1;
+            held += usize::from(err.abs() <= eps + 50);
+            println!("follower {}: true error {err} µs, ε {eps} µs", f.report.ip);
+        }
+    }
+    // The two reports were taken up to a second apart: 50 µs for the master's drift meanwhile.
+    assert!(
+        held + 1 >= bounded,
+        "ε held for {held} of {bounded} samples"
+    );
     // The master reports itself as master (the seed's master said None).
     let r = live(&store).await;
     let mr = r.iter().find(|r| r.report.id == expected).unwrap();

@@ -104,7 +104,20 @@ async fn standard_ntp_clients_read_the_cluster_time() {
         (u64::from(p.root_dispersion) * 1_000_000) >> 16
     );
     assert!((offset - truth).abs() < 1000);
-    // The master: the cluster's reference, no upstream.
+    // Its root dispersion is its ε, the bound it reports (docs/PROTOCOL.md §15.6), which
+    // changes at each correction: compare with the reports around the query.
+    let r1 = report_after(&t, follower.report.id, 0).await;
+    let r2 = report_after(&t, follower.report.id, r1.report.seq).await;
+    let eps: Vec<i64> = [&r1, &r2]
+        .iter()
+        .map(|r| r.report.max_error_us.expect("a synced follower states ε") as i64)
+        .collect();
+    let dispersion = ((u64::from(p.root_dispersion) * 1_000_000) >> 16) as i64;
+    let (lo, hi) = (eps[0].min(eps[1]), eps[0].max(eps[1]));
+    assert!(
+        dispersion >= lo / 2 - 16 && dispersion <= 2 * hi + 16,
+        "root dispersion {dispersion} µs, ε {eps:?} µs"
+    );
     let pm = ask(
         &s,
         SocketAddr::new(master_report.report.ip, 123),

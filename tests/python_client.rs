@@ -77,6 +77,7 @@ async fn forge_updates(env: &TestEnv) -> (lapin::Connection, lapin::Channel) {
         master_ref_offset_us: None,
         master_ref_freq_ppm: None,
         master_stratum: Some(10),
+        master_ref_error_us: None,
         stamp: Default::default(),
     });
     let other = ClusterKeys::generate("another cluster").server_ring();

@@ -302,6 +302,7 @@ async fn scenario(t: &Tsc) {
         master_ref_offset_us: None,
         master_ref_freq_ppm: None,
         master_stratum: Some(10),
+        master_ref_error_us: None,
         stamp: Default::default(),
     });
     // Signed with the real leader key: what a deposed leader could still say.

@@ -80,6 +80,7 @@ async fn forged_leader_and_control_messages_move_nobody_and_stall_nothing() {
             master_ref_offset_us: None,
             master_ref_freq_ppm: None,
             master_stratum: Some(10),
+            master_ref_error_us: None,
             stamp: Stamp::default(),
         })
     };

@@ -66,6 +66,27 @@ async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
 
     let w = t.ok(&["--json", "wait", "--timeout", "90", "--bound-ms", "10"]);
     println!("[{}] synced: {}", t.runtime, w.stdout.replace('\n', " "));
+    // The same on the clients' own error bounds (ε), which needs no shared clock.
+    let w = t.ok(&[
+        "--json",
+        "wait",
+        "--timeout",
+        "60",
+        "--bound-ms",
+        "1",
+        "--by",
+        "eps",
+    ]);
+    let eps: serde_json::Value = serde_json::from_str(&w.stdout).unwrap();
+    assert!(
+        eps["max_error_us"]
+            .as_i64()
+            .is_some_and(|e| e > 0 && e <= 1000),
+        "{}",
+        w.stdout
+    );
+    let listed = t.ok(&["clients", "list", "-v"]).stdout;
+    assert!(listed.contains("ε ms"), "{listed}");
     // Every client serves NTP on its own address (port 123): ntpdate reads its clock, on
     // chronyd's time through the master (chronyd's stratum 3, the master 4, the others 5).
     ntp_clients_agree(t, &["ntpdate"], 4).await;

@@ -196,6 +196,7 @@ fn client_table(rows: &[ClientRow]) -> Table {
         "MASTER",
         "OFFSET ms",
         "TRUE ERR ms",
+        "ε ms",
         "AGE s",
         "NTP",
     ]);
@@ -212,6 +213,7 @@ fn client_table(rows: &[ClientRow]) -> Table {
             },
             ms(r.offset_to_master_us),
             ms(r.true_error_us),
+            ms(r.max_error_us.map(|e| e as i64)),
             r.last_report_age_ms
                 .map_or_else(|| "-".into(), |a| format!("{:.1}", a as f64 / 1000.0)),
             ntp_cell(r),
@@ -231,7 +233,7 @@ fn ntp_cell(r: &ClientRow) -> String {
 
 fn detail(r: &ClientRow) -> String {
     format!(
-        "Client ID: {}, IP Address {}, State {}, Time {}, Master Client ID {}{}, Offset to master {} ms, True error {} ms, Last report {} ms ago, NTP {}",
+        "Client ID: {}, IP Address {}, State {}, Time {}, Master Client ID {}{}, Offset to master {} ms, True error {} ms, Bound ε {} ms, Last report {} ms ago, NTP {}",
         r.id,
         r.ip,
         r.state,
@@ -240,6 +242,7 @@ fn detail(r: &ClientRow) -> String {
         if r.is_master { " (this client)" } else { "" },
         ms(r.offset_to_master_us),
         ms(r.true_error_us),
+        ms(r.max_error_us.map(|e| e as i64)),
         r.last_report_age_ms.map_or_else(|| "-".into(), |a| a.to_string()),
         ntp_cell(r),
     )

@@ -93,9 +93,14 @@ pub enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
-        /// Largest acceptable |true error| to the master, in milliseconds.
+        /// Largest acceptable error to the master, in milliseconds (see `--by`).
         #[arg(long, default_value_t = 5.0)]
         bound_ms: f64,
+        /// What must be within the bound: `true`, the true error (exact when every client
+        /// shares this host's clock), or `eps`, each client's own error bound ε
+        /// (`max_error_us`), which needs no shared clock.
+        #[arg(long, value_enum, default_value_t = status::Measure::True)]
+        by: status::Measure,
     },
     /// Measure every client's error against the reference for a while (true errors: exact when
     /// all clients share one host clock).
@@ -195,13 +200,18 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
                     servers::servers(&cfg, &mut state, &rt, command, &out).await
                 }
                 Command::Status => status::status(&cfg, &state, &rt, &out).await,
-                Command::Wait { timeout, bound_ms } => {
+                Command::Wait {
+                    timeout,
+                    bound_ms,
+                    by,
+                } => {
                     let timeout = Duration::from_secs(timeout);
                     let how = status::WaitFor {
                         alg: cfg.server.algorithm,
                         interval: cfg.client.interval(),
                         timeout,
                         bound_ms,
+                        by,
                     };
                     status::wait(&state, &rt, how, &out).await
                 }

@@ -42,6 +42,9 @@ pub async fn report(
     }
     let errs = series.errors(alg);
     let overall = Stats::of(errs.iter().map(|(_, _, e)| *e));
+    // ε, the clients' own bounds (docs/PROTOCOL.md §15.6), and how often they held.
+    let eps = Stats::of(series.bounds_of(&errs));
+    let coverage = series.coverage(&errs);
     let snap = snapshot(rt, state).await?;
     let reference = if alg == Algorithm::Berkeley {
         "mean of all clients"
@@ -53,8 +56,11 @@ pub async fn report(
         let Ok(id) = r.id.parse::<uuid::Uuid>() else {
             continue;
         };
-        let st = Stats::of(errs.iter().filter(|(c, _, _)| *c == id).map(|(_, _, e)| *e));
-        rows.push((r, st));
+        let mine: Vec<(uuid::Uuid, i64, i64)> =
+            errs.iter().copied().filter(|(c, _, _)| *c == id).collect();
+        let st = Stats::of(mine.iter().map(|(_, _, e)| *e));
+        let eps = Stats::of(series.bounds_of(&mine));
+        rows.push((r, st, eps, series.coverage(&mine)));
     }
     if let Some(path) = &plot {
         let title = format!(
@@ -68,9 +74,9 @@ pub async fn report(
     if out.json {
         out.json(json!({
             "algorithm": alg.as_str(), "reference": reference, "duration_s": duration.as_secs(),
-            "overall": overall,
-            "clients": rows.iter().map(|(r, st)| json!({"id": r.id, "ip": r.ip, "is_master": r.is_master,
-                "estimated_offset_us": r.offset_to_master_us, "true_error": st})).collect::<Vec<_>>(),
+            "overall": overall, "error_bound": eps, "coverage": coverage,
+            "clients": rows.iter().map(|(r, st, eps, cov)| json!({"id": r.id, "ip": r.ip, "is_master": r.is_master,
+                "estimated_offset_us": r.offset_to_master_us, "true_error": st, "error_bound": eps, "coverage": cov})).collect::<Vec<_>>(),
             "plot": plot,
         }));
         return Ok(0);
@@ -84,9 +90,11 @@ pub async fn report(
         "TRUE ERR median µs",
         "p99 µs",
         "max µs",
+        "ε median µs",
+        "ε HELD",
         "SAMPLES",
     ]);
-    for (r, st) in &rows {
+    for (r, st, eps, cov) in &rows {
         t.add_row([
             format!("{}{}", r.id, if r.is_master { " (master)" } else { "" }),
             r.ip.to_string(),
@@ -94,19 +102,35 @@ pub async fn report(
             st.median_us.to_string(),
             st.p99_us.to_string(),
             st.max_us.to_string(),
+            if eps.samples == 0 {
+                "-".into()
+            } else {
+                eps.median_us.to_string()
+            },
+            if cov.bounded == 0 {
+                "-".into()
+            } else {
+                format!("{}/{}", cov.held, cov.bounded)
+            },
             st.samples.to_string(),
         ]);
     }
     out.line(&t.to_string());
     out.line(&format!(
-        "algorithm={} reference={reference} clients={} median_us={} p99_us={} p999_us={} max_us={} samples={}",
+        "algorithm={} reference={reference} clients={} median_us={} p99_us={} p999_us={} max_us={} samples={} eps_median_us={} eps_coverage={}",
         alg.as_str(),
         rows.len(),
         overall.median_us,
         overall.p99_us,
         overall.p999_us,
         overall.max_us,
-        overall.samples
+        overall.samples,
+        if eps.samples == 0 {
+            "none".to_string()
+        } else {
+            eps.median_us.to_string()
+        },
+        coverage.ratio(),
     ));
     if let Some(p) = plot {
         out.line(&format!("Plot written to {}", p.display()));

@@ -3,7 +3,7 @@
 
 use super::output::{exit, CliResult, Failure, Out};
 use super::snapshot::{redis, replicas, snapshot};
-use super::verdict::{health, synced, Freshness};
+use super::verdict::{bounded, health, synced, Freshness};
 use super::view::{client_rows, current_leader, ms, time_source};
 use crate::cache::ReportStore;
 use crate::core::clock::{Clock, SystemClock};
@@ -124,6 +124,15 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
     Ok(code)
 }
 
+/// What `tsc wait` holds to its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Measure {
+    /// The true error: the client's clock minus the master's, on one host clock.
+    True,
+    /// ε, each client's own bound on its error (docs/PROTOCOL.md §15.6).
+    Eps,
+}
+
 /// What `tsc wait` waits for.
 pub struct WaitFor {
     pub alg: Algorithm,
@@ -131,6 +140,7 @@ pub struct WaitFor {
     pub interval: Duration,
     pub timeout: Duration,
     pub bound_ms: f64,
+    pub by: Measure,
 }
 
 /// `tsc wait`: until every client follows the reference within `bound_ms`, with fresh
@@ -141,6 +151,7 @@ pub async fn wait(state: &State, rt: &Runtime, how: WaitFor, out: &Out) -> CliRe
         interval,
         timeout,
         bound_ms,
+        by,
     } = how;
     let t0 = Instant::now();
     let bound_us = (bound_ms * 1000.0) as i64;
@@ -148,7 +159,22 @@ pub async fn wait(state: &State, rt: &Runtime, how: WaitFor, out: &Out) -> CliRe
         let s = snapshot(rt, state).await;
         let verdict = match &s {
             Err(f) => Err(f.message.clone()),
-            Ok(s) => synced(s, alg, bound_us, Freshness::new(s.now_us, interval)),
+            Ok(s) => {
+                let fresh = Freshness::new(s.now_us, interval);
+                match (by, alg) {
+                    (Measure::True, _) => synced(s, alg, bound_us, fresh),
+                    (Measure::Eps, Algorithm::Master) => bounded(s, bound_us, fresh),
+                    (Measure::Eps, other) => {
+                        return Err(Failure::new(
+                            exit::USAGE,
+                            format!(
+                                "`--by eps` needs the master algorithm: under {} clients state no error bound",
+                                other.as_str()
+                            ),
+                        ))
+                    }
+                }
+            }
         };
         match verdict {
             Ok(worst) => {
@@ -157,11 +183,15 @@ pub async fn wait(state: &State, rt: &Runtime, how: WaitFor, out: &Out) -> CliRe
                     (_, Algorithm::Berkeley) | (None, _) => "the clients' mean".to_string(),
                     (Some(m), _) => format!("master {} ({})", m.id, m.ip),
                 };
+                let (key, what) = match by {
+                    Measure::True => ("max_true_error_us", ""),
+                    Measure::Eps => ("max_error_us", " (error bound ε)"),
+                };
                 if out.json {
-                    out.json(json!({"synced": true, "clients": s.rows.len(), "master": s.master, "reference": reference, "max_true_error_us": worst, "seconds": t0.elapsed().as_secs_f64()}));
+                    out.json(json!({"synced": true, "clients": s.rows.len(), "master": s.master, "reference": reference, key: worst, "seconds": t0.elapsed().as_secs_f64()}));
                 } else {
                     out.line(&format!(
-                        "Clocks synced: {} clients within {} ms of {reference} after {:.1}s",
+                        "Clocks synced: {} clients within {} ms of {reference}{what} after {:.1}s",
                         s.rows.len(),
                         ms(Some(worst)),
                         t0.elapsed().as_secs_f64()

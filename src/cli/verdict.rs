@@ -165,18 +165,8 @@ pub fn synced(
     bound_us: i64,
     fresh: Freshness,
 ) -> Result<i64, String> {
-    let clients: Vec<&ClientRow> = s.rows.iter().filter(|r| r.state == "running").collect();
-    if clients.is_empty() {
-        return Err("no running clients".into());
-    }
-    if s.nodes.iter().filter(|n| n.role == Role::Client).count() != clients.len() {
-        return Err("some clients are not running".into());
-    }
-    if let Some(why) = clients.iter().find_map(|r| fresh.stale(r)) {
-        return Err(why);
-    }
-    let mut worst = 0;
-    if alg == Algorithm::Berkeley {
+    let clients = running_and_fresh(s, fresh)?;
+    let worst = if alg == Algorithm::Berkeley {
         let offsets: Vec<i64> = clients
             .iter()
             .map(|r| {
@@ -188,27 +178,72 @@ pub fn synced(
             })
             .collect::<Result<_, _>>()?;
         let mean = offsets.iter().sum::<i64>() / offsets.len() as i64;
-        worst = offsets.iter().map(|o| (o - mean).abs()).max().unwrap_or(0);
+        offsets.iter().map(|o| (o - mean).abs()).max().unwrap_or(0)
     } else {
-        let m = s.master.as_ref().ok_or("no master yet")?;
-        for r in clients {
-            if r.master_id != Some(m.id) {
-                return Err(format!("client {} does not follow the master yet", r.id));
-            }
-            let e = r
-                .true_error_us
-                .ok_or(format!("client {} has no error figure yet", r.id))?;
-            worst = worst.max(e.abs());
+        largest_among_followers(s, &clients, |r| {
+            r.true_error_us
+                .map(i64::abs)
+                .ok_or(format!("client {} has no error figure yet", r.id))
+        })?
+    };
+    at_most(worst, bound_us, "worst error")
+}
+
+/// The largest `figure` of `clients`, each of which must follow the master.
+fn largest_among_followers(
+    s: &Snapshot,
+    clients: &[&ClientRow],
+    figure: impl Fn(&ClientRow) -> Result<i64, String>,
+) -> Result<i64, String> {
+    let m = s.master.as_ref().ok_or("no master yet")?;
+    let mut worst = 0;
+    for r in clients {
+        if r.master_id != Some(m.id) {
+            return Err(format!("client {} does not follow the master yet", r.id));
         }
+        worst = worst.max(figure(r)?);
     }
+    Ok(worst)
+}
+
+/// `Ok(worst)` if it is at most `bound_us`, else an error naming `what`.
+fn at_most(worst: i64, bound_us: i64, what: &str) -> Result<i64, String> {
     if worst > bound_us {
         return Err(format!(
-            "worst error {} ms exceeds {} ms",
+            "{what} {} ms exceeds {} ms",
             ms(Some(worst)),
             ms(Some(bound_us))
         ));
     }
     Ok(worst)
+}
+
+/// Every client of the cluster, running, each with a fresh report; else why not.
+fn running_and_fresh(s: &Snapshot, fresh: Freshness) -> Result<Vec<&ClientRow>, String> {
+    let clients: Vec<&ClientRow> = s.rows.iter().filter(|r| r.state == "running").collect();
+    if clients.is_empty() {
+        return Err("no running clients".into());
+    }
+    if s.nodes.iter().filter(|n| n.role == Role::Client).count() != clients.len() {
+        return Err("some clients are not running".into());
+    }
+    if let Some(why) = clients.iter().find_map(|r| fresh.stale(r)) {
+        return Err(why);
+    }
+    Ok(clients)
+}
+
+/// `Ok(largest ε)` when every running client follows the master and states an ε
+/// (`max_error_us`, docs/PROTOCOL.md §15.6) of at most `bound_us`, with fresh reports: what can
+/// be waited for when the true error is not knowable (clients on other hosts).
+pub fn bounded(s: &Snapshot, bound_us: i64, fresh: Freshness) -> Result<i64, String> {
+    let clients = running_and_fresh(s, fresh)?;
+    let worst = largest_among_followers(s, &clients, |r| {
+        r.max_error_us
+            .map(|e| e as i64)
+            .ok_or(format!("client {} states no error bound (ε) yet", r.id))
+    })?;
+    at_most(worst, bound_us, "largest error bound ε")
 }
 
 #[cfg(test)]
@@ -433,6 +468,30 @@ mod tests {
             !problems.iter().any(|p| p.contains("not master")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn bounded_waits_for_every_follower_to_state_a_small_enough_epsilon() {
+        let (m, mn) = client(1, "10.0.0.20");
+        let (a, an) = client(2, "10.0.0.21");
+        let mut nodes = services();
+        nodes.extend([mn, an]);
+        let with_eps = |eps: Option<u64>| {
+            let mut r = vec![
+                report(m, "10.0.0.20", m, 1000),
+                report(a, "10.0.0.21", m, 1300),
+            ];
+            r[0].report.max_error_us = Some(0);
+            r[1].report.max_error_us = eps;
+            snap(nodes.clone(), r, Some(record(m, "10.0.0.20")))
+        };
+        assert!(bounded(&with_eps(None), 1000, fresh())
+            .unwrap_err()
+            .contains("states no error bound"));
+        assert_eq!(bounded(&with_eps(Some(45)), 1000, fresh()), Ok(45));
+        assert!(bounded(&with_eps(Some(1001)), 1000, fresh())
+            .unwrap_err()
+            .contains("exceeds"));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct ClientRow {
     pub master_id: Option<Uuid>,
     pub offset_to_master_us: Option<i64>,
     pub true_error_us: Option<i64>,
+    /// ε: the client's own bound on |its clock − the master's| (µs), from its last report.
+    pub max_error_us: Option<u64>,
     pub last_report_age_ms: Option<i64>,
     pub reports_seq: Option<u64>,
     /// The leader epoch it follows, from its last report.
@@ -106,6 +108,7 @@ pub fn client_rows(
             true_error_us: r
                 .zip(master_report)
                 .and_then(|(r, m)| Some(r.report.true_offset_us? - m.report.true_offset_us?)),
+            max_error_us: r.and_then(|r| r.report.max_error_us),
             last_report_age_ms: r.map(|r| (now_us - r.received_at_us) / 1000),
             reports_seq: r.map(|r| r.report.seq),
             epoch: r.and_then(|r| r.report.epoch),

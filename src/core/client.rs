@@ -14,44 +14,34 @@
 //! - `berkeley`: answer polls with the clock's reading, apply the adjustment the coordinator
 //!   computed, and learn frequency from successive adjustments.
 
-use crate::core::clock::{
-    Action, Discipline, Estimate, MinDelayFilter, OffsetEstimator, Sample, VirtualClock,
-};
+use crate::core::clock::estimator::WANDER_PPM;
+use crate::core::clock::{Action, Discipline, MinDelayFilter, OffsetEstimator, VirtualClock};
 use crate::core::logical::{NodeClocks, Stamp};
 use crate::core::ntp::NtpStats;
 use crate::core::protocol::{
-    Algorithm, Event, EventKind, MasterUpdate, Probe, ProbeReply, SetTime, TimeChange, TimeReport,
-    ToClient, MAX_REPORT_EVENTS, PROTOCOL_VERSION,
+    Algorithm, Event, EventKind, MasterUpdate, SetTime, TimeChange, TimeReport, ToClient,
+    MAX_REPORT_EVENTS, PROTOCOL_VERSION,
 };
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
 mod berkeley;
+mod bound;
+mod probing;
 mod time_source;
 pub use berkeley::{BERKELEY_FREQ_GAIN, BERKELEY_MAX_FREQ_STEP_PPM};
+pub use bound::ErrorBound;
+pub use probing::{
+    FAST_PROBES, MAX_PENDING_PROBES, PROBE_FAST, PROBE_SLOW, READY_SAMPLES, RESYNC_SAMPLES,
+};
 pub use time_source::UpstreamReply;
 use uuid::Uuid;
 
-/// Probe period while the estimator has few samples: converge in about a second.
-pub const PROBE_FAST: Duration = Duration::from_millis(100);
-/// Probe period afterwards: 4 a second fills the estimator's 60 s window.
-pub const PROBE_SLOW: Duration = Duration::from_millis(250);
-/// Samples after which probing slows down.
-pub const FAST_PROBES: usize = 40;
-/// Probes awaiting a reply; older ones are forgotten (their replies are too late to be useful).
-pub const MAX_PENDING_PROBES: usize = 32;
 /// A clock within this of its target (µs) counts as synced: from then on it is only stepped
 /// above the step threshold, and its corrections count in the `max_step_us` diagnostic.
 pub const SYNCED_US: i64 = crate::core::clock::INITIAL_SYNC_US;
-/// Probe samples needed before the estimate is used (half a second of fast probes): the very
-/// first probes of a connection are the slowest and most lopsided.
-pub const READY_SAMPLES: usize = 5;
-/// Probe samples needed against a new reference by a client that is already synced: two
-/// seconds of fast probes, while it holds over.
-pub const RESYNC_SAMPLES: usize = 20;
-
 /// Largest jump up in leader epoch a client follows in one message. Epochs grow by one per
 /// election, so a real jump is small; a larger one would be a corrupt or forged epoch that,
 /// once followed, would fence off every real leader.
@@ -156,6 +146,8 @@ pub struct ClientCore {
     master_stratum: Option<u8>,
     /// When the clock last took a correction, or (as master) last heard it is master (host µs).
     corrected_at_us: Option<i64>,
+    /// ε, the bound on |clock − master| ([`ErrorBound`]).
+    bound: ErrorBound,
     pub stats: ClientStats,
     /// The NTP service's counters, while it runs (reported as `ntp`).
     pub ntp: Option<NtpStats>,
@@ -202,6 +194,7 @@ impl ClientCore {
             master_ip: None,
             master_stratum: None,
             corrected_at_us: None,
+            bound: ErrorBound::default(),
             stats: ClientStats::default(),
             ntp: None,
             follow: time_source::Follow::default(),
@@ -295,27 +288,13 @@ impl ClientCore {
         self.clock.now_at(host_us)
     }
 
-    /// The current estimate of (raw clock − reference), once enough probes were answered:
-    /// [`READY_SAMPLES`] to get a clock close at all, [`RESYNC_SAMPLES`] once it is synced
-    /// (after a change of reference; holding over is cheaper than a rough estimate then).
-    pub fn estimate(&self) -> Option<Estimate> {
-        let needed = if self.synced {
-            RESYNC_SAMPLES
-        } else {
-            READY_SAMPLES
-        };
-        if self.estimator.len() < needed {
-            return None;
+    /// ε at host time `host_us` (µs): 0 for the master, else the bound of the last correction
+    /// grown since (see [`ErrorBound`]).
+    pub fn max_error(&self, host_us: i64) -> Option<f64> {
+        if self.master.is_some_and(|(m, _)| m == self.id) {
+            return Some(0.0);
         }
-        self.estimator.estimate()
-    }
-
-    /// This clock minus the reference, and its rate difference, at host time `host_us`.
-    fn ref_offset(&self, host_us: i64) -> Option<(f64, Option<f64>)> {
-        let est = self.estimate()?;
-        let raw = self.clock.raw_at(host_us);
-        let offset = est.offset_at(raw) + self.clock.correction_at(host_us);
-        Some((offset, est.freq_ppm.map(|f| f + self.clock.freq_ppm())))
+        self.bound.at(host_us, self.clock.slew_pending_at(host_us))
     }
 
     /// The next report, stamped at host time `host_us`.
@@ -351,6 +330,10 @@ impl ClientCore {
             reference: self.reference_name(),
             upstreams: self.upstream_statuses(host_us),
             ntp: self.ntp,
+            ref_error_us: reference
+                .and(self.ref_error(host_us))
+                .map(|e| e.ceil() as u64),
+            max_error_us: self.max_error(host_us).map(|e| e.ceil() as u64),
         };
         // Events that would make the sealed report too large wait for the next one, in order.
         while !report.events.is_empty()
@@ -360,55 +343,6 @@ impl ClientCore {
             self.events.push_front(e);
         }
         report
-    }
-
-    /// The next offset probe, sent at host time `host_us`.
-    pub fn probe(&mut self, host_us: i64) -> Probe {
-        self.probe_seq += 1;
-        self.stats.probes_sent += 1;
-        if self.pending.len() == MAX_PENDING_PROBES {
-            self.pending.pop_front();
-        }
-        self.pending
-            .push_back((self.probe_seq, self.clock.raw_at(host_us)));
-        Probe {
-            v: PROTOCOL_VERSION,
-            id: self.id,
-            seq: self.probe_seq,
-            t1_us: self.clock.now_at(host_us),
-            stamp: self.stamp(host_us),
-        }
-    }
-
-    /// How long to wait before the next probe: the period, randomized by ±50%. With a fixed
-    /// period every client's probes keep one phase against everyone else's traffic, and a
-    /// client whose probes always queue behind a burst gets a constant bias; at random phases
-    /// the same queueing is noise that the window averages away.
-    pub fn probe_interval(&mut self) -> Duration {
-        let base = if self.estimator.len() < FAST_PROBES {
-            PROBE_FAST
-        } else {
-            PROBE_SLOW
-        };
-        base.mul_f64(self.rng.gen_range(0.5..1.5))
-    }
-
-    /// Adds the sample a probe reply makes, received at host time `host_us`.
-    pub fn on_probe_reply(&mut self, r: &ProbeReply, host_us: i64) -> Option<Sample> {
-        if r.client_id != self.id {
-            return None;
-        }
-        let pos = self.pending.iter().position(|(seq, _)| *seq == r.seq)?;
-        let (_, t1_raw) = self.pending.remove(pos)?;
-        if self.reference != Some(r.server_id) {
-            // Another server's clock is another reference: samples do not mix.
-            self.estimator.clear();
-            self.reference = Some(r.server_id);
-        }
-        let s = Sample::from_timestamps(t1_raw, r.t2_us, r.t3_us, self.clock.raw_at(host_us));
-        self.estimator.add(s);
-        self.stats.probe_replies += 1;
-        Some(s)
     }
 
     /// Handles a master update received at host time `host_us`.
@@ -435,6 +369,7 @@ impl ClientCore {
         let offset_us = match u.algorithm {
             Algorithm::Naive => {
                 // The seed: set the clock to the master time, whatever it is.
+                self.bound.clear();
                 let offset = u.master_time_us - self.clock.now_at(host_us);
                 return self.apply(host_us, offset, Action::Step(offset), true, &u.stamp);
             }
@@ -447,6 +382,7 @@ impl ClientCore {
                 None if self.synced => return self.hold_over(u, host_us),
                 None => {
                     self.held_since = None;
+                    self.bound.clear();
                     self.filtered_offset(u, host_us)
                 }
             },
@@ -478,6 +414,7 @@ impl ClientCore {
             }
         }
         let offset_us = self.filtered_offset(u, host_us);
+        self.bound.widen(host_us, offset_us as f64);
         let action = self.discipline.slew(offset_us);
         self.apply(host_us, offset_us, action, false, &u.stamp)
     }
@@ -498,6 +435,22 @@ impl ClientCore {
         let own = own_raw + self.clock.correction_at(host_us);
         if let Some(f) = est.freq_ppm {
             self.clock.set_freq(host_us, m_freq - f);
+        }
+        // ε: the sum of both estimates' bounds (the master's carried here from the update's
+        // time), then
+        // both frequency bounds (the master's taken as ours: one path, one probe rate) and the
+        // wander allowance per µs until the next correction.
+        match u.master_ref_error_us {
+            Some(m_err) => {
+                let carried = (ref_now - u.server_time_us as f64).abs() * WANDER_PPM * 1e-6;
+                let error = est.error_at(raw) + m_err as f64 + carried;
+                let rate = match est.freq_ppm {
+                    Some(_) => 2.0 * est.freq_error_ppm() + WANDER_PPM,
+                    None => est.freq_error_ppm(),
+                };
+                self.bound.set(host_us, error, rate);
+            }
+            None => self.bound.clear(),
         }
         Some((target - own).round() as i64)
     }
@@ -585,6 +538,7 @@ impl ClientCore {
         self.synced = false;
         self.ref_synced = false;
         self.held_since = None;
+        self.bound.clear();
         // A master on NTP upstreams starts over with them: it returns to their time.
         self.follow.stop();
         self.clock.step(host_us, delta);
@@ -601,7 +555,7 @@ impl ClientCore {
 mod tests {
     use super::*;
     use crate::core::ntp;
-    use crate::core::protocol::{BerkeleyAdjust, BerkeleyPoll};
+    use crate::core::protocol::{BerkeleyAdjust, BerkeleyPoll, ProbeReply};
 
     /// Whether `out` applied a step.
     fn stepped(out: &UpdateOutcome) -> bool {
@@ -642,6 +596,7 @@ mod tests {
             master_ref_offset_us: None,
             master_ref_freq_ppm: None,
             master_stratum: Some(ntp::LOCAL_STRATUM),
+            master_ref_error_us: None,
             stamp: Stamp::default(),
         }
     }
@@ -876,8 +831,9 @@ mod tests {
     /// SERVER (10 probe rounds before it).
     fn synced_by_reference() -> ClientCore {
         let mut c = core(1, 0, 0.0);
-        for i in 0..10 {
-            probe_round(&mut c, i * S / 10, 100, 100);
+        let n = RESYNC_SAMPLES as i64;
+        for i in 0..n {
+            probe_round(&mut c, i * S / n, 100, 100);
         }
         let mut u = update(1, 2, 0);
         u.master_ref_offset_us = Some(0);
@@ -915,6 +871,55 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn epsilon_adds_both_bounds_grows_until_the_next_correction_and_clears_on_set_time() {
+        // Synced by an update without the master's bound: no ε.
+        let mut c = synced_by_reference();
+        let mut u = update(1, 2, 0);
+        u.master_ref_offset_us = Some(0);
+        u.server_time_us = S;
+        assert_eq!(c.report(S).max_error_us, None);
+        assert!(
+            c.report(S).ref_error_us.is_some(),
+            "its own estimate's bound"
+        );
+        u.seq = 2;
+        u.master_ref_error_us = Some(30);
+        c.on_update(&u, S + 1000);
+        let e0 = c.max_error(S + 1000).unwrap();
+        // The sum of the two bounds: slow path biases keep their errors from being independent.
+        let own = c.ref_error(S + 1000).unwrap();
+        assert!(
+            e0 >= own + 30.0 - 0.01 && e0 < own + 31.0,
+            "ε {e0}, own {own}"
+        );
+        assert_eq!(c.report(S + 1000).max_error_us, Some(e0.ceil() as u64));
+        // No frequency yet (the samples span 1 s): it grows at 500 ppm until the next update.
+        let e1 = c.max_error(2 * S + 1000).unwrap();
+        assert!((e1 - e0 - 500.0).abs() < 1.0, "{e0} → {e1}");
+        // A new leader: held over, ε keeps growing.
+        let mut v = update(1, 2, 0);
+        v.server_id = Uuid::from_u128(SERVER + 7);
+        assert_eq!(c.on_update(&v, 2 * S), UpdateOutcome::Held);
+        assert!(c.max_error(3 * S).unwrap() > e1);
+        // An operator's set_time: nothing bounds the clock any more.
+        let t = SetTime {
+            v: PROTOCOL_VERSION,
+            server_id: Uuid::from_u128(SERVER),
+            epoch: 1,
+            client_id: c.id,
+            op_id: Uuid::from_u128(77),
+            change: TimeChange::Shift { shift_us: 5_000 },
+            stamp: Stamp::default(),
+        };
+        c.on_set_time(&t, 3 * S);
+        assert_eq!(c.max_error(3 * S), None);
+        // The master's ε is 0.
+        let mut m = core(2, 0, 0.0);
+        m.on_update(&update(1, 2, 0), S);
+        assert_eq!(m.report(S).max_error_us, Some(0));
     }
 
     /// All replicas restarted: the first updates of the new leader carry no reference offset

@@ -320,6 +320,7 @@ mod tests {
                 master_ref_offset_us: Some(-3),
                 master_ref_freq_ppm: Some(1.5),
                 master_stratum: Some(10),
+                master_ref_error_us: None,
                 stamp: Stamp::default(),
             })
         }

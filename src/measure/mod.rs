@@ -15,5 +15,5 @@ pub mod offsets;
 pub mod plot;
 pub mod stats;
 
-pub use offsets::{plot_lines, TrueOffsets};
+pub use offsets::{plot_lines, Coverage, TrueOffsets};
 pub use stats::{percentile, Stats};

@@ -13,6 +13,28 @@ use crate::core::protocol::Algorithm;
 use std::collections::HashMap;
 use uuid::Uuid;
 
+/// How often ε (`max_error_us`) held: see [`TrueOffsets::coverage`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Coverage {
+    /// Samples with |error| ≤ ε.
+    pub held: usize,
+    /// Samples that had an ε.
+    pub bounded: usize,
+    /// Largest |error| − ε of a sample where ε did not hold (µs; 0 or less: none).
+    pub worst_miss_us: i64,
+}
+
+impl Coverage {
+    /// `held / bounded` with four decimals, or `none` without any bounded sample.
+    pub fn ratio(&self) -> String {
+        if self.bounded == 0 {
+            "none".into()
+        } else {
+            format!("{:.4}", self.held as f64 / self.bounded as f64)
+        }
+    }
+}
+
 /// Every report seen, per client, in order, and who was master when.
 #[derive(Debug, Default)]
 pub struct TrueOffsets {
@@ -20,6 +42,8 @@ pub struct TrueOffsets {
     pub points: HashMap<Uuid, Vec<(i64, i64)>>,
     pub ips: HashMap<Uuid, std::net::IpAddr>,
     last_seq: HashMap<Uuid, u64>,
+    /// Each report's ε (`max_error_us`), by client and host time, when it had one.
+    pub bounds: HashMap<(Uuid, i64), u64>,
     /// Latest `max_step_us` per client.
     pub max_step: HashMap<Uuid, i64>,
     /// (from host time, master id): who was master when.
@@ -46,6 +70,9 @@ impl TrueOffsets {
                 .entry(rep.id)
                 .or_default()
                 .push((rep.time_us - off, off));
+            if let Some(e) = rep.max_error_us {
+                self.bounds.insert((rep.id, rep.time_us - off), e);
+            }
             if let Some(s) = rep.max_step_us {
                 self.max_step.insert(rep.id, s);
             }
@@ -104,6 +131,33 @@ impl TrueOffsets {
         }
         out.sort_by_key(|(id, h, _)| (*h, *id));
         out
+    }
+
+    /// How ε held over `errors`: of the samples whose report had an ε, how many had
+    /// |error| ≤ ε, and the largest |error| − ε of those that did not.
+    pub fn coverage(&self, errors: &[(Uuid, i64, i64)]) -> Coverage {
+        let mut c = Coverage::default();
+        for (id, h, e) in errors {
+            if let Some(eps) = self.bounds.get(&(*id, *h)) {
+                c.bounded += 1;
+                let miss = e.abs() - *eps as i64;
+                if miss <= 0 {
+                    c.held += 1;
+                }
+                c.worst_miss_us = c.worst_miss_us.max(miss);
+            }
+        }
+        c
+    }
+
+    /// The ε of each of `errors` that had one.
+    pub fn bounds_of<'a>(
+        &'a self,
+        errors: &'a [(Uuid, i64, i64)],
+    ) -> impl Iterator<Item = i64> + 'a {
+        errors
+            .iter()
+            .filter_map(|(id, h, _)| self.bounds.get(&(*id, *h)).map(|e| *e as i64))
     }
 
     /// Whether every client (every one but the master, unless `berkeley`) of `clients` has

@@ -15,6 +15,7 @@ use super::context::{EventData, ServerContext};
 use super::metrics::{Counter, Metrics};
 use crate::broker;
 use crate::cache::ReportStore;
+use crate::core::clock::estimator::WANDER_PPM;
 use crate::core::clock::{Clock, MinDelayFilter};
 use crate::core::master_election::{decide, Decision, HANDOVER_SCAN};
 use crate::core::protocol::{
@@ -28,12 +29,13 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 /// The master's clock minus the reference (this server's clock) at `now`, carried forward from
-/// its last report with the frequency it reported.
+/// its last report with the frequency it reported: (offset, frequency, error bound). The bound is
+/// the report's `ref_error_us` grown by [`WANDER_PPM`] for the time carried.
 fn master_reference(
     master: &StoredReport,
     now: i64,
     server_id: Uuid,
-) -> Option<(i64, Option<f64>)> {
+) -> Option<(i64, Option<f64>, Option<u64>)> {
     let r = &master.report;
     // An offset against another server's clock (the leader before us) is not against ours.
     if r.ref_server_id.is_some_and(|s| s != server_id) {
@@ -44,7 +46,9 @@ fn master_reference(
     // The report's time on the reference clock.
     let at = r.time_us - off;
     let carried = off as f64 + (now - at) as f64 * freq.unwrap_or(0.0) * 1e-6;
-    Some((carried.round() as i64, freq))
+    let grown = (now - at).unsigned_abs() as f64 * WANDER_PPM * 1e-6;
+    let error = r.ref_error_us.map(|e| e + grown.ceil() as u64);
+    Some((carried.round() as i64, freq, error))
 }
 
 /// Election and broadcast state that outlives broker sessions.
@@ -182,13 +186,13 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
         self.seq += 1;
         let master_minus_server = self.master_offset(master);
         let now = self.clock.now_us();
-        let (master_time_us, master_ref_offset_us, master_ref_freq_ppm) = match self.algorithm {
+        let (master_time_us, reference) = match self.algorithm {
             // The seed: the master's last reported time, however old.
-            Algorithm::Naive => (master.report.time_us, None, None),
-            _ => {
-                let (off, freq) = master_reference(master, now, self.server_id).unzip();
-                (now + master_minus_server, off, freq.flatten())
-            }
+            Algorithm::Naive => (master.report.time_us, None),
+            _ => (
+                now + master_minus_server,
+                master_reference(master, now, self.server_id),
+            ),
         };
         Ok(Some(MasterUpdate {
             v: PROTOCOL_VERSION,
@@ -200,8 +204,9 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             master_time_us,
             server_time_us: now,
             algorithm: self.algorithm,
-            master_ref_offset_us,
-            master_ref_freq_ppm,
+            master_ref_offset_us: reference.map(|r| r.0),
+            master_ref_freq_ppm: reference.and_then(|r| r.1),
+            master_ref_error_us: reference.and_then(|r| r.2),
             // A newly elected master's report is still its follower's (stratum 11, or 16): until
             // it reports as master, the cluster's time is its own clock, stratum 10.
             master_stratum: if master.report.master_id == Some(master.report.id) {

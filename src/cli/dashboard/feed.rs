@@ -423,6 +423,7 @@ mod tests {
             master_id: None,
             offset_to_master_us: None,
             true_error_us: None,
+            max_error_us: None,
             last_report_age_ms: Some(0),
             reports_seq: Some(1),
             epoch: None,

@@ -44,6 +44,8 @@ impl ClientCore {
                 return UpdateOutcome::Stale;
             }
         }
+        // The average of the clocks is not the master's clock: no bound to the master.
+        self.bound.clear();
         let action = self.discipline.decide(a.adjust_us, self.synced);
         // A first round proves nothing: with one usable reading the average is the client's own
         // clock and the adjustment 0. Only a consecutive round's small adjustment means synced

@@ -204,7 +204,8 @@ impl ClientCore {
     /// [`ntp::LOCAL_STRATUM`], `LOCL`); a master synchronized to an upstream is one stratum
     /// below it and names it; a follower is one stratum below its master, names its address,
     /// and is synchronized once its clock is within 1 ms of its target. A follower's root delay
-    /// is the round trip of its best probe to the reference; its root dispersion half of it
+    /// is the round trip of its best probe to the reference; its root dispersion is its ε
+    /// (`max_error_us`, docs/PROTOCOL.md §14.5) and, while it has none, half the round trip
     /// (the asymmetry bound) plus 15 ppm of the time since its newest probe sample.
     pub fn ntp_source(&self, host_us: i64) -> ntp::Source {
         let raw = self.clock.raw_at(host_us);
@@ -256,7 +257,9 @@ impl ClientCore {
             reference_id: self.master_ip.map_or([0; 4], ntp::refid_of),
             reference_us,
             root_delay_us: delay,
-            root_dispersion_us: ntp::dispersion_us(bound, age),
+            root_dispersion_us: self
+                .max_error(host_us)
+                .map_or_else(|| ntp::dispersion_us(bound, age), |e| e.ceil() as i64),
         }
     }
 }

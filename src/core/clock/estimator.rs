@@ -5,12 +5,30 @@
 //! and `delay = (t4 − t1) − (t3 − t2)`. Whatever part of the round trip was symmetric cancels;
 //! the error of one sample is half the *asymmetry* of its two legs.
 //!
-//! Over a broker, on a busy machine, round trips are 0.5–1.5 ms and the legs are independently
-//! noisy. Measured here, the few fastest probes were *not* the most accurate (a fast round trip
-//! is often one fast leg and one ordinary one), while the offsets of all probes spread only
-//! ±50–90 µs (p10–p90). So the estimator does not trust the minimum: it keeps the faster half
-//! of a window (dropping the queueing spikes), fits a line through them by least squares, drops
-//! samples whose residual is far out (3 × the robust spread) and fits again.
+//! Over a broker, on a busy machine, round trips are 0.4–2.5 ms and the legs are independently
+//! noisy. Measured here (16 clients, 10,000 probes with their true offsets), the single fastest
+//! probe is *not* the most accurate (a fast round trip is often one fast leg and one ordinary
+//! one), but the error's spread grows with the delay: the fastest 5% of probes spread ±19 µs
+//! (one standard deviation), the fastest quarter ±30, the slower half ±60 and more, with a
+//! bias that moves with the delay. So the estimator keeps the fastest fifth of a two-minute
+//! window (the fastest half while it has fewer than [`FULL_SELECTION`] samples, so the first
+//! seconds have enough to average), fits a line through them by least squares, drops samples
+//! whose residual is far out (3 × the robust spread) and fits again. Replayed offline on those
+//! probes, this cut the followers' p99 error against the previous estimator (the faster half of
+//! one minute) from 37 to 28 µs, median 9.5 → 7.6 µs. Live, a control run of the previous rule
+//! in the same hour (median 16, p99 61 µs) fell inside the new rule's run-to-run spread (median
+//! 9–21, p99 41–74 µs): the gain is smaller than this machine's noise.
+//!
+//! **The error bound.** From the same fit, [`Estimate::error_at`] bounds the estimate's error at
+//! any raw time: [`BOUND_SIGMAS`] standard errors of the line at that time (the residual spread
+//! σ, the number of samples and where the time falls against their span: the usual
+//! prediction error of a least-squares line), plus [`ASYMMETRY_SHARE`] × σ for the part of the
+//! path's asymmetry that the fit cannot see, plus [`WANDER_PPM`] for every µs since the newest
+//! sample (the oscillator may change frequency). Before the frequency is estimated, the line is
+//! flat, and the unknown frequency counts at [`UNMEASURED_FREQ_PPM`] for the time between the
+//! samples' mean and the moment asked about. The constants were chosen on the recorded probes
+//! (the bound held for 99.95% of 5,000 follower samples with 3 σ and no asymmetry share) and
+//! are checked by `cargo bench --bench sync` (`eps_coverage=`).
 //!
 //! Samples are taken against the client's **raw** clock (see [`super::VirtualClock`]), which
 //! corrections never move. Against it the offset is a straight line, `a + b·t`: `a` is the
@@ -21,11 +39,23 @@
 
 use std::collections::VecDeque;
 
-/// Samples kept (4 probes a second for about a minute; [`MAX_SPAN_US`] caps it at 60 s).
-pub const WINDOW: usize = 256;
+/// Samples kept (4 probes a second for about two minutes; [`MAX_SPAN_US`] caps it at 120 s).
+pub const WINDOW: usize = 512;
 /// Samples older than this (raw µs) before the newest are dropped, so a change of path or of
 /// frequency is followed within the span.
-pub const MAX_SPAN_US: i64 = 60_000_000;
+pub const MAX_SPAN_US: i64 = 120_000_000;
+/// Share of a full window's samples the fit keeps: the least delayed.
+pub const KEEP_SHARE: f64 = 0.2;
+/// Samples from which the fit keeps only [`KEEP_SHARE`] of them; below, the faster half.
+pub const FULL_SELECTION: usize = 40;
+/// Standard errors of the fitted line in the error bound.
+pub const BOUND_SIGMAS: f64 = 3.0;
+/// Share of the residual spread added to the bound for the asymmetry the fit cannot see.
+pub const ASYMMETRY_SHARE: f64 = 0.05;
+/// Frequency wander allowed after the newest sample (ppm): chrony's default `maxclockerror`.
+pub const WANDER_PPM: f64 = 1.0;
+/// Frequency error assumed while it is not measured yet (ppm): ntpd's tolerance for any clock.
+pub const UNMEASURED_FREQ_PPM: f64 = 500.0;
 /// Fewest samples a fit uses.
 pub const MIN_TRUSTED: usize = 3;
 /// Frequency is estimated only once the kept samples span this much raw time (µs): over a
@@ -71,12 +101,51 @@ pub struct Estimate {
     pub freq_ppm: Option<f64>,
     /// Smallest delay in the window (µs): a bound on the estimate's error is half of it.
     pub min_delay_us: i64,
+    /// Robust spread of the fitted samples around the line (µs).
+    pub sigma_us: f64,
+    /// Samples in the final fit.
+    pub fitted: usize,
+    /// Sum of squared distances of the fitted samples' raw times from `at_raw_us` (µs²).
+    pub sxx: f64,
+    /// The newest sample's raw time.
+    pub newest_raw_us: i64,
 }
 
 impl Estimate {
     /// Raw clock minus reference at raw time `raw_us`.
     pub fn offset_at(&self, raw_us: i64) -> f64 {
         self.offset_us + (raw_us - self.at_raw_us) as f64 * self.freq_ppm.unwrap_or(0.0) * 1e-6
+    }
+
+    /// A bound on |[`Self::offset_at`]`(raw_us)` − the truth| (µs): see the module's
+    /// documentation.
+    pub fn error_at(&self, raw_us: i64) -> f64 {
+        let n = self.fitted.max(1) as f64;
+        let from_mean = (raw_us - self.at_raw_us) as f64;
+        let since_newest = (raw_us - self.newest_raw_us).max(0) as f64;
+        let (se, unmeasured) = match self.freq_ppm {
+            Some(_) if self.sxx > 0.0 => (
+                self.sigma_us * (1.0 / n + from_mean * from_mean / self.sxx).sqrt(),
+                0.0,
+            ),
+            _ => (
+                self.sigma_us / n.sqrt(),
+                from_mean.abs() * UNMEASURED_FREQ_PPM * 1e-6,
+            ),
+        };
+        BOUND_SIGMAS * se
+            + ASYMMETRY_SHARE * self.sigma_us
+            + unmeasured
+            + since_newest * WANDER_PPM * 1e-6
+    }
+
+    /// A bound on the frequency's error (ppm): [`BOUND_SIGMAS`] standard errors of the slope,
+    /// or [`UNMEASURED_FREQ_PPM`] while it is not estimated.
+    pub fn freq_error_ppm(&self) -> f64 {
+        match self.freq_ppm {
+            Some(_) if self.sxx > 0.0 => BOUND_SIGMAS * self.sigma_us / self.sxx.sqrt() * 1e6,
+            _ => UNMEASURED_FREQ_PPM,
+        }
     }
 }
 
@@ -129,12 +198,17 @@ impl OffsetEstimator {
         let mut delays: Vec<i64> = self.samples.iter().map(|s| s.delay_us).collect();
         delays.sort_unstable();
         let min_delay_us = delays[0];
-        let median_delay = delays[delays.len() / 2];
+        let share = if delays.len() >= FULL_SELECTION {
+            KEEP_SHARE
+        } else {
+            0.5
+        };
+        let cut = delays[((delays.len() as f64 * share) as usize).min(delays.len() - 1)];
         let mut kept: Vec<Sample> = self
             .samples
             .iter()
             .copied()
-            .filter(|s| s.delay_us <= median_delay)
+            .filter(|s| s.delay_us <= cut)
             .collect();
         let (lo, hi) = kept.iter().fold((i64::MAX, i64::MIN), |(lo, hi), s| {
             (lo.min(s.raw_us), hi.max(s.raw_us))
@@ -159,12 +233,17 @@ impl OffsetEstimator {
             .collect();
         if trimmed.len() >= MIN_TRUSTED {
             fit = Fit::of(&trimmed, with_freq);
+            kept = trimmed;
         }
         Some(Estimate {
             at_raw_us: fit.mean_t.round() as i64,
             offset_us: fit.mean_o,
             freq_ppm: with_freq.then(|| (fit.slope * 1e6).clamp(-MAX_FREQ_PPM, MAX_FREQ_PPM)),
             min_delay_us,
+            sigma_us: robust_sigma(&kept, &fit),
+            fitted: kept.len(),
+            sxx: fit.sxx,
+            newest_raw_us: newest,
         })
     }
 }
@@ -174,6 +253,7 @@ struct Fit {
     mean_t: f64,
     mean_o: f64,
     slope: f64,
+    sxx: f64,
 }
 
 impl Fit {
@@ -181,22 +261,22 @@ impl Fit {
         let n = samples.len() as f64;
         let mean_t = samples.iter().map(|s| s.raw_us as f64).sum::<f64>() / n;
         let mean_o = samples.iter().map(|s| s.offset_us).sum::<f64>() / n;
-        let mut slope = 0.0;
-        if with_slope {
-            let (mut sxy, mut sxx) = (0.0, 0.0);
-            for s in samples {
-                let dx = s.raw_us as f64 - mean_t;
-                sxy += dx * (s.offset_us - mean_o);
-                sxx += dx * dx;
-            }
-            if sxx > 0.0 {
-                slope = sxy / sxx;
-            }
+        let (mut sxy, mut sxx) = (0.0, 0.0);
+        for s in samples {
+            let dx = s.raw_us as f64 - mean_t;
+            sxy += dx * (s.offset_us - mean_o);
+            sxx += dx * dx;
         }
+        let slope = if with_slope && sxx > 0.0 {
+            sxy / sxx
+        } else {
+            0.0
+        };
         Fit {
             mean_t,
             mean_o,
             slope,
+            sxx,
         }
     }
 
@@ -273,6 +353,31 @@ mod tests {
             let f = est.freq_ppm.expect("30 s of samples");
             assert!((f - drift).abs() < 3.0, "drift {drift}: estimated {f} ppm");
         }
+    }
+
+    #[test]
+    fn the_error_bound_covers_the_truth_and_grows_after_the_newest_sample() {
+        let (mut held, mut total) = (0, 0);
+        for seed in 0..20 {
+            let drift = (seed as f64 - 10.0) * 5.0;
+            let e = simulate(seed as f64 * 1000.0, drift, 40, 4, 100 + seed);
+            let est = e.estimate().unwrap();
+            for raw in [est.newest_raw_us, est.newest_raw_us + 500_000] {
+                let truth = seed as f64 * 1000.0 + raw as f64 * drift * 1e-6;
+                total += 1;
+                held += usize::from((est.offset_at(raw) - truth).abs() <= est.error_at(raw));
+            }
+            let grown =
+                est.error_at(est.newest_raw_us + 10_000_000) - est.error_at(est.newest_raw_us);
+            assert!(grown >= 10.0, "1 ppm for 10 s at least: {grown}");
+            assert!(est.freq_error_ppm() < 10.0, "{}", est.freq_error_ppm());
+        }
+        assert!(held * 100 >= total * 95, "held {held} of {total}");
+        // Without a frequency, the unmeasured 500 ppm counts from the samples' mean.
+        let young = simulate(0.0, 0.0, 2, 10, 3).estimate().unwrap();
+        assert_eq!(young.freq_ppm, None);
+        let d = young.error_at(young.at_raw_us + 1_000_000) - young.error_at(young.at_raw_us);
+        assert!(d >= 500.0, "{d}");
     }
 
     #[test]

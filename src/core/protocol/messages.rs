@@ -83,6 +83,16 @@ pub struct TimeReport {
     /// 8; absent without upstreams).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamStatus>,
+    /// A bound (µs) on the error of `ref_offset_us`, from the client's own probes: the
+    /// estimate's prediction error, an asymmetry share, and 1 ppm since the newest probe
+    /// (docs/PROTOCOL.md §14.5). Absent with `ref_offset_us`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ref_error_us: Option<u64>,
+    /// ε: a bound (µs) on |this clock − the master's clock| at `time_us`, computed by the client
+    /// from its own measurements (§14.5); 0 for the master itself. Absent while the client has
+    /// no bound (before its first reference-offset correction, under `naive` and `berkeley`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_us: Option<u64>,
 }
 
 /// What the server stores in Redis for each client: the report plus when the server got it.
@@ -117,6 +127,8 @@ impl TimeReport {
             boot_us: 0,
             stamp: Stamp::default(),
             events: Vec::new(),
+            ref_error_us: None,
+            max_error_us: None,
             stratum: None,
             reference: None,
             ntp: None,
@@ -231,6 +243,11 @@ pub struct MasterUpdate {
     /// (docs/NTP.md). Absent when the master's report has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master_stratum: Option<u8>,
+    /// `master` only: a bound (µs) on the error of `master_ref_offset_us`: the master's
+    /// reported `ref_error_us`, grown by 1 ppm for the time it was carried forward. Absent when
+    /// the master's report has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_ref_error_us: Option<u64>,
     /// The sender's logical clocks.
     pub stamp: Stamp,
 }

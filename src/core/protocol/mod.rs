@@ -35,7 +35,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version of the message format. Decoders reject any other value: a newer peer's message is
 /// counted as rejected rather than misread.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest message accepted, in bytes. A report is ~700 bytes; anything this large is abuse.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
@@ -263,7 +263,12 @@ impl Checked for TimeReport {
             ("max_step_us", self.max_step_us),
             ("boot_us", Some(self.boot_us)),
         ])?;
-        counters(&[("seq", self.seq), ("epoch", self.epoch.unwrap_or(0))])?;
+        counters(&[
+            ("seq", self.seq),
+            ("epoch", self.epoch.unwrap_or(0)),
+            ("ref_error_us", self.ref_error_us.unwrap_or(0)),
+            ("max_error_us", self.max_error_us.unwrap_or(0)),
+        ])?;
         freq("ref_freq_ppm", self.ref_freq_ppm)?;
         self.stamp.check()?;
         if self.events.len() > MAX_REPORT_EVENTS {
@@ -313,7 +318,10 @@ impl Checked for ToClient {
                     ("server_time_us", Some(u.server_time_us)),
                     ("master_ref_offset_us", u.master_ref_offset_us),
                 ])?;
-                counters(&[("seq", u.seq)])?;
+                counters(&[
+                    ("seq", u.seq),
+                    ("master_ref_error_us", u.master_ref_error_us.unwrap_or(0)),
+                ])?;
                 stratum("master_stratum", u.master_stratum)?;
                 freq("master_ref_freq_ppm", u.master_ref_freq_ppm)
             }
@@ -407,7 +415,8 @@ mod tests {
             (b"[1,2]", "malformed"),
             (b"{\"v\":1,\"id\":1}", "bad_version"),
             (b"{\"v\":\"1\"}", "malformed"),
-            (b"{\"v\":5,\"id\":\"nope\"}", "malformed"),
+            (b"{\"v\":6,\"id\":\"nope\"}", "malformed"),
+            (b"{\"v\":5,\"id\":\"nope\"}", "bad_version"),
             (b"{\"v\":4,\"id\":\"nope\"}", "bad_version"),
         ];
         for (bytes, kind) in cases {

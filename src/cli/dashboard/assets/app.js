@@ -136,7 +136,7 @@ function newCard(id) {
   who.append(el('b', 'short', short(id)), el('span', 'ip muted'), el('span', 'role'));
   c.append(who);
   const dl = el('dl');
-  for (const [label, cls] of [['offset to master', 'off'], ['true error', 'err'], ['last report', 'age'], ['NTP', 'ntp'], ['state', 'st']]) {
+  for (const [label, cls] of [['offset to master', 'off'], ['true error', 'err'], ['bound ε', 'eps'], ['last report', 'age'], ['NTP', 'ntp'], ['state', 'st']]) {
     dl.append(el('dt', '', label), el('dd', cls));
   }
   c.append(dl, el('ul', 'steps'));
@@ -185,6 +185,7 @@ function renderCards(f) {
     $('.role', e).textContent = c.is_master ? 'master' : (c.state === 'external' ? 'external' : 'follower');
     $('.off', e).textContent = c.is_master ? '0 (master)' : us(c.offset_to_master_us);
     $('.err', e).textContent = c.is_master ? '0 (master)' : us(c.true_error_us);
+    $('.eps', e).textContent = c.max_error_us == null ? '–' : `±${us(c.max_error_us).slice(1)}`;
     $('.age', e).textContent = c.last_report_age_ms === null ? '–' : `${(c.last_report_age_ms / 1000).toFixed(1)} s ago`;
     $('.st', e).textContent = c.state;
     $('.ntp', e).textContent = c.stratum == null ? '–'
