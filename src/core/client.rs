@@ -291,7 +291,7 @@ impl ClientCore {
     /// ε at host time `host_us` (µs): 0 for the master, else the bound of the last correction
     /// grown since (see [`ErrorBound`]).
     pub fn max_error(&self, host_us: i64) -> Option<f64> {
-        if self.master.is_some_and(|(m, _)| m == self.id) {
+        if self.is_master() {
             return Some(0.0);
         }
         self.bound.at(host_us, self.clock.slew_pending_at(host_us))

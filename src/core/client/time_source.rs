@@ -205,7 +205,7 @@ impl ClientCore {
     /// below it and names it; a follower is one stratum below its master, names its address,
     /// and is synchronized once its clock is within 1 ms of its target. A follower's root delay
     /// is the round trip of its best probe to the reference; its root dispersion is its ε
-    /// (`max_error_us`, docs/PROTOCOL.md §14.5) and, while it has none, half the round trip
+    /// (`max_error_us`, docs/PROTOCOL.md §15.6) and, while it has none, half the round trip
     /// (the asymmetry bound) plus 15 ppm of the time since its newest probe sample.
     pub fn ntp_source(&self, host_us: i64) -> ntp::Source {
         let raw = self.clock.raw_at(host_us);
