@@ -12,6 +12,7 @@
 //! | `client.key` | this client's own HMAC keys, a line `<kid> <hex key>` each | that client |
 //! | `client.id` | this client's id (the UUID its keys derive from) | that client |
 //! | `operator.token` | operator tokens, one per line | servers |
+//! | `swarm.keys` | a swarm's clients, a line `<id> <kid> <hex key>` each (several lines of one id: its keys, preferred first) | a swarm (`ts-client --swarm`) |
 //!
 //! Files are written 0600 in directories 0700. A node re-reads its directory when a file in it
 //! changes ([`KeySource`]), so keys are rotated without restarting anything: tsc first adds the
@@ -33,15 +34,17 @@ pub const REPLICA_KEY: &str = "replica.key";
 pub const CLUSTER_KEY: &str = "cluster.key";
 pub const CLIENT_KEY: &str = "client.key";
 pub const OPERATOR_TOKEN: &str = "operator.token";
+pub const SWARM_KEYS: &str = "swarm.keys";
 /// A client's id, beside the key derived from it (not a key: not watched for changes).
 pub const CLIENT_ID: &str = "client.id";
-const FILES: [&str; 6] = [
+const FILES: [&str; 7] = [
     LEADER_KEY,
     LEADER_PUB,
     REPLICA_KEY,
     CLUSTER_KEY,
     CLIENT_KEY,
     OPERATOR_TOKEN,
+    SWARM_KEYS,
 ];
 
 /// How often a node looks for changed key files.
@@ -98,6 +101,11 @@ pub fn load(dir: &Path) -> Result<KeyRing> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_string)
         .collect();
+    let swarm = match read_opt(&dir.join(SWARM_KEYS))? {
+        Some(t) => parse_swarm_keys(&t)
+            .map_err(|e| Error::Config(format!("{}: {e}", dir.join(SWARM_KEYS).display())))?,
+        None => Vec::new(),
+    };
     Ok(KeyRing {
         leader,
         leader_public,
@@ -105,7 +113,34 @@ pub fn load(dir: &Path) -> Result<KeyRing> {
         cluster,
         client,
         operator,
+        swarm,
     })
+}
+
+/// A swarm's `swarm.keys`: `<id> <kid> <hex key>` lines; an id's lines are its keys, preferred
+/// first; ids keep the order of their first line.
+pub fn parse_swarm_keys(text: &str) -> std::result::Result<Vec<(Uuid, Vec<MacKey>)>, String> {
+    let mut out: Vec<(Uuid, Vec<MacKey>)> = Vec::new();
+    let mut at = std::collections::HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (id, rest) = line
+            .split_once(' ')
+            .ok_or_else(|| format!("line {}: a swarm key line is `<id> <kid> <hex key>`", n + 1))?;
+        let id: Uuid = id
+            .parse()
+            .map_err(|_| format!("line {}: not a UUID: {id:?}", n + 1))?;
+        let mut key = parse_client_keys(rest).map_err(|e| format!("line {}: {e}", n + 1))?;
+        let i = *at.entry(id).or_insert_with(|| {
+            out.push((id, Vec::new()));
+            out.len() - 1
+        });
+        out[i].1.append(&mut key);
+    }
+    Ok(out)
 }
 
 pub fn parse_client_keys(text: &str) -> std::result::Result<Vec<MacKey>, String> {
@@ -273,6 +308,7 @@ impl ClusterKeys {
             cluster: self.cluster.clone(),
             client: Vec::new(),
             operator: self.operator.clone(),
+            swarm: Vec::new(),
         }
     }
 
@@ -281,6 +317,16 @@ impl ClusterKeys {
         KeyRing {
             leader_public: self.leader.iter().map(SignKey::public).collect(),
             client: self.server_ring().client_keys(id),
+            ..KeyRing::default()
+        }
+    }
+
+    /// What a swarm of clients `ids` holds: the leader's public keys and each client's keys.
+    pub fn swarm_ring(&self, ids: &[Uuid]) -> KeyRing {
+        let server = self.server_ring();
+        KeyRing {
+            leader_public: server.leader_public.clone(),
+            swarm: ids.iter().map(|id| (*id, server.client_keys(id))).collect(),
             ..KeyRing::default()
         }
     }
@@ -353,6 +399,20 @@ pub fn write_ring(dir: &Path, ring: &KeyRing) -> Result<()> {
             text.push_str(&format!("{} {}\n", k.kid, hex::encode(k.bytes())));
         }
         write_private(&client, &text)?;
+    }
+    let swarm = dir.join(SWARM_KEYS);
+    if ring.swarm.is_empty() {
+        remove_if_there(&swarm)?;
+    } else {
+        let mut text = String::from(
+            "# a swarm's clients and their keys: <id> <kid> <hex HMAC-SHA256 key>, preferred first\n",
+        );
+        for (id, keys) in &ring.swarm {
+            for k in keys {
+                text.push_str(&format!("{id} {} {}\n", k.kid, hex::encode(k.bytes())));
+            }
+        }
+        write_private(&swarm, &text)?;
     }
     let op = dir.join(OPERATOR_TOKEN);
     if ring.operator.is_empty() {

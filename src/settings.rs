@@ -20,6 +20,7 @@
 //! ([`ServerSettings`], [`ClientSettings`]) come from cluster.toml.
 
 use crate::core::berkeley::{self, BerkeleyConfig, RoundConfig};
+use crate::core::client::{DEFAULT_PROBE_MAX, MAX_PROBE_MAX};
 use crate::core::clock::{DisciplineConfig, DEFAULT_MAX_SLEW_PPM, DEFAULT_STEP_THRESHOLD_US};
 use crate::core::leader_election::{self, BullyConfig};
 use crate::core::logical::DEFAULT_MAX_OFFSET_US;
@@ -63,6 +64,15 @@ pub const MAX_NTP_RATE: f64 = 1e6;
 pub const DEFAULT_BERKELEY_INTERVAL_MS: u64 = 120_000;
 /// How long the Berkeley coordinator collects readings after a poll.
 pub const DEFAULT_BERKELEY_COLLECT_MS: u64 = 500;
+/// A swarm's first address by default: the RFC 2544 benchmarking range (198.18.0.0/15,
+/// 131,072 addresses), which no real network uses.
+pub const DEFAULT_SWARM_IP_BASE: &str = "198.18.0.1";
+/// Largest swarm in one process.
+pub const MAX_SWARM: usize = 100_000;
+/// AMQP connections per swarm by default.
+pub const DEFAULT_SWARM_CONNECTIONS: usize = 4;
+/// Swarm clients per channel by default.
+pub const DEFAULT_SWARM_GROUP: usize = 100;
 /// Replica id when none is given.
 pub const DEFAULT_REPLICA_ID: u64 = 1;
 /// Port of each replica's HTTP API.
@@ -141,12 +151,7 @@ impl Default for ServerSettings {
 
 impl ServerSettings {
     pub fn validate(&self) -> Result<()> {
-        if !(1..=MAX_WORKERS).contains(&self.workers) {
-            return invalid(format!(
-                "workers must be between 1 and {MAX_WORKERS} (got {})",
-                self.workers
-            ));
-        }
+        in_range("workers", self.workers, 1..=MAX_WORKERS)?;
         if self.prefetch == 0 {
             return invalid("prefetch must be at least 1".into());
         }
@@ -162,12 +167,7 @@ impl ServerSettings {
             ));
         }
         max_offset(self.hlc_max_offset_us)?;
-        if !(100..=10_000_000).contains(&self.event_log_len) {
-            return invalid(format!(
-                "event_log_len must be between 100 and 10000000 (got {})",
-                self.event_log_len
-            ));
-        }
+        in_range("event_log_len", self.event_log_len, 100..=10_000_000)?;
         self.bully(DEFAULT_REPLICA_ID, 0)
             .validate()
             .map_err(|e| Error::Config(format!("election timing: {e}")))?;
@@ -303,6 +303,10 @@ pub struct ClientSettings {
     /// Milliseconds between reports.
     #[arg(long, env = "TS_REPORT_INTERVAL_MS", default_value_t = DEFAULT_REPORT_INTERVAL_MS)]
     pub interval_ms: u64,
+    /// Longest probe period in milliseconds (250 … 64000): a settled client doubles its period
+    /// from 250 ms up to this, and drops back when a probe disagrees (adaptive probing).
+    #[arg(long, env = "TS_PROBE_MAX_MS", default_value_t = DEFAULT_PROBE_MAX.as_millis() as u64)]
+    pub probe_max_ms: u64,
     /// Offsets above this many microseconds are stepped, smaller ones slewed.
     #[arg(long, env = "TS_STEP_THRESHOLD_US", default_value_t = DEFAULT_STEP_THRESHOLD_US)]
     pub step_threshold_us: i64,
@@ -349,6 +353,8 @@ impl ClientSettings {
             ));
         }
         in_period("interval_ms", self.interval_ms)?;
+        let probe = DEFAULT_PROBE_MAX.as_millis() as u64..=MAX_PROBE_MAX.as_millis() as u64;
+        in_range("probe_max_ms", self.probe_max_ms, probe)?;
         if self.step_threshold_us < 0 {
             return invalid(format!(
                 "step_threshold_us must be ≥ 0 (got {})",
@@ -384,6 +390,10 @@ impl ClientSettings {
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
     }
+
+    pub fn probe_max(&self) -> Duration {
+        Duration::from_millis(self.probe_max_ms)
+    }
 }
 
 /// What makes one `ts-client` this node: broker, identity, initial clock, logs.
@@ -414,11 +424,44 @@ pub struct ClientNode {
     /// Log to stderr only.
     #[arg(long, env = "TS_NO_LOG_FILE")]
     pub no_log_file: bool,
+    /// Run this many clients in this one process (a swarm), each with its own id and key
+    /// (from the key directory's `swarm.keys`), address, clock, queue, reports and probes.
+    #[arg(long, env = "TS_SWARM")]
+    pub swarm: Option<usize>,
+    /// A swarm's first address; client i advertises this + i (default: the RFC 2544
+    /// benchmarking range, 198.18.0.0/15).
+    #[arg(long, env = "TS_SWARM_IP_BASE", default_value = DEFAULT_SWARM_IP_BASE)]
+    pub swarm_ip_base: std::net::Ipv4Addr,
+    /// AMQP connections a swarm shares among its clients.
+    #[arg(long, env = "TS_SWARM_CONNECTIONS", default_value_t = DEFAULT_SWARM_CONNECTIONS)]
+    pub swarm_connections: usize,
+    /// Clients per AMQP channel in a swarm (one task, one timer and one channel each).
+    #[arg(long, env = "TS_SWARM_GROUP", default_value_t = DEFAULT_SWARM_GROUP)]
+    pub swarm_group: usize,
 }
 
 impl ClientNode {
     pub fn validate(&self) -> Result<()> {
-        check_amqp_url(&self.amqp_url)
+        check_amqp_url(&self.amqp_url)?;
+        if let Some(n) = self.swarm {
+            in_range("swarm", n, 1..=MAX_SWARM)?;
+            if u32::from(self.swarm_ip_base)
+                .checked_add(n as u32 - 1)
+                .is_none()
+            {
+                return invalid(format!(
+                    "a swarm of {n} from {} runs past 255.255.255.255",
+                    self.swarm_ip_base
+                ));
+            }
+            if self.id.is_some() || self.ip.is_some() {
+                return invalid(
+                    "--id and --ip name one client; a swarm takes its ids from swarm.keys and its addresses from --swarm-ip-base".into(),
+                );
+            }
+        }
+        in_range("swarm_connections", self.swarm_connections, 1..=256)?;
+        in_range("swarm_group", self.swarm_group, 1..=10_000)
     }
 
     /// The client's id: `--id`, else the key directory's `client.id`. Its key is derived from
@@ -501,13 +544,22 @@ fn invalid(message: String) -> Result<()> {
 }
 
 fn in_period(name: &str, ms: u64) -> Result<()> {
-    if PERIOD_MS.contains(&ms) {
+    in_range(name, ms, PERIOD_MS)
+}
+
+/// `value` of setting `name` is within `range`, or a one-line error that says so.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<()> {
+    if range.contains(&value) {
         return Ok(());
     }
     invalid(format!(
-        "{name} must be between {} and {} (got {ms})",
-        PERIOD_MS.start(),
-        PERIOD_MS.end()
+        "{name} must be between {} and {} (got {value})",
+        range.start(),
+        range.end()
     ))
 }
 
@@ -536,12 +588,7 @@ fn ntp_upstreams(addrs: &[String]) -> Result<()> {
 }
 
 fn max_offset(us: i64) -> Result<()> {
-    if (1_000..=60_000_000).contains(&us) {
-        return Ok(());
-    }
-    invalid(format!(
-        "hlc_max_offset_us must be between 1000 and 60000000 (got {us})"
-    ))
+    in_range("hlc_max_offset_us", us, 1_000..=60_000_000)
 }
 
 fn check_amqp_url(url: &str) -> Result<()> {
@@ -709,6 +756,8 @@ mod tests {
             ),
             (|c| c.ntp_upstream = vec!["x".repeat(65)], "ntp_upstream"),
             (|c| c.ntp_upstream = vec!["n".into(); 9], "at most 8"),
+            (|c| c.probe_max_ms = 100, "probe_max_ms"),
+            (|c| c.probe_max_ms = 65_000, "probe_max_ms"),
         ];
         for (bad, name) in client {
             let mut c = ClientSettings::default();
@@ -721,6 +770,24 @@ mod tests {
             ..defaults()
         };
         assert!(node.validate().is_err());
+        type NodeCase = (fn(&mut ClientNode), &'static str);
+        let nodes: &[NodeCase] = &[
+            (|n| n.swarm = Some(0), "swarm"),
+            (|n| n.swarm = Some(MAX_SWARM + 1), "swarm"),
+            (
+                |n| (n.swarm, n.swarm_ip_base) = (Some(2), "255.255.255.255".parse().unwrap()),
+                "runs past",
+            ),
+            (|n| (n.swarm, n.id) = (Some(2), Some(Uuid::nil())), "--id"),
+            (|n| n.swarm_connections = 0, "swarm_connections"),
+            (|n| n.swarm_group = 10_001, "swarm_group"),
+        ];
+        for (bad, name) in nodes {
+            let mut n: ClientNode = defaults();
+            bad(&mut n);
+            let e = n.validate().unwrap_err().to_string();
+            assert!(e.contains(name), "{name}: {e}");
+        }
     }
 
     #[test]

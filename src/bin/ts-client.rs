@@ -26,10 +26,17 @@ fn main() -> ExitCode {
 
 fn run(mut config: ClientConfig) -> anyhow::Result<()> {
     config.validate()?;
-    // The id names the log file, so it is fixed before logging starts.
-    let id = config.node.resolved_id()?;
-    config.node.id = Some(id);
-    let _guard = time_sync::logging::init(config.node.log_file_dir(), &id.to_string())
+    // The id names the log file, so it is fixed before logging starts; a swarm logs to
+    // `swarm-<first address>`.
+    let log_name = match config.node.swarm {
+        Some(_) => format!("swarm-{}", config.node.swarm_ip_base),
+        None => {
+            let id = config.node.resolved_id()?;
+            config.node.id = Some(id);
+            id.to_string()
+        }
+    };
+    let _guard = time_sync::logging::init(config.node.log_file_dir(), &log_name)
         .context("cannot open the client log")?;
     // One thread: a client does little work, and a small footprint matters with many per host.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -38,7 +45,10 @@ fn run(mut config: ClientConfig) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         let shutdown = time_sync::shutdown::on_signals();
-        time_sync::client::run(config, shutdown).await
+        match config.node.swarm {
+            Some(_) => time_sync::client::swarm::run(config, shutdown).await,
+            None => time_sync::client::run(config, shutdown).await,
+        }
     })?;
     Ok(())
 }

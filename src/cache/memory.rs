@@ -2,6 +2,7 @@
 
 use super::{ReportStore, Stored};
 use crate::core::clock::Clock;
+use crate::core::master_election::live_member;
 use crate::core::protocol::{MasterRecord, StoredReport};
 use crate::error::Result;
 use std::collections::HashMap;
@@ -72,6 +73,27 @@ impl<C: Clock + Clone> ReportStore for MemoryStore<C> {
         let mut inner = self.inner.lock().expect("not poisoned");
         inner.reports.retain(|_, (_, exp)| *exp > now);
         Ok(inner.reports.values().map(|(r, _)| r.clone()).collect())
+    }
+
+    async fn live_after(&self, after: Option<&str>, n: usize) -> Result<Vec<StoredReport>> {
+        let mut live: Vec<(String, StoredReport)> = self
+            .live_reports()
+            .await?
+            .into_iter()
+            .map(|r| (live_member(&r.report.id, &r.report.ip), r))
+            .filter(|(m, _)| after.is_none_or(|a| m.as_str() > a))
+            .collect();
+        live.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(live.into_iter().take(n).map(|(_, r)| r).collect())
+    }
+
+    async fn live_count(&self, _ttl: Duration) -> Result<usize> {
+        Ok(self.live_reports().await?.len())
+    }
+
+    async fn trim_live(&self, _ttl: Duration) -> Result<usize> {
+        // Expired reports are never listed here: nothing to trim.
+        Ok(0)
     }
 
     async fn master(&self) -> Result<Option<MasterRecord>> {

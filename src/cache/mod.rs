@@ -45,6 +45,22 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
     /// All reports whose keys have not expired, in no particular order.
     fn live_reports(&self) -> impl Future<Output = Result<Vec<StoredReport>>> + Send;
 
+    /// Up to `n` live reports in election order (lowest rank first, [`crate::core::master_election::live_member`]),
+    /// starting after the member `after` (a page's last, for the next page) or at the lowest.
+    /// Costs a round trip or two whatever the number of clients.
+    fn live_after(
+        &self,
+        after: Option<&str>,
+        n: usize,
+    ) -> impl Future<Output = Result<Vec<StoredReport>>> + Send;
+
+    /// How many clients are live (stored within `ttl`), without reading their reports.
+    fn live_count(&self, ttl: Duration) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Drops clients whose reports expired more than `ttl` ago from the live index (the leader,
+    /// every tick); returns how many.
+    fn trim_live(&self, ttl: Duration) -> impl Future<Output = Result<usize>> + Send;
+
     /// The current master, if one was ever stored.
     fn master(&self) -> impl Future<Output = Result<Option<MasterRecord>>> + Send;
 

@@ -3,15 +3,18 @@
 //! Keys (see `docs/PROTOCOL.md`): `ts:client:<id>` → [`StoredReport`] JSON with `EX ttl`;
 //! `ts:master` → [`MasterRecord`] JSON without TTL, written only by a leader of the same or a
 //! later epoch (a Lua script); `ts:epoch` → the last leader epoch, taken atomically by Lua;
-//! `ts:replica:<id>` → [`ReplicaRecord`] JSON; `ts:stats:<server_id>` → counters. Listing uses
-//! `SCAN` (never `KEYS`, which blocks Redis) followed by one `MGET`.
+//! `ts:replica:<id>` → [`ReplicaRecord`] JSON; `ts:stats:<server_id>` → counters; `ts:live` and
+//! `ts:seen`, the live index (clients in election order, and when each was last stored), so
+//! that electing, counting and paging cost the same with 10 clients or 10,000. Listing every
+//! report uses `SCAN` (never `KEYS`, which blocks Redis) followed by one `MGET`.
 
 use super::{ReportStore, Stored};
 use crate::backoff::Backoff;
+use crate::core::master_election::{live_member, member_id};
 use crate::core::protocol::{
     client_key, order_key, replica_record_key, Event, MasterRecord, ReplicaRecord, StoredReport,
-    CLIENT_KEY_PREFIX, EPOCH_KEY, EVENTS_KEY, MASTER_KEY, MAX_COUNTER, REPLICA_KEY_PREFIX,
-    STATS_KEY_PREFIX,
+    CLIENT_KEY_PREFIX, EPOCH_KEY, EVENTS_KEY, LIVE_KEY, MASTER_KEY, MAX_COUNTER,
+    REPLICA_KEY_PREFIX, SEEN_KEY, STATS_KEY_PREFIX,
 };
 use crate::error::Result;
 use crate::net::endpoint_of;
@@ -53,16 +56,20 @@ return 1
 ";
 /// Stores each report of a batch unless an equal or later one of its client is already
 /// stored (a replay): compares the reports' order (`<boot>:<seq>`, fixed width, so strings
-/// compare like numbers) with the one kept in `ts:order:<id>`. KEYS: the client keys, then the
-/// order keys; ARGV: the TTL, the order keys' TTL, then per report its order and its JSON.
-/// Returns per report: 0 refused as a replay, 1 stored, 2 stored and the client is new (its
-/// key did not exist).
+/// compare like numbers) with the one kept in `ts:order:<id>`, and keeps the live index
+/// (`ts:live`, `ts:seen`). KEYS: the client keys, then the order keys, then `ts:live` and
+/// `ts:seen`; ARGV: the TTL, the order keys' TTL, then per report its order, its JSON and its
+/// live member. Returns per report: 0 refused as a replay, 1 stored, 2 stored and the client is
+/// new (its key did not exist).
 const STORE_REPORTS: &str = r"
-local n = #KEYS / 2
+local n = (#KEYS - 2) / 2
+local live, seen = KEYS[2 * n + 1], KEYS[2 * n + 2]
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 local out = {}
 for i = 1, n do
   local key, okey = KEYS[i], KEYS[n + i]
-  local order, json = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  local order, json, member = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
   local prev = redis.call('GET', okey)
   if prev and prev >= order then
     out[i] = 0
@@ -70,11 +77,38 @@ for i = 1, n do
     local existed = redis.call('EXISTS', key)
     redis.call('SET', key, json, 'EX', ARGV[1])
     redis.call('SET', okey, order, 'EX', ARGV[2])
+    redis.call('ZADD', live, 0, member)
+    redis.call('ZADD', seen, now_ms, member)
     out[i] = 2 - existed
   end
 end
 return out
 ";
+/// Drops from the live index (KEYS: `ts:live`, `ts:seen`) at most ARGV[2] members not stored
+/// for ARGV[1] ms (their client keys have expired); returns how many.
+const TRIM_LIVE: &str = r"
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms - tonumber(ARGV[1]), 'LIMIT', 0, tonumber(ARGV[2]))
+for _, m in ipairs(old) do
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('ZREM', KEYS[2], m)
+end
+return #old
+";
+/// How many members of `ts:seen` (KEYS[1]) were stored in the last ARGV[1] ms: the live clients.
+const COUNT_LIVE: &str = r"
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. (now_ms - tonumber(ARGV[1])), '+inf')
+";
+/// Members trimmed from the live index per tick at most (a leader ticks every second, so a
+/// mass departure of any size is gone within seconds).
+pub const TRIM_BATCH: usize = 5000;
+/// Slack (ms) added to the TTL before a member counts as expired: Redis expires keys at
+/// whole-millisecond resolution, a little after their time.
+const EXPIRY_SLACK_MS: u64 = 1000;
+
 /// A report's order as a string that sorts like the order: `<boot + 2^53>:<seq>`, both
 /// zero-padded to 20 digits (decoding keeps `boot_us` within ±2^53, so the first is never
 /// negative).
@@ -151,14 +185,6 @@ impl RedisStore {
             .iter()
             .map(|(_, h)| h.get(name).copied().unwrap_or(0))
             .sum())
-    }
-
-    /// How many clients are live: counts their keys without fetching the reports.
-    pub async fn live_count(&self) -> Result<usize> {
-        let mut conn = self.conn.clone();
-        Ok(scan(&mut conn, &format!("{CLIENT_KEY_PREFIX}*"))
-            .await?
-            .len())
     }
 
     /// A fresh leader epoch above both the stored one and `at_least` (see [`EPOCH_KEY`]).
@@ -274,7 +300,18 @@ impl RedisStore {
     /// Makes client `id`'s report expire now (in 1 ms), as if it had been silent for the TTL:
     /// the leader then elects another master at its next tick if it was master, and logs
     /// `client_left` from the expiry. `tsc clients remove` does this once the client is gone.
+    /// Its live-index member goes too, so counts and lists drop it at once.
     pub async fn expire_report(&self, id: &uuid::Uuid) -> Result<()> {
+        if let Some(r) = self.report(id).await? {
+            let member = live_member(&r.report.id, &r.report.ip);
+            let _: () = redis::pipe()
+                .zrem(LIVE_KEY, &member)
+                .ignore()
+                .zrem(SEEN_KEY, &member)
+                .ignore()
+                .query_async(&mut self.conn.clone())
+                .await?;
+        }
         let _: i64 = redis::cmd("PEXPIRE")
             .arg(crate::core::protocol::client_key(id))
             .arg(1)
@@ -331,10 +368,12 @@ impl ReportStore for RedisStore {
         for r in reports {
             script.key(order_key(&r.report.id));
         }
+        script.key(LIVE_KEY).key(SEEN_KEY);
         script.arg(ttl.as_secs().max(1)).arg(ORDER_TTL.as_secs());
         for r in reports {
             script.arg(order_string(r.report.order()));
             script.arg(serde_json::to_string(r).expect("stored reports serialize"));
+            script.arg(live_member(&r.report.id, &r.report.ip));
         }
         let codes: Vec<u8> = script.invoke_async(&mut self.conn.clone()).await?;
         Ok(codes
@@ -363,6 +402,68 @@ impl ReportStore for RedisStore {
             );
         }
         Ok(out)
+    }
+
+    async fn live_after(&self, after: Option<&str>, n: usize) -> Result<Vec<StoredReport>> {
+        let mut conn = self.conn.clone();
+        let mut out = Vec::with_capacity(n);
+        let mut from = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+        let batch = n.clamp(8, SCAN_COUNT);
+        while out.len() < n {
+            let members: Vec<String> = redis::cmd("ZRANGEBYLEX")
+                .arg(LIVE_KEY)
+                .arg(&from)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(batch)
+                .query_async(&mut conn)
+                .await?;
+            let Some(last) = members.last() else { break };
+            from = format!("({last}");
+            let ids: Vec<(&String, uuid::Uuid)> = members
+                .iter()
+                .filter_map(|m| Some((m, member_id(m)?)))
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let keys: Vec<String> = ids.iter().map(|(_, id)| client_key(id)).collect();
+            let values: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            // An expired key reads as nil; a member whose client now reports another address
+            // is a stale rank (the new one is elsewhere in the index): both are skipped.
+            for ((member, _), value) in ids.iter().zip(values) {
+                let Some(r) = value.and_then(|v| serde_json::from_str::<StoredReport>(&v).ok())
+                else {
+                    continue;
+                };
+                if live_member(&r.report.id, &r.report.ip) == **member && out.len() < n {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn live_count(&self, ttl: Duration) -> Result<usize> {
+        let n: usize = redis::Script::new(COUNT_LIVE)
+            .key(SEEN_KEY)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n)
+    }
+
+    async fn trim_live(&self, ttl: Duration) -> Result<usize> {
+        let n: usize = redis::Script::new(TRIM_LIVE)
+            .key(LIVE_KEY)
+            .key(SEEN_KEY)
+            .arg(ttl.as_millis() as u64 + EXPIRY_SLACK_MS)
+            .arg(TRIM_BATCH)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n)
     }
 
     async fn master(&self) -> Result<Option<MasterRecord>> {

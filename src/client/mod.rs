@@ -7,6 +7,7 @@
 //! dropped. Decisions live in [`ClientCore`]; this module only moves messages.
 
 pub mod ntp;
+pub mod swarm;
 
 use crate::backoff::Backoff;
 use crate::broker;
@@ -59,7 +60,7 @@ pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
     };
     let clock = SystemClock;
     let offset = initial_offset_us(&cfg);
-    let core = ClientCore::new(
+    let mut core = ClientCore::new(
         id,
         ip,
         VirtualClock::new(clock.now_us(), offset, cfg.settings.drift_ppm),
@@ -67,6 +68,7 @@ pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
         clock.now_us(),
         cfg.settings.hlc_max_offset_us,
     );
+    core.set_probe_max(cfg.settings.probe_max());
     info!(
         client_id = %id,
         %ip,
@@ -106,6 +108,7 @@ pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
     let link = Link {
         keys,
         rejects: Arc::new(Mutex::new(RejectLog::new("client".into()))),
+        loud: true,
     };
     broker::run_sessions(&cfg.node.amqp_url, "ts-client", &shutdown, |conn| {
         session(conn, core.clone(), &cfg, clock, link.clone(), &shutdown)
@@ -126,6 +129,9 @@ pub async fn run(cfg: ClientConfig, shutdown: CancellationToken) -> Result<()> {
 struct Link {
     keys: KeySource,
     rejects: Arc<Mutex<RejectLog>>,
+    /// Whether each correction is logged at `info` (a lone client) or `debug` (a swarm, whose
+    /// thousands of clients would flood the log).
+    loud: bool,
 }
 
 async fn advertised_ip(cfg: &ClientConfig, shutdown: &CancellationToken) -> Option<IpAddr> {
@@ -296,7 +302,7 @@ fn handle(core: &Mutex<ClientCore>, msg: &ToClient, host_us: i64, link: &Link) -
     match msg {
         ToClient::MasterUpdate(u) => {
             let outcome = c.on_update(u, host_us);
-            log_outcome(&u.master_id.to_string(), u.seq, outcome);
+            log_outcome(&u.master_id.to_string(), u.seq, outcome, link.loud);
         }
         ToClient::ProbeReply(r) => {
             if let Some(s) = c.on_probe_reply(r, host_us) {
@@ -311,7 +317,7 @@ fn handle(core: &Mutex<ClientCore>, msg: &ToClient, host_us: i64, link: &Link) -
         ToClient::BerkeleyPoll(p) => return Reply::Reading(c.on_poll(p, host_us)),
         ToClient::BerkeleyAdjust(a) => {
             let outcome = c.on_adjust(a, host_us);
-            log_outcome("berkeley average", a.round, outcome);
+            log_outcome("berkeley average", a.round, outcome, link.loud);
         }
         ToClient::SetTime(t) => {
             let outcome = c.on_set_time(t, host_us);
@@ -324,20 +330,32 @@ fn handle(core: &Mutex<ClientCore>, msg: &ToClient, host_us: i64, link: &Link) -
     Reply::Nothing
 }
 
-fn log_outcome(target: &str, seq: u64, outcome: UpdateOutcome) {
+fn log_outcome(target: &str, seq: u64, outcome: UpdateOutcome, loud: bool) {
     match outcome {
         UpdateOutcome::IAmMaster => debug!(seq, "update names this client as master"),
         UpdateOutcome::Applied {
             offset_us,
             action: Action::Step(delta),
-        } => info!(
+        } if loud => info!(
             target,
             offset_us,
             step_us = delta,
             "stepped clock to master"
         ),
-        UpdateOutcome::Applied { offset_us, .. } => {
+        UpdateOutcome::Applied {
+            offset_us,
+            action: Action::Step(delta),
+        } => debug!(
+            target,
+            offset_us,
+            step_us = delta,
+            "stepped clock to master"
+        ),
+        UpdateOutcome::Applied { offset_us, .. } if loud => {
             info!(target, offset_us, "slewing toward master")
+        }
+        UpdateOutcome::Applied { offset_us, .. } => {
+            debug!(target, offset_us, "slewing toward master")
         }
         UpdateOutcome::Stale => debug!(seq, "ignored stale update"),
         UpdateOutcome::Held => debug!(seq, "holding over a change of reference"),

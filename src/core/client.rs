@@ -34,7 +34,8 @@ mod time_source;
 pub use berkeley::{BERKELEY_FREQ_GAIN, BERKELEY_MAX_FREQ_STEP_PPM};
 pub use bound::ErrorBound;
 pub use probing::{
-    FAST_PROBES, MAX_PENDING_PROBES, PROBE_FAST, PROBE_SLOW, READY_SAMPLES, RESYNC_SAMPLES,
+    Ladder, DEFAULT_PROBE_MAX, FAST_PROBES, LADDER_STEP, MAX_PENDING_PROBES, MAX_PROBE_MAX,
+    PROBE_FAST, PROBE_SLOW, READY_SAMPLES, RESYNC_SAMPLES, SPAN_PERIODS,
 };
 pub use time_source::UpstreamReply;
 use uuid::Uuid;
@@ -42,6 +43,13 @@ use uuid::Uuid;
 /// A clock within this of its target (µs) counts as synced: from then on it is only stepped
 /// above the step threshold, and its corrections count in the `max_step_us` diagnostic.
 pub const SYNCED_US: i64 = crate::core::clock::INITIAL_SYNC_US;
+/// Corrections after the clock first counts as synced during which a larger offset than
+/// [`MAKESTEP_US`] is still stepped, not slewed (chrony's `makestep`): a first sync made on
+/// probes that queued behind a crowd (thousands of clients starting at once) can be tens of
+/// ms off, and slewing that away at 500 ppm would take minutes.
+pub const MAKESTEP_UPDATES: u32 = 300;
+/// See [`MAKESTEP_UPDATES`] (µs).
+pub const MAKESTEP_US: i64 = 10 * SYNCED_US;
 /// Largest jump up in leader epoch a client follows in one message. Epochs grow by one per
 /// election, so a real jump is small; a larger one would be a corrupt or forged epoch that,
 /// once followed, would fence off every real leader.
@@ -113,12 +121,16 @@ pub struct ClientCore {
     filter: MinDelayFilter,
     filter_for: Option<(Uuid, Uuid)>,
     estimator: OffsetEstimator,
+    /// The probe period's ladder (adaptive probing).
+    ladder: probing::Ladder,
     probe_seq: u64,
     /// (seq, raw clock at send) of probes awaiting replies.
     pending: VecDeque<(u64, i64)>,
     /// Server whose reference clock the estimator's samples are against.
     reference: Option<Uuid>,
     synced: bool,
+    /// Corrections taken since the clock last became synced (up to [`MAKESTEP_UPDATES`]).
+    young: u32,
     max_step_us: i64,
     /// Host time, coordinator and round of the last Berkeley adjustment.
     last_round: Option<(i64, (Uuid, u64), u64)>,
@@ -176,10 +188,12 @@ impl ClientCore {
             filter: MinDelayFilter::default(),
             filter_for: None,
             estimator: OffsetEstimator::default(),
+            ladder: probing::Ladder::default(),
             probe_seq: 0,
             pending: VecDeque::new(),
             reference: None,
             synced: false,
+            young: 0,
             max_step_us: 0,
             last_round: None,
             rng: rand::rngs::SmallRng::seed_from_u64(id.as_u128() as u64),
@@ -387,7 +401,14 @@ impl ClientCore {
                 }
             },
         };
-        let action = self.discipline.decide(offset_us, self.synced);
+        let action = match self.discipline.decide(offset_us, self.synced) {
+            Action::Slew { .. }
+                if self.young < MAKESTEP_UPDATES && offset_us.abs() > MAKESTEP_US =>
+            {
+                Action::Step(offset_us)
+            }
+            action => action,
+        };
         self.apply(host_us, offset_us, action, true, &u.stamp)
     }
 
@@ -481,6 +502,11 @@ impl ClientCore {
         let was_synced = self.synced;
         if confirms && offset_us.abs() < SYNCED_US {
             self.synced = true;
+        }
+        if was_synced {
+            self.young = self.young.saturating_add(1);
+        } else {
+            self.young = 0;
         }
         self.corrected_at_us = Some(host_us);
         match action {

@@ -56,6 +56,8 @@ pub struct KeyRing {
     pub client: Vec<MacKey>,
     /// Operator tokens accepted (servers) or used (tsc: the first).
     pub operator: Vec<String>,
+    /// A swarm's clients and each one's own keys, preferred first (a swarm only).
+    pub swarm: Vec<(Uuid, Vec<MacKey>)>,
 }
 
 fn first<'a, T>(keys: &'a [T], what: &'static str) -> Result<&'a T, MissingKey> {
@@ -86,6 +88,30 @@ impl KeyRing {
         first(&self.client, "client")?;
         first(&self.leader_public, "leader public")?;
         Ok(())
+    }
+
+    /// Checks that a swarm has what it needs: its clients' keys and the leader's public key.
+    pub fn check_swarm(&self) -> Result<(), MissingKey> {
+        self.swarm
+            .iter()
+            .all(|(_, keys)| !keys.is_empty())
+            .then_some(())
+            .filter(|_| !self.swarm.is_empty())
+            .ok_or(MissingKey("swarm client"))?;
+        first(&self.leader_public, "leader public")?;
+        Ok(())
+    }
+
+    /// A message from swarm client `i` (its place in [`KeyRing::swarm`]), sealed with that
+    /// client's own key, exactly as the client would seal it alone.
+    pub fn seal_from_member<T: FromClient>(
+        &self,
+        i: usize,
+        msg: &T,
+    ) -> Result<Vec<u8>, MissingKey> {
+        let (_, keys) = self.swarm.get(i).ok_or(MissingKey("swarm client"))?;
+        let k = first(keys, "swarm client")?;
+        Ok(encode_sealed(msg, &k.kid, |d| k.tag(d)))
     }
 
     /// A message from the leader to clients, signed.
@@ -186,6 +212,7 @@ mod tests {
             cluster: vec![MacKey::new([3; KEY_LEN])],
             client: vec![],
             operator: vec!["secret-token".into()],
+            swarm: vec![],
         }
     }
 

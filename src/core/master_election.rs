@@ -17,7 +17,7 @@ use crate::core::protocol::{MasterRecord, StoredReport};
 use std::net::IpAddr;
 use uuid::Uuid;
 
-/// How often a leader reads every live report while its master is alive, to hand the role to
+/// How often a leader reads the lowest-ranked live clients while its master is alive, to hand the role to
 /// a lower address that has synced ([`Decision::HandOver`]).
 pub const HANDOVER_SCAN: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -30,6 +30,20 @@ pub fn ip_rank(ip: &IpAddr) -> (u8, u128) {
             None => (1, u128::from(*v6)),
         },
     }
+}
+
+/// A client's member in the live index (`ts:live`, see [`crate::core::protocol::LIVE_KEY`]): its
+/// rank and id as fixed-width lowercase hex, `<family><32 hex digits of the address>:<id>`
+/// (family `0` for IPv4, `1` for IPv6), so that members sort as strings exactly as
+/// [`lowest_ip`] ranks them (the canonical hyphenated id sorts like its 128-bit value).
+pub fn live_member(id: &Uuid, ip: &IpAddr) -> String {
+    let (family, n) = ip_rank(ip);
+    format!("{family}{n:032x}:{id}")
+}
+
+/// The id in a member made by [`live_member`].
+pub fn member_id(member: &str) -> Option<Uuid> {
+    member.get(34..)?.parse().ok()
 }
 
 /// The preferred master among `candidates` (id, ip), or `None` when there are none.
@@ -123,6 +137,42 @@ mod tests {
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn live_members_sort_like_ranks() {
+        let ips = [
+            "10.0.1.2",
+            "10.0.0.100",
+            "9.255.255.255",
+            "::1",
+            "255.255.255.255",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "2001:db8::10",
+            "2001:db8::9",
+            "127.0.0.2",
+            "127.0.0.12",
+        ];
+        let mut clients: Vec<(Uuid, IpAddr)> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| (id(i as u128 * 0x1_0000_0000_0001), ip.parse().unwrap()))
+            .collect();
+        // Two ids on one address: the tie is broken by the id, as lowest_ip does.
+        clients.push((id(u128::MAX - 7), "10.0.0.100".parse().unwrap()));
+        clients.push((id(3), "10.0.0.100".parse().unwrap()));
+        let mut by_text: Vec<String> = clients.iter().map(|(i, ip)| live_member(i, ip)).collect();
+        by_text.sort();
+        let mut by_rank = clients.clone();
+        by_rank.sort_by_key(|(i, ip)| (ip_rank(ip), i.as_u128()));
+        let expected: Vec<String> = by_rank.iter().map(|(i, ip)| live_member(i, ip)).collect();
+        assert_eq!(by_text, expected);
+        for (i, ip) in &clients {
+            assert_eq!(member_id(&live_member(i, ip)), Some(*i));
+        }
+        let low = lowest_ip(clients.iter().map(|(i, ip)| (i, ip))).unwrap();
+        assert_eq!(by_text[0], live_member(&low.0, &low.1));
     }
 
     #[test]

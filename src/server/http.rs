@@ -153,7 +153,7 @@ impl Api {
 }
 
 async fn status(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
-    let clients_live = api.ctx.store.live_count().await?;
+    let clients_live = api.ctx.store.live_count(api.ctx.cfg.settings.ttl()).await?;
     let master = api.ctx.store.master().await?.map(|m| m.id);
     let uptime_s = (api.ctx.clock.now_us() - api.replica.started_at_us) as f64 / 1e6;
     Ok(Json(json!({
@@ -442,10 +442,35 @@ async fn nodes(State(api): State<Api>) -> Json<serde_json::Value> {
     Json(json!({ "nodes": out }))
 }
 
-async fn clients(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
-    let mut reports: Vec<StoredReport> = api.ctx.store.live_reports().await?;
-    reports.sort_by_key(|r| crate::core::master_election::ip_rank(&r.report.ip));
-    Ok(Json(json!({ "clients": reports })))
+/// Clients listed per page of `GET /clients` when no `limit` is given.
+pub const CLIENTS_PAGE: usize = 1000;
+/// The largest page of `GET /clients`.
+pub const MAX_CLIENTS_PAGE: usize = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientsQuery {
+    /// Only clients after this live-index member (the `next` of the page before).
+    after: Option<String>,
+    /// At most this many (default [`CLIENTS_PAGE`], at most [`MAX_CLIENTS_PAGE`]).
+    limit: Option<usize>,
+}
+
+/// One page of live clients in election order, the live count, and where the next page starts.
+async fn clients(
+    State(api): State<Api>,
+    Query(q): Query<ClientsQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let limit = q.limit.unwrap_or(CLIENTS_PAGE).clamp(1, MAX_CLIENTS_PAGE);
+    let reports: Vec<StoredReport> = api.ctx.store.live_after(q.after.as_deref(), limit).await?;
+    let live = api.ctx.store.live_count(api.ctx.cfg.settings.ttl()).await?;
+    let next = (reports.len() == limit)
+        .then(|| reports.last())
+        .flatten()
+        .map(|r| crate::core::master_election::live_member(&r.report.id, &r.report.ip));
+    Ok(Json(
+        json!({ "clients": reports, "live": live, "next": next }),
+    ))
 }
 
 async fn master(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
@@ -457,7 +482,7 @@ async fn master(State(api): State<Api>) -> ApiResult<Json<serde_json::Value>> {
 }
 
 async fn metrics(State(api): State<Api>) -> ApiResult<Response> {
-    let live = api.ctx.store.live_count().await?;
+    let live = api.ctx.store.live_count(api.ctx.cfg.settings.ttl()).await?;
     let v = api.view();
     let text = api.ctx.metrics.exposition(&[
         (

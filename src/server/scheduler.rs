@@ -24,6 +24,7 @@ use crate::core::protocol::{
 };
 use crate::error::Result;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -69,9 +70,16 @@ pub struct Scheduler<S, C> {
     filtered: Option<(Uuid, u64)>,
     /// Events of the last ticks, for the cluster's log ([`Scheduler::take_events`]).
     events: Vec<(EventKind, String, EventData)>,
-    /// When every live report was last read (to look for a lower address to hand over to).
+    /// When the lowest live clients were last read (to look for a lower address to hand over
+    /// to).
     scanned_at: Option<i64>,
+    /// How long a client stays live after its last report.
+    ttl: Duration,
 }
+
+/// How many of the lowest-ranked live clients an election reads: the winner is the first, the
+/// others cost nothing and show in the log.
+const CANDIDATES: usize = 4;
 
 impl<S: ReportStore, C: Clock> Scheduler<S, C> {
     pub fn new(
@@ -81,8 +89,10 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
         metrics: Arc<Metrics>,
         algorithm: Algorithm,
         epoch: u64,
+        ttl: Duration,
     ) -> Self {
         Scheduler {
+            ttl,
             store,
             clock,
             server_id,
@@ -108,19 +118,25 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
     pub async fn tick(&mut self) -> Result<Option<MasterUpdate>> {
         let current = self.store.master().await?;
         // The common case costs one GET: the master is alive. Only an election, and a look for
-        // a lower address to hand over to every HANDOVER_SCAN, list everyone.
+        // a lower address to hand over to every HANDOVER_SCAN, read the live index's lowest
+        // entries: the same few reads with 3 clients or 10,000.
         let mut live = Vec::new();
         let now = self.clock.now_us();
-        // A held election (or hand-over) is decided on the same full list the next tick.
+        let _ = self.store.trim_live(self.ttl).await?;
+        // A held election (or hand-over) is decided on the same candidates the next tick.
         let scan = self.election_armed
             || self
                 .scanned_at
                 .is_none_or(|at| now - at >= HANDOVER_SCAN.as_micros() as i64);
-        if let (Some(cur), false) = (&current, scan) {
+        if let Some(cur) = &current {
             live.extend(self.store.report(&cur.id).await?);
         }
-        if live.is_empty() {
-            live = self.store.live_reports().await?;
+        if scan || live.is_empty() {
+            for r in self.store.live_after(None, CANDIDATES).await? {
+                if !live.iter().any(|l| l.report.id == r.report.id) {
+                    live.push(r);
+                }
+            }
             self.scanned_at = Some(now);
         }
         let master = match decide(current.as_ref(), &live) {
@@ -142,7 +158,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             Decision::Elect { .. } if !self.election_armed => {
                 self.election_armed = true;
                 info!(
-                    live_clients = live.len(),
+                    candidate = %live.iter().map(|r| r.report.ip.to_string()).min().unwrap_or_default(),
                     "no live master; electing on the next tick"
                 );
                 return Ok(None);
@@ -162,7 +178,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
                     Some(p) => format!("master {p} has not reported for the TTL"),
                     None => "there was no master".to_string(),
                 };
-                if !self.elect(master, previous, &why, live.len()).await? {
+                if !self.elect(master, previous, &why).await? {
                     return Ok(None);
                 }
                 master
@@ -172,7 +188,7 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
                 let why = format!(
                     "it has the lowest address and is synced to master {previous}, which hands over"
                 );
-                if !self.elect(master, Some(previous), &why, live.len()).await? {
+                if !self.elect(master, Some(previous), &why).await? {
                     return Ok(None);
                 }
                 master
@@ -225,9 +241,9 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
         master: &StoredReport,
         previous: Option<Uuid>,
         why: &str,
-        live_clients: usize,
     ) -> Result<bool> {
         self.election_armed = false;
+        let live_clients = self.store.live_count(self.ttl).await?;
         let record = MasterRecord {
             id: master.report.id,
             ip: master.report.ip,
@@ -298,6 +314,7 @@ pub(crate) async fn run<S: ReportStore, C: Clock + Clone>(
         ctx.metrics.clone(),
         ctx.cfg.settings.algorithm,
         epoch,
+        ctx.cfg.settings.ttl(),
     )));
     let url = ctx.cfg.node.amqp_url.clone();
     broker::run_sessions(&url, "ts-server scheduler", &term, |conn| {
@@ -427,7 +444,6 @@ mod tests {
     use crate::cache::MemoryStore;
     use crate::core::clock::ManualClock;
     use crate::core::protocol::TimeReport;
-    use std::time::Duration;
 
     const S: i64 = 1_000_000;
     const TTL: Duration = Duration::from_secs(3);
@@ -453,6 +469,7 @@ mod tests {
             Arc::default(),
             Algorithm::Master,
             1,
+            TTL,
         );
         (clock, store, sched)
     }

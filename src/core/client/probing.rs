@@ -9,8 +9,19 @@ use std::time::Duration;
 
 /// Probe period while the estimator has few samples: converge in about a second.
 pub const PROBE_FAST: Duration = Duration::from_millis(100);
-/// Probe period afterwards: 4 a second fill the estimator's 120 s window.
+/// Probe period afterwards, the ladder's first rung: 4 a second fill the estimator's 120 s
+/// window.
 pub const PROBE_SLOW: Duration = Duration::from_millis(250);
+/// The longest probe period by default (`--probe-max-ms`): the ladder's first rung, so a
+/// client probes as it always did unless told it may back off.
+pub const DEFAULT_PROBE_MAX: Duration = PROBE_SLOW;
+/// The longest probe period a client may be given (`--probe-max-ms`).
+pub const MAX_PROBE_MAX: Duration = Duration::from_secs(64);
+/// Consecutive good samples at one rung before the period doubles.
+pub const LADDER_STEP: u32 = 8;
+/// The estimator's window spans at least this many of the longest probe periods, so that a
+/// client on the top rung still fits a line through enough samples.
+pub const SPAN_PERIODS: u32 = 64;
 /// Samples after which probing slows down.
 pub const FAST_PROBES: usize = 40;
 /// Probes awaiting a reply; older ones are forgotten (their replies are too late to be useful).
@@ -22,7 +33,95 @@ pub const READY_SAMPLES: usize = 5;
 /// seconds of fast probes, while it holds over.
 pub const RESYNC_SAMPLES: usize = 20;
 
+/// Adaptive probing, as NTP's poll interval: the probe period doubles, from [`PROBE_SLOW`] up
+/// to `max`, after every [`LADDER_STEP`] consecutive samples that agree with the estimate, and
+/// drops back to [`PROBE_SLOW`] at the first that does not (the clock or the path changed) and
+/// whenever the estimate starts over (a new reference). A congested sample (its delay far above
+/// the window's least, [`congested`]) says nothing about the clock and loads the path further:
+/// it doubles the period at once (even while converging), and the estimator does not keep it.
+#[derive(Debug, Clone)]
+pub struct Ladder {
+    period: Duration,
+    max: Duration,
+    good: u32,
+    /// The last sample was congested: probe at `period` even while converging.
+    congested: bool,
+}
+
+impl Default for Ladder {
+    fn default() -> Self {
+        Ladder {
+            period: PROBE_SLOW,
+            max: DEFAULT_PROBE_MAX,
+            good: 0,
+            congested: false,
+        }
+    }
+}
+
+impl Ladder {
+    /// The period after the first [`FAST_PROBES`] samples, before randomizing.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Judges one uncongested sample against the estimate made before it.
+    fn judge(&mut self, agrees: bool) {
+        if !agrees {
+            self.reset();
+            return;
+        }
+        self.good += 1;
+        if self.good >= LADDER_STEP {
+            self.climb();
+        }
+    }
+
+    fn climb(&mut self) {
+        self.period = (self.period * 2).min(self.max.max(PROBE_SLOW));
+        self.good = 0;
+    }
+
+    fn reset(&mut self) {
+        self.period = PROBE_SLOW;
+        self.good = 0;
+        self.congested = false;
+    }
+}
+
+/// Extra delay (µs) above which a sample may be congested.
+pub const CONGESTED_EXTRA_US: i64 = 1000;
+/// How many times the least delay a congested sample's delay is, at least.
+pub const CONGESTED_FACTOR: i64 = 4;
+
+/// Whether sample `s` queued far behind the least-delayed sample of `e`'s window: more than
+/// [`CONGESTED_FACTOR`] times its delay plus [`CONGESTED_EXTRA_US`].
+fn congested(e: &Estimate, s: &Sample) -> bool {
+    s.delay_us > e.min_delay_us.max(0) * CONGESTED_FACTOR + CONGESTED_EXTRA_US
+}
+
+/// Whether sample `s` agrees with estimate `e`: its offset is within 4 σ of the fitted line,
+/// plus half its extra delay (a slower path can be that lopsided), plus 10 µs.
+fn agrees(e: &Estimate, s: &Sample) -> bool {
+    let residual = (s.offset_us - e.offset_at(s.raw_us)).abs();
+    let extra = (s.delay_us - e.min_delay_us).max(0) as f64 / 2.0;
+    residual <= 4.0 * e.sigma_us + extra + 10.0
+}
+
 impl ClientCore {
+    /// Lets the probe period grow to `max` (from [`PROBE_SLOW`], clamped to
+    /// [`MAX_PROBE_MAX`]); the estimator's window stretches to [`SPAN_PERIODS`] of it.
+    pub fn set_probe_max(&mut self, max: Duration) {
+        self.ladder.max = max.clamp(PROBE_SLOW, MAX_PROBE_MAX);
+        let span = (self.ladder.max * SPAN_PERIODS).as_micros() as i64;
+        self.estimator.set_min_span(span);
+    }
+
+    /// The probe ladder's state.
+    pub fn ladder(&self) -> &Ladder {
+        &self.ladder
+    }
+
     /// The current estimate of (raw clock − reference), once enough probes were answered:
     /// [`READY_SAMPLES`] to get a clock close at all, [`RESYNC_SAMPLES`] once it is synced
     /// (after a change of reference; holding over is cheaper than a rough estimate then).
@@ -75,10 +174,10 @@ impl ClientCore {
     /// client whose probes always queue behind a burst gets a constant bias; at random phases
     /// the same queueing is noise that the window averages away.
     pub fn probe_interval(&mut self) -> Duration {
-        let base = if self.estimator.len() < FAST_PROBES {
+        let base = if self.estimator.len() < FAST_PROBES && !self.ladder.congested {
             PROBE_FAST
         } else {
-            PROBE_SLOW
+            self.ladder.period
         };
         base.mul_f64(self.rng.gen_range(0.5..1.5))
     }
@@ -93,11 +192,135 @@ impl ClientCore {
         if self.reference != Some(r.server_id) {
             // Another server's clock is another reference: samples do not mix.
             self.estimator.clear();
+            self.ladder.reset();
             self.reference = Some(r.server_id);
         }
         let s = Sample::from_timestamps(t1_raw, r.t2_us, r.t3_us, self.clock.raw_at(host_us));
+        if let Some(e) = self.estimator.estimate() {
+            if congested(&e, &s) {
+                if self.ladder.max > PROBE_SLOW {
+                    self.ladder.congested = true;
+                    self.ladder.climb();
+                    self.stats.probe_replies += 1;
+                    return None;
+                }
+            } else {
+                self.ladder.congested = false;
+                if self.estimator.len() >= FAST_PROBES && e.freq_ppm.is_some() {
+                    self.ladder.judge(agrees(&e, &s));
+                }
+            }
+        }
         self.estimator.add(s);
         self.stats.probe_replies += 1;
         Some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::{Discipline, VirtualClock};
+    use crate::core::protocol::Stamp;
+    use uuid::Uuid;
+
+    const SERVER: u128 = 500;
+
+    fn core() -> ClientCore {
+        ClientCore::new(
+            Uuid::from_u128(1),
+            "10.0.0.9".parse().unwrap(),
+            VirtualClock::new(0, 2_000, 10.0),
+            Discipline::default(),
+            0,
+            crate::core::logical::DEFAULT_MAX_OFFSET_US,
+        )
+    }
+
+    /// One probe at host time `*h` answered after `delay_us` (the reference is the host clock,
+    /// the path symmetric, plus `lopsided_us` on the way out); advances `*h` to the next probe.
+    /// Returns whether the reply made a sample.
+    fn probe(c: &mut ClientCore, h: &mut i64, delay_us: i64, lopsided_us: i64) -> bool {
+        let p = c.probe(*h);
+        let t2 = *h + delay_us / 2 + lopsided_us;
+        let r = ProbeReply {
+            v: PROTOCOL_VERSION,
+            server_id: Uuid::from_u128(SERVER),
+            epoch: 1,
+            client_id: c.id,
+            seq: p.seq,
+            t1_us: p.t1_us,
+            t2_us: t2,
+            t3_us: t2 + 10,
+            stamp: Stamp::default(),
+        };
+        let made = c.on_probe_reply(&r, *h + delay_us + 10).is_some();
+        *h += c.probe_interval().as_micros() as i64;
+        made
+    }
+
+    #[test]
+    fn the_period_climbs_while_samples_agree_and_drops_when_one_does_not() {
+        let mut c = core();
+        c.set_probe_max(Duration::from_secs(16));
+        let mut h = 0;
+        let mut n = 0;
+        while c.ladder().period() < Duration::from_secs(16) {
+            probe(&mut c, &mut h, 200 + (n % 7) * 5, 0);
+            n += 1;
+            assert!(
+                n < 1000,
+                "still at {:?} after {n} probes",
+                c.ladder().period()
+            );
+        }
+        // 40 fast samples, then 8 per rung from 250 ms to 16 s (6 rungs).
+        assert!(
+            (40 + 6 * LADDER_STEP as i64..=200).contains(&n),
+            "{n} probes"
+        );
+        let every = c.probe_interval();
+        assert!(every >= Duration::from_secs(8) && every < Duration::from_secs(24));
+        // The path changes by 2 ms: the first sample that says so brings the period back.
+        probe(&mut c, &mut h, 200, 2_000);
+        assert_eq!(c.ladder().period(), PROBE_SLOW);
+    }
+
+    #[test]
+    fn a_congested_sample_is_dropped_and_backs_off_at_once() {
+        let mut c = core();
+        c.set_probe_max(Duration::from_secs(4));
+        let mut h = 0;
+        for _ in 0..10 {
+            assert!(probe(&mut c, &mut h, 200, 0));
+        }
+        let before = c.estimator.len();
+        assert!(
+            !probe(&mut c, &mut h, 50_000, 20_000),
+            "queued 50 ms: no sample"
+        );
+        assert_eq!(c.estimator.len(), before);
+        assert_eq!(c.ladder().period(), PROBE_SLOW * 2);
+        assert!(
+            c.probe_interval() >= PROBE_SLOW,
+            "no 100 ms probes while congested"
+        );
+        assert!(probe(&mut c, &mut h, 200, 0), "a quick one counts again");
+    }
+
+    #[test]
+    fn without_a_ceiling_above_250_ms_probing_is_as_it_was() {
+        let mut c = core();
+        let mut h = 0;
+        for n in 0..300 {
+            assert!(probe(
+                &mut c,
+                &mut h,
+                if n == 100 { 50_000 } else { 200 },
+                0
+            ));
+        }
+        assert_eq!(c.ladder().period(), PROBE_SLOW);
+        assert!(c.probe_interval() < PROBE_SLOW * 2);
     }
 }

@@ -153,6 +153,8 @@ impl Estimate {
 #[derive(Debug, Clone, Default)]
 pub struct OffsetEstimator {
     samples: VecDeque<Sample>,
+    /// The span samples are kept for, if longer than [`MAX_SPAN_US`] (slow probing).
+    min_span_us: i64,
     /// The fit over `samples`, made when they change: it is read far more often (every
     /// logical timestamp a client makes) than a sample arrives.
     fit: Option<Estimate>,
@@ -168,11 +170,17 @@ impl OffsetEstimator {
             || self
                 .samples
                 .front()
-                .is_some_and(|f| s.raw_us - f.raw_us > MAX_SPAN_US)
+                .is_some_and(|f| s.raw_us - f.raw_us > MAX_SPAN_US.max(self.min_span_us))
         {
             self.samples.pop_front();
         }
         self.fit = self.fit_samples();
+    }
+
+    /// Keeps samples for at least `span_us` (and [`MAX_SPAN_US`]), as long as [`WINDOW`] holds
+    /// them: a client that probes slowly needs a longer span for as many samples.
+    pub fn set_min_span(&mut self, span_us: i64) {
+        self.min_span_us = span_us;
     }
 
     pub fn len(&self) -> usize {

@@ -73,6 +73,16 @@ pub fn order_key(id: &Uuid) -> String {
     format!("{ORDER_KEY_PREFIX}{id}")
 }
 
+/// Redis sorted set of live clients in election order: every member has score 0 and is
+/// `<rank>:<id>` ([`crate::core::master_election::live_member`]), so `ZRANGE … 0 k` is the `k + 1`
+/// clients the election prefers, whatever their number. Kept by the store script with
+/// [`SEEN_KEY`]; members whose client key expired are trimmed by the leader.
+pub const LIVE_KEY: &str = "ts:live";
+
+/// Redis sorted set of the same members as [`LIVE_KEY`], scored by when each client's last
+/// report was stored (Redis `TIME`, ms): what is older than the TTL has expired.
+pub const SEEN_KEY: &str = "ts:seen";
+
 /// Redis stream of the cluster's event log: entries `* e <Event JSON>`, capped
 /// (`XADD … MAXLEN ~ N`).
 pub const EVENTS_KEY: &str = "ts:events";

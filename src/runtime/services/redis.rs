@@ -68,6 +68,11 @@ impl RedisServer {
     }
 
     /// Kills it (its data is gone: it keeps nothing on disk).
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Process::pid)
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.kill();

@@ -1,0 +1,293 @@
+//! Scale benchmark: one ts-server, the machine's RabbitMQ, a private Redis, two lone clients
+//! and a swarm (`ts-client --swarm`) making N clients in all, measured against the truth.
+//!
+//! The two lone clients have the lowest addresses (10.0.0.1, 10.0.0.2), the swarm the rest
+//! (from 10.1.0.1), so the first lone client is master and the failover can kill a master
+//! process without touching the swarm. Every client shares the host clock, so each report's
+//! `true_offset_us` is exact and an error is a client's true offset minus the master's at the
+//! same instant (interpolated between the master's reports).
+//!
+//! After every client is live and within 1 ms of the master, and a settle pause, a steady
+//! window of `--duration` seconds measures: reports stored per second and as a share of the
+//! reports due (N per report interval), the true errors (median, p99, max), whether the
+//! numerically lowest live address is master, the CPU of the server, the broker and Redis (in
+//! cores), and the swarm's resident memory. Then the master is killed and `failover_s` is the
+//! time until another client is master (TTL 3 s, tick 1 s).
+//!
+//! Run: `cargo bench --bench scale -- --clients N --duration S` (also `--settle S`,
+//! `--probe-max-ms MS` for every client, default 16000; `--connections C` and `--group G` for
+//! the swarm). Ends with one line:
+//! `scale clients=… reports_per_s=… stored_ratio=… median_us=… p99_us=… max_us=… master_ok=…
+//! failover_s=… server_cpu=… broker_cpu=… redis_cpu=… swarm_cpu=… swarm_rss_mb=… swarm_kb_per_client=…`.
+
+#[path = "support.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{arg, Services};
+use time_sync::cache::ReportStore;
+use time_sync::core::clock::{Clock, SystemClock};
+use time_sync::core::master_election::ip_rank;
+use time_sync::core::protocol::Algorithm;
+use time_sync::measure::{Stats, TrueOffsets};
+use uuid::Uuid;
+
+/// Server TTL: failover in seconds.
+const TTL_S: u64 = 3;
+/// |error| below which a client counts as converged (µs).
+const CONVERGED_US: i64 = 1000;
+/// Lone clients, below the swarm.
+const LONE: usize = 2;
+/// The swarm's first address.
+const SWARM_BASE: &str = "10.1.0.1";
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at "state" (field 3).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15: 11 and 12 after "state".
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// Resident memory of a process (MB).
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The machine's RabbitMQ (its Erlang VM).
+fn broker_pid() -> Option<u32> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-o", "beam.smp"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// CPU used by each of `pids` between two readings, in cores.
+struct Cpu {
+    at: Instant,
+    used: Vec<f64>,
+}
+
+impl Cpu {
+    fn read(pids: &[u32]) -> Cpu {
+        Cpu {
+            at: Instant::now(),
+            used: pids.iter().map(|p| cpu_s(*p)).collect(),
+        }
+    }
+
+    fn since(&self, earlier: &Cpu) -> Vec<f64> {
+        let dt = (self.at - earlier.at).as_secs_f64();
+        self.used
+            .iter()
+            .zip(&earlier.used)
+            .map(|(a, b)| (a - b) / dt)
+            .collect()
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n = arg("--clients", 1000) as usize;
+    let duration = Duration::from_secs(arg("--duration", 60));
+    let settle = Duration::from_secs(arg("--settle", 30));
+    let probe_max = arg("--probe-max-ms", 16_000).to_string();
+    let connections = arg("--connections", 4).to_string();
+    let group = arg("--group", 100).to_string();
+    assert!(n > LONE, "--clients must be above {LONE}");
+    let mut svc = Services::start("ts-bench-scale");
+    let store = svc.store().await;
+    let (amqp, redis) = (svc.amqp_url(), svc.redis_url());
+    let server_args: Vec<String> = [
+        "--amqp-url",
+        &amqp,
+        "--redis-url",
+        &redis,
+        "--no-log-file",
+        "--ttl",
+        &TTL_S.to_string(),
+        "--key-dir",
+        &svc.server_keys(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let server = svc.spawn(env!("CARGO_BIN_EXE_ts-server"), &server_args);
+    let common = |key_dir: String| -> Vec<String> {
+        [
+            "--amqp-url",
+            &amqp,
+            "--no-log-file",
+            "--skew",
+            "3600",
+            "--drift-ppm",
+            "50",
+            "--probe-max-ms",
+            &probe_max,
+            "--key-dir",
+            &key_dir,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut lone = Vec::new();
+    for i in 0..LONE {
+        let id = Uuid::from_u128(0x5ca1e + i as u128);
+        let mut args = common(svc.client_keys(id));
+        args.extend([
+            "--id".into(),
+            id.to_string(),
+            "--ip".into(),
+            format!("10.0.0.{}", i + 1),
+            "--seed".into(),
+            i.to_string(),
+        ]);
+        lone.push((id, svc.spawn(env!("CARGO_BIN_EXE_ts-client"), &args)));
+    }
+    let swarm_ids: Vec<Uuid> = (0..n - LONE)
+        .map(|i| Uuid::from_u128(0x5a_0000_0000 + i as u128))
+        .collect();
+    let swarm_keys = svc.dir().join("keys").join("swarm");
+    time_sync::keys::write_ring(&swarm_keys, &svc.keys.swarm_ring(&swarm_ids)).unwrap();
+    let mut args = common(swarm_keys.display().to_string());
+    args.extend(
+        [
+            "--swarm",
+            &(n - LONE).to_string(),
+            "--swarm-ip-base",
+            SWARM_BASE,
+            "--swarm-connections",
+            &connections,
+            "--swarm-group",
+            &group,
+            "--seed",
+            "42",
+        ]
+        .map(String::from),
+    );
+    let t0 = Instant::now();
+    let swarm = svc.spawn(env!("CARGO_BIN_EXE_ts-client"), &args);
+    let swarm_pid = svc.procs[swarm].pid();
+    let server_pid = svc.procs[server].pid();
+    let broker = broker_pid().expect("the machine's RabbitMQ (beam.smp) runs");
+    let redis_pid = svc.redis.pid().expect("the bench's redis-server runs");
+    // Everyone live, then everyone within 1 ms.
+    let ttl = Duration::from_secs(TTL_S);
+    let join_by = Instant::now() + Duration::from_secs(60 + n as u64 / 100);
+    while store.live_count(ttl).await.unwrap_or(0) < n {
+        assert!(
+            Instant::now() < join_by,
+            "only {} of {n} clients live after {:?} (logs: {})",
+            store.live_count(ttl).await.unwrap_or(0),
+            t0.elapsed(),
+            svc.keep_logs().display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let live_s = t0.elapsed().as_secs_f64();
+    let mut series = TrueOffsets::default();
+    let converge_by = Instant::now() + Duration::from_secs(120);
+    let mut probes = (Instant::now(), 0);
+    let swarm_cpu = Cpu::read(&[swarm_pid]);
+    while !series.converged(Algorithm::Master, n, CONVERGED_US, 2) && Instant::now() < converge_by {
+        series.poll(&store).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if probes.0.elapsed() >= Duration::from_secs(10) {
+            let answered = store.stat_total("probes_answered").await.unwrap_or(0);
+            let recent = Stats::of(
+                series
+                    .errors(Algorithm::Master)
+                    .into_iter()
+                    .filter(|(_, h, _)| *h >= SystemClock.now_us() - 2_000_000)
+                    .map(|(_, _, e)| e),
+            );
+            println!(
+                "  {:.0} s: probes answered {:.0}/s, swarm cpu {:.2}, last 2 s: median {} µs, max {} µs",
+                t0.elapsed().as_secs_f64(),
+                (answered - probes.1) as f64 / probes.0.elapsed().as_secs_f64(),
+                Cpu::read(&[swarm_pid]).since(&swarm_cpu)[0],
+                recent.median_us,
+                recent.max_us
+            );
+            probes = (Instant::now(), answered);
+        }
+    }
+    let converged_s = t0.elapsed().as_secs_f64();
+    let settle_until = Instant::now() + settle;
+    while Instant::now() < settle_until {
+        series.poll(&store).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // The steady window.
+    let pids = [server_pid, broker, redis_pid, swarm_pid];
+    let stored_before = store.stat_total("reports_stored").await.unwrap();
+    let cpu_before = Cpu::read(&pids);
+    let from = SystemClock.now_us();
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        series.poll(&store).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let to = SystemClock.now_us();
+    let cpu = Cpu::read(&pids).since(&cpu_before);
+    let stored = store.stat_total("reports_stored").await.unwrap() - stored_before;
+    let window_s = (to - from) as f64 / 1e6;
+    let reports_per_s = stored as f64 / window_s;
+    let stored_ratio = reports_per_s / n as f64;
+    let errs = Stats::of(
+        series
+            .errors(Algorithm::Master)
+            .into_iter()
+            .filter(|(_, h, _)| *h >= from && *h <= to)
+            .map(|(_, _, e)| e),
+    );
+    let rss = rss_mb(swarm_pid);
+    let live = store.live_after(None, 1).await.unwrap();
+    let master = store.master().await.unwrap().expect("a master");
+    let master_ok = live
+        .first()
+        .is_some_and(|l| l.report.id == master.id && ip_rank(&l.report.ip) == ip_rank(&master.ip));
+    // Failover: kill the master's process; time until another client is master.
+    let failover = match lone.iter().find(|(id, _)| *id == master.id) {
+        Some((_, idx)) => {
+            let killed = Instant::now();
+            svc.kill(*idx);
+            let mut took = None;
+            while killed.elapsed() < Duration::from_secs(TTL_S + 20) {
+                if let Ok(Some(m)) = store.master().await {
+                    if m.id != master.id {
+                        took = Some(killed.elapsed());
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            took.map_or("none".into(), |t| format!("{:.1}", t.as_secs_f64()))
+        }
+        None => "none".into(),
+    };
+    println!(
+        "  live after {live_s:.1} s, converged after {converged_s:.1} s, steady window {window_s:.0} s, {} error samples",
+        errs.samples
+    );
+    println!(
+        "scale clients={n} reports_per_s={reports_per_s:.0} stored_ratio={stored_ratio:.4} median_us={} p99_us={} max_us={} master_ok={master_ok} failover_s={failover} server_cpu={:.2} broker_cpu={:.2} redis_cpu={:.2} swarm_cpu={:.2} swarm_rss_mb={rss:.0} swarm_kb_per_client={:.1}",
+        errs.median_us,
+        errs.p99_us,
+        errs.max_us,
+        cpu[0],
+        cpu[1],
+        cpu[2],
+        cpu[3],
+        rss * 1024.0 / (n - LONE) as f64,
+    );
+}
