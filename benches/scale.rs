@@ -107,20 +107,8 @@ async fn main() {
     assert!(n > LONE, "--clients must be above {LONE}");
     let mut svc = Services::start("ts-bench-scale");
     let store = svc.store().await;
-    let (amqp, redis) = (svc.amqp_url(), svc.redis_url());
-    let server_args: Vec<String> = [
-        "--amqp-url",
-        &amqp,
-        "--redis-url",
-        &redis,
-        "--no-log-file",
-        "--ttl",
-        &TTL_S.to_string(),
-        "--key-dir",
-        &svc.server_keys(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let amqp = svc.amqp_url();
+    let server_args = svc.server_args(TTL_S, &[]);
     let server = svc.spawn(env!("CARGO_BIN_EXE_ts-server"), &server_args);
     let common = |key_dir: String| -> Vec<String> {
         [

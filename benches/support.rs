@@ -61,6 +61,25 @@ impl Services {
         dir.display().to_string()
     }
 
+    /// A `ts-server`'s flags for these services, with TTL `ttl_s` and `extra` flags.
+    pub fn server_args(&self, ttl_s: u64, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--amqp-url",
+            &self.amqp_url(),
+            "--redis-url",
+            &self.redis_url(),
+            "--no-log-file",
+            "--ttl",
+            &ttl_s.to_string(),
+            "--key-dir",
+            &self.server_keys(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
     /// Where the processes' output goes (`proc-<n>.out`).
     pub fn dir(&self) -> &Path {
         &self.dir

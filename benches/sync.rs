@@ -133,24 +133,16 @@ struct Outcome {
 async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
     let mut svc = Services::start(&format!("ts-bench-sync-{}", alg.as_str()));
     let store = svc.store().await;
-    let (amqp, redis) = (svc.amqp_url(), svc.redis_url());
-    let server_args: Vec<String> = [
-        "--amqp-url",
-        &amqp,
-        "--redis-url",
-        &redis,
-        "--no-log-file",
-        "--ttl",
-        &TTL_S.to_string(),
-        "--algorithm",
-        alg.as_str(),
-        "--berkeley-interval-ms",
-        &o.berkeley_interval_ms.to_string(),
-        "--key-dir",
-        &svc.server_keys(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let amqp = svc.amqp_url();
+    let server_args = svc.server_args(
+        TTL_S,
+        &[
+            "--algorithm",
+            alg.as_str(),
+            "--berkeley-interval-ms",
+            &o.berkeley_interval_ms.to_string(),
+        ],
+    );
     svc.spawn(env!("CARGO_BIN_EXE_ts-server"), &server_args);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let t0 = SystemClock.now_us();

@@ -720,6 +720,16 @@ mod tests {
     /// Answers a probe from a reference clock equal to the host clock, with the given one-way
     /// delays, and feeds the reply back.
     fn probe_round(c: &mut ClientCore, host: i64, up: i64, down: i64) {
+        answer(c, host, up, down).unwrap();
+    }
+
+    /// [`probe_round`], saying whether the reply made a sample.
+    pub(super) fn answer(
+        c: &mut ClientCore,
+        host: i64,
+        up: i64,
+        down: i64,
+    ) -> Option<crate::core::clock::Sample> {
         let p = c.probe(host);
         let t2 = host + up;
         let reply = ProbeReply {
@@ -733,7 +743,7 @@ mod tests {
             t3_us: t2 + 10,
             stamp: Stamp::default(),
         };
-        c.on_probe_reply(&reply, t2 + 10 + down).unwrap();
+        c.on_probe_reply(&reply, t2 + 10 + down)
     }
 
     #[test]

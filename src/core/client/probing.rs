@@ -219,12 +219,10 @@ impl ClientCore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::answer;
     use super::*;
     use crate::core::clock::{Discipline, VirtualClock};
-    use crate::core::protocol::Stamp;
     use uuid::Uuid;
-
-    const SERVER: u128 = 500;
 
     fn core() -> ClientCore {
         ClientCore::new(
@@ -241,20 +239,8 @@ mod tests {
     /// the path symmetric, plus `lopsided_us` on the way out); advances `*h` to the next probe.
     /// Returns whether the reply made a sample.
     fn probe(c: &mut ClientCore, h: &mut i64, delay_us: i64, lopsided_us: i64) -> bool {
-        let p = c.probe(*h);
-        let t2 = *h + delay_us / 2 + lopsided_us;
-        let r = ProbeReply {
-            v: PROTOCOL_VERSION,
-            server_id: Uuid::from_u128(SERVER),
-            epoch: 1,
-            client_id: c.id,
-            seq: p.seq,
-            t1_us: p.t1_us,
-            t2_us: t2,
-            t3_us: t2 + 10,
-            stamp: Stamp::default(),
-        };
-        let made = c.on_probe_reply(&r, *h + delay_us + 10).is_some();
+        let (up, down) = (delay_us / 2 + lopsided_us, delay_us / 2 - lopsided_us);
+        let made = answer(c, *h, up, down).is_some();
         *h += c.probe_interval().as_micros() as i64;
         made
     }
