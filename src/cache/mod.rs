@@ -58,7 +58,7 @@ pub trait ReportStore: Clone + Send + Sync + 'static {
     fn live_count(&self, ttl: Duration) -> impl Future<Output = Result<usize>> + Send;
 
     /// Drops clients whose reports expired more than `ttl` ago from the live index (the leader,
-    /// every tick); returns how many.
+    /// whenever it reads the index); returns how many.
     fn trim_live(&self, ttl: Duration) -> impl Future<Output = Result<usize>> + Send;
 
     /// The current master, if one was ever stored.

@@ -102,8 +102,8 @@ local t = redis.call('TIME')
 local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 return redis.call('ZCOUNT', KEYS[1], '(' .. (now_ms - tonumber(ARGV[1])), '+inf')
 ";
-/// Members trimmed from the live index per tick at most (a leader ticks every second, so a
-/// mass departure of any size is gone within seconds).
+/// Members trimmed from the live index per trim at most (a leader trims at least every 10 s,
+/// so even a mass departure of 10,000 is gone within a minute; readers skip them meanwhile).
 pub const TRIM_BATCH: usize = 5000;
 /// Slack (ms) added to the TTL before a member counts as expired: Redis expires keys at
 /// whole-millisecond resolution, a little after their time.

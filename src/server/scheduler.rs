@@ -117,12 +117,11 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
     /// One tick: elect if needed, and return the update to broadcast (`None`: no live clients).
     pub async fn tick(&mut self) -> Result<Option<MasterUpdate>> {
         let current = self.store.master().await?;
-        // The common case costs one GET: the master is alive. Only an election, and a look for
+        // The common case costs two GETs: the master is alive. Only an election, and a look for
         // a lower address to hand over to every HANDOVER_SCAN, read the live index's lowest
         // entries: the same few reads with 3 clients or 10,000.
         let mut live = Vec::new();
         let now = self.clock.now_us();
-        let _ = self.store.trim_live(self.ttl).await?;
         // A held election (or hand-over) is decided on the same candidates the next tick.
         let scan = self.election_armed
             || self
@@ -132,6 +131,8 @@ impl<S: ReportStore, C: Clock> Scheduler<S, C> {
             live.extend(self.store.report(&cur.id).await?);
         }
         if scan || live.is_empty() {
+            // Stale members only cost memory (readers skip them): trimmed when the index is read.
+            self.store.trim_live(self.ttl).await?;
             for r in self.store.live_after(None, CANDIDATES).await? {
                 if !live.iter().any(|l| l.report.id == r.report.id) {
                     live.push(r);
