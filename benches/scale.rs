@@ -24,7 +24,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::{arg, Services};
+use support::{arg, broker_pid, rss_mb, Cpu, Services};
 use time_sync::cache::ReportStore;
 use time_sync::core::clock::{Clock, SystemClock};
 use time_sync::core::master_election::ip_rank;
@@ -40,61 +40,6 @@ const CONVERGED_US: i64 = 1000;
 const LONE: usize = 2;
 /// The swarm's first address.
 const SWARM_BASE: &str = "10.1.0.1";
-
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at "state" (field 3).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15: 11 and 12 after "state".
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
-}
-
-/// Resident memory of a process (MB).
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// The machine's RabbitMQ (its Erlang VM).
-fn broker_pid() -> Option<u32> {
-    let out = std::process::Command::new("pgrep")
-        .args(["-o", "beam.smp"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-/// CPU used by each of `pids` between two readings, in cores.
-struct Cpu {
-    at: Instant,
-    used: Vec<f64>,
-}
-
-impl Cpu {
-    fn read(pids: &[u32]) -> Cpu {
-        Cpu {
-            at: Instant::now(),
-            used: pids.iter().map(|p| cpu_s(*p)).collect(),
-        }
-    }
-
-    fn since(&self, earlier: &Cpu) -> Vec<f64> {
-        let dt = (self.at - earlier.at).as_secs_f64();
-        self.used
-            .iter()
-            .zip(&earlier.used)
-            .map(|(a, b)| (a - b) / dt)
-            .collect()
-    }
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
