@@ -11,7 +11,9 @@
 //! window of `--duration` seconds measures: reports stored per second and as a share of the
 //! reports due (N per report interval), the true errors (median, p99, max), whether the
 //! numerically lowest live address is master, the CPU of the server, the broker and Redis (in
-//! cores), and the swarm's resident memory. Then the master is killed and `failover_s` is the
+//! cores), and the swarm's resident memory. While clients join and converge, a line every 10 s
+//! says where the load goes (queue depths, refusals, CPU); after the window, how many clients
+//! were ever > 1 ms off, and the five worst. Then the master is killed and `failover_s` is the
 //! time until another client is master (TTL 3 s, tick 1 s).
 //!
 //! Run: `cargo bench --bench scale -- --clients N --duration S` (also `--settle S`,
@@ -40,6 +42,75 @@ const CONVERGED_US: i64 = 1000;
 const LONE: usize = 2;
 /// The swarm's first address.
 const SWARM_BASE: &str = "10.1.0.1";
+
+/// Every 10 s while clients join and converge: where the load goes and where reports are lost
+/// (queue depths, refusals, each process's CPU), so a run that falls short says why.
+struct Progress {
+    ch: lapin::Channel,
+    pids: [u32; 4],
+    last: (Instant, Cpu, u64, u64),
+}
+
+impl Progress {
+    async fn new(amqp: &str, pids: [u32; 4], store: &time_sync::cache::RedisStore) -> Progress {
+        let conn = lapin::Connection::connect(amqp, Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        std::mem::forget(conn); // lives as long as the bench
+        let counts = Self::counts(store).await;
+        Progress {
+            ch,
+            pids,
+            last: (Instant::now(), Cpu::read(&pids), counts.0, counts.1),
+        }
+    }
+
+    /// (reports stored, probes answered).
+    async fn counts(store: &time_sync::cache::RedisStore) -> (u64, u64) {
+        (
+            store.stat_total("reports_stored").await.unwrap_or(0),
+            store.stat_total("probes_answered").await.unwrap_or(0),
+        )
+    }
+
+    /// Messages waiting in `queue` (a passive declare answers the count).
+    async fn depth(&self, queue: &str) -> u32 {
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        self.ch
+            .queue_declare(queue.into(), passive, Default::default())
+            .await
+            .map_or(0, |q| q.message_count())
+    }
+
+    async fn print(&mut self, t0: Instant, store: &time_sync::cache::RedisStore, ttl: Duration) {
+        if self.last.0.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        let dt = self.last.0.elapsed().as_secs_f64();
+        let (stored, probes) = Self::counts(store).await;
+        let cpu = Cpu::read(&self.pids);
+        let used = cpu.since(&self.last.1);
+        let live = store.live_count(ttl).await.unwrap_or(0);
+        let replays = store.stat_total("rejected_replay").await.unwrap_or(0);
+        println!(
+            "  {:.0} s: live {live}, stored {:.0}/s, probes answered {:.0}/s, queued reports {} probes {}, refused as out of order {replays}; CPU server {:.2} broker {:.2} redis {:.2} swarm {:.2}",
+            t0.elapsed().as_secs_f64(),
+            (stored - self.last.2) as f64 / dt,
+            (probes - self.last.3) as f64 / dt,
+            self.depth(time_sync::core::protocol::REPORTS_QUEUE).await,
+            self.depth(time_sync::core::protocol::RPC_QUEUE).await,
+            used[0],
+            used[1],
+            used[2],
+            used[3],
+        );
+        self.last = (Instant::now(), cpu, stored, probes);
+    }
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -113,10 +184,13 @@ async fn main() {
     let server_pid = svc.procs[server].pid();
     let broker = broker_pid().expect("the machine's RabbitMQ (beam.smp) runs");
     let redis_pid = svc.redis.pid().expect("the bench's redis-server runs");
+    let pids = [server_pid, broker, redis_pid, swarm_pid];
+    let mut progress = Progress::new(&amqp, pids, &store).await;
     // Everyone live, then everyone within 1 ms.
     let ttl = Duration::from_secs(TTL_S);
     let join_by = Instant::now() + Duration::from_secs(60 + n as u64 / 100);
     while store.live_count(ttl).await.unwrap_or(0) < n {
+        progress.print(t0, &store, ttl).await;
         assert!(
             Instant::now() < join_by,
             "only {} of {n} clients live after {:?} (logs: {})",
@@ -129,30 +203,10 @@ async fn main() {
     let live_s = t0.elapsed().as_secs_f64();
     let mut series = TrueOffsets::default();
     let converge_by = Instant::now() + Duration::from_secs(120);
-    let mut probes = (Instant::now(), 0);
-    let swarm_cpu = Cpu::read(&[swarm_pid]);
     while !series.converged(Algorithm::Master, n, CONVERGED_US, 2) && Instant::now() < converge_by {
         series.poll(&store).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if probes.0.elapsed() >= Duration::from_secs(10) {
-            let answered = store.stat_total("probes_answered").await.unwrap_or(0);
-            let recent = Stats::of(
-                series
-                    .errors(Algorithm::Master)
-                    .into_iter()
-                    .filter(|(_, h, _)| *h >= SystemClock.now_us() - 2_000_000)
-                    .map(|(_, _, e)| e),
-            );
-            println!(
-                "  {:.0} s: probes answered {:.0}/s, swarm cpu {:.2}, last 2 s: median {} µs, max {} µs",
-                t0.elapsed().as_secs_f64(),
-                (answered - probes.1) as f64 / probes.0.elapsed().as_secs_f64(),
-                Cpu::read(&[swarm_pid]).since(&swarm_cpu)[0],
-                recent.median_us,
-                recent.max_us
-            );
-            probes = (Instant::now(), answered);
-        }
+        progress.print(t0, &store, ttl).await;
     }
     let converged_s = t0.elapsed().as_secs_f64();
     let settle_until = Instant::now() + settle;
@@ -161,7 +215,6 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     // The steady window.
-    let pids = [server_pid, broker, redis_pid, swarm_pid];
     let stored_before = store.stat_total("reports_stored").await.unwrap();
     let cpu_before = Cpu::read(&pids);
     let from = SystemClock.now_us();
@@ -183,6 +236,26 @@ async fn main() {
             .filter(|(_, h, _)| *h >= from && *h <= to)
             .map(|(_, _, e)| e),
     );
+    // Who the large errors belong to: a few clients, or the crowd?
+    let mut worst: std::collections::HashMap<Uuid, (i64, usize, i64, i64)> = Default::default();
+    for (id, h, e) in series.errors(Algorithm::Master) {
+        if h < from || h > to {
+            continue;
+        }
+        let w = worst.entry(id).or_insert((0, 0, e, e));
+        w.0 = w.0.max(e.abs());
+        w.1 += usize::from(e.abs() > CONVERGED_US);
+        w.3 = e;
+    }
+    let mut worst: Vec<_> = worst.into_iter().collect();
+    worst.sort_by_key(|(_, w)| -w.0);
+    println!(
+        "  clients with an error above {CONVERGED_US} µs in the window: {}",
+        worst.iter().filter(|(_, w)| w.1 > 0).count()
+    );
+    for (id, (max, over, first, last)) in worst.iter().take(5) {
+        println!("    {id}: max {max} µs, {over} samples above, first {first} µs, last {last} µs");
+    }
     let rss = rss_mb(swarm_pid);
     let live = store.live_after(None, 1).await.unwrap();
     let master = store.master().await.unwrap().expect("a master");

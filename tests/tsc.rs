@@ -127,6 +127,17 @@ async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
         8,
         "header + 7 ids"
     );
+    // --limit pages the list and says how many it left out.
+    let page = t.ok(&["clients", "list", "--limit", "2"]).stdout;
+    assert_eq!(
+        page.lines().count(),
+        4,
+        "header, 2 ids, the rest counted: {page}"
+    );
+    assert!(page.contains("... and 5 more"), "{page}");
+    let page = t.ok(&["--json", "clients", "list", "--limit", "2"]).json();
+    assert_eq!(page["clients"].as_array().map(Vec::len), Some(2), "{page}");
+    assert_eq!(page["total"], 7, "{page}");
     // More than fit in the cluster's /24: refused before any is started.
     let too_many = t.run(&["clients", "add", "-n", "230"]);
     assert_eq!(too_many.code, 2, "{}", too_many.stderr);

@@ -16,10 +16,13 @@ use serde_json::json;
 
 #[derive(Subcommand, Debug)]
 pub enum ClientsCommand {
-    /// List clients (ids; -v: a table with clocks and offsets).
+    /// List clients (ids; -v: a table with clocks and offsets), at most --limit of them.
     List {
         #[arg(short, long)]
         verbose: bool,
+        /// Show at most this many clients (in address order), then say how many were left out.
+        #[arg(long, default_value_t = DEFAULT_LIST_LIMIT)]
+        limit: usize,
     },
     /// Show one client.
     Get {
@@ -110,6 +113,10 @@ pub fn time_change(time: Option<&str>, shift: Option<f64>) -> CliResult<TimeChan
     }
 }
 
+/// Clients `tsc clients list` shows unless `--limit` says otherwise: a table of 10,000 helps
+/// nobody, and the count says how many there are.
+pub const DEFAULT_LIST_LIMIT: usize = 1000;
+
 /// Largest shift accepted (s): a year.
 pub const MAX_SHIFT_SECS: f64 = 366.0 * 86_400.0;
 
@@ -185,7 +192,7 @@ pub async fn remove_client(rt: &Runtime, state: &mut State, client: &str) -> Cli
     Ok(node)
 }
 
-fn client_table(rows: &[ClientRow]) -> Table {
+fn client_table(rows: &[&ClientRow]) -> Table {
     let mut t = Table::new();
     t.load_style(UTF8_FULL_CONDENSED);
     t.set_header([
@@ -257,21 +264,33 @@ pub async fn clients(
     out: &Out,
 ) -> CliResult<u8> {
     match cmd {
-        ClientsCommand::List { verbose } => {
+        ClientsCommand::List { verbose, limit } => {
             let s = snapshot(rt, state).await?;
+            let shown: Vec<&ClientRow> = s
+                .rows
+                .iter()
+                .filter(|r| verbose || out.json || r.state != "silent")
+                .collect();
+            let total = shown.len();
+            let page = &shown[..total.min(limit)];
             if out.json {
-                out.json(json!({"clients": s.rows, "master": s.master}));
+                out.json(
+                    json!({"clients": page, "total": total, "limit": limit, "master": s.master}),
+                );
             } else {
+                out.line(&format!("Found {total} clients in cluster:"));
                 if verbose {
-                    out.line(&format!("Found {} clients in cluster:", s.rows.len()));
-                    out.line(&client_table(&s.rows).to_string());
+                    out.line(&client_table(page).to_string());
                 } else {
-                    let shown: Vec<&ClientRow> =
-                        s.rows.iter().filter(|r| r.state != "silent").collect();
-                    out.line(&format!("Found {} clients in cluster:", shown.len()));
-                    for r in shown {
+                    for r in page {
                         out.line(&r.id);
                     }
+                }
+                if total > page.len() {
+                    out.line(&format!(
+                        "... and {} more (--limit {limit}; in address order)",
+                        total - page.len()
+                    ));
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! they make (see [`crate::core::clock::estimator`]).
 
 use super::ClientCore;
+use crate::core::clock::estimator::congestion_bound;
 use crate::core::clock::{Estimate, Sample};
 use crate::core::protocol::{Probe, ProbeReply, PROTOCOL_VERSION};
 use rand::Rng;
@@ -26,6 +27,9 @@ pub const SPAN_PERIODS: u32 = 64;
 pub const FAST_PROBES: usize = 40;
 /// Probes awaiting a reply; older ones are forgotten (their replies are too late to be useful).
 pub const MAX_PENDING_PROBES: usize = 32;
+/// A forgotten probe sent less than this long ago went unanswered because of overload, not
+/// because of one lost message long ago.
+pub const UNANSWERED: Duration = Duration::from_secs(10);
 /// Probe samples needed before the estimate is used (half a second of fast probes): the very
 /// first probes of a connection are the slowest and most lopsided.
 pub const READY_SAMPLES: usize = 5;
@@ -35,10 +39,14 @@ pub const RESYNC_SAMPLES: usize = 20;
 
 /// Adaptive probing, as NTP's poll interval: the probe period doubles, from [`PROBE_SLOW`] up
 /// to `max`, after every [`LADDER_STEP`] consecutive samples that agree with the estimate, and
-/// drops back to [`PROBE_SLOW`] at the first that does not (the clock or the path changed) and
-/// whenever the estimate starts over (a new reference). A congested sample (its delay far above
-/// the window's least, [`congested`]) says nothing about the clock and loads the path further:
-/// it doubles the period at once (even while converging), and the estimator does not keep it.
+/// halves at each one that does not (the clock or the path changed; one rung at a time, as
+/// NTP's poll adjustment, so a crowd whose samples disagree because the reference is
+/// overloaded does not all return to 250 ms at once); it drops to [`PROBE_SLOW`] whenever the
+/// estimate starts over (a new reference). A congested sample (its delay far above the window's
+/// least, [`congested`]) says nothing about the clock and loads the path further: it doubles the
+/// period at once (even while converging), and the estimator does not keep it. So does a probe
+/// that went unanswered for [`UNANSWERED`] while [`MAX_PENDING_PROBES`] others were sent after
+/// it: the reference or the path is overloaded.
 #[derive(Debug, Clone)]
 pub struct Ladder {
     period: Duration,
@@ -68,7 +76,8 @@ impl Ladder {
     /// Judges one uncongested sample against the estimate made before it.
     fn judge(&mut self, agrees: bool) {
         if !agrees {
-            self.reset();
+            self.period = (self.period / 2).max(PROBE_SLOW);
+            self.good = 0;
             return;
         }
         self.good += 1;
@@ -89,15 +98,10 @@ impl Ladder {
     }
 }
 
-/// Extra delay (µs) above which a sample may be congested.
-pub const CONGESTED_EXTRA_US: i64 = 1000;
-/// How many times the least delay a congested sample's delay is, at least.
-pub const CONGESTED_FACTOR: i64 = 4;
-
-/// Whether sample `s` queued far behind the least-delayed sample of `e`'s window: more than
-/// [`CONGESTED_FACTOR`] times its delay plus [`CONGESTED_EXTRA_US`].
+/// Whether sample `s` queued far behind the least-delayed sample of `e`'s window
+/// ([`congestion_bound`]).
 fn congested(e: &Estimate, s: &Sample) -> bool {
-    s.delay_us > e.min_delay_us.max(0) * CONGESTED_FACTOR + CONGESTED_EXTRA_US
+    s.delay_us > congestion_bound(e.min_delay_us)
 }
 
 /// Whether sample `s` agrees with estimate `e`: its offset is within 4 σ of the fitted line,
@@ -123,10 +127,14 @@ impl ClientCore {
     }
 
     /// The current estimate of (raw clock − reference), once enough probes were answered:
-    /// [`READY_SAMPLES`] to get a clock close at all, [`RESYNC_SAMPLES`] once it is synced
-    /// (after a change of reference; holding over is cheaper than a rough estimate then).
+    /// [`READY_SAMPLES`] to get a clock close at all, [`RESYNC_SAMPLES`] once it was synced by
+    /// reference offsets (after a change of reference; holding over is cheaper than a rough
+    /// estimate then). A clock synced by the fallback alone (updates came before its probes
+    /// were answered, as for a crowd's late joiners) has nothing better to hold over with: the
+    /// fallback is off by however long the update waited (at 5,000 clients, the fan-out took
+    /// ~0.2 s), so [`READY_SAMPLES`] do.
     pub fn estimate(&self) -> Option<Estimate> {
-        let needed = if self.synced {
+        let needed = if self.synced && self.ref_synced {
             RESYNC_SAMPLES
         } else {
             READY_SAMPLES
@@ -155,11 +163,15 @@ impl ClientCore {
     pub fn probe(&mut self, host_us: i64) -> Probe {
         self.probe_seq += 1;
         self.stats.probes_sent += 1;
+        let raw = self.clock.raw_at(host_us);
         if self.pending.len() == MAX_PENDING_PROBES {
-            self.pending.pop_front();
+            let sent = self.pending.pop_front().map_or(i64::MIN, |(_, t)| t);
+            if raw - sent < UNANSWERED.as_micros() as i64 && self.ladder.max > PROBE_SLOW {
+                self.ladder.congested = true;
+                self.ladder.climb();
+            }
         }
-        self.pending
-            .push_back((self.probe_seq, self.clock.raw_at(host_us)));
+        self.pending.push_back((self.probe_seq, raw));
         Probe {
             v: PROTOCOL_VERSION,
             id: self.id,
@@ -267,8 +279,42 @@ mod tests {
         );
         let every = c.probe_interval();
         assert!(every >= Duration::from_secs(8) && every < Duration::from_secs(24));
-        // The path changes by 2 ms: the first sample that says so brings the period back.
+        // The path changes by 2 ms: each sample that says so halves the period.
         probe(&mut c, &mut h, 200, 2_000);
+        assert_eq!(c.ladder().period(), Duration::from_secs(8));
+        probe(&mut c, &mut h, 200, 2_000);
+        assert_eq!(c.ladder().period(), Duration::from_secs(4));
+        let mut ladder = c.ladder().clone();
+        for _ in 0..10 {
+            ladder.judge(false);
+        }
+        assert_eq!(ladder.period(), PROBE_SLOW, "never below 250 ms");
+    }
+
+    #[test]
+    fn unanswered_probes_back_off() {
+        let mut c = core();
+        c.set_probe_max(Duration::from_secs(16));
+        let mut h = 0;
+        // Converging: probes at 100 ms, none answered (the reference is swamped).
+        for _ in 0..MAX_PENDING_PROBES {
+            c.probe(h);
+            h += c.probe_interval().as_micros() as i64;
+        }
+        assert_eq!(c.ladder().period(), PROBE_SLOW, "nothing forgotten yet");
+        for _ in 0..3 {
+            c.probe(h);
+            h += c.probe_interval().as_micros() as i64;
+        }
+        assert_eq!(c.ladder().period(), PROBE_SLOW * 8);
+        assert!(c.probe_interval() >= PROBE_SLOW * 4, "no 100 ms probes");
+        // Without a ceiling, nothing changes.
+        let mut c = core();
+        let mut h = 0;
+        for _ in 0..2 * MAX_PENDING_PROBES {
+            c.probe(h);
+            h += c.probe_interval().as_micros() as i64;
+        }
         assert_eq!(c.ladder().period(), PROBE_SLOW);
     }
 
