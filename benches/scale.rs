@@ -46,6 +46,7 @@ const SWARM_BASE: &str = "10.1.0.1";
 /// Every 10 s while clients join and converge: where the load goes and where reports are lost
 /// (queue depths, refusals, each process's CPU), so a run that falls short says why.
 struct Progress {
+    _conn: lapin::Connection,
     ch: lapin::Channel,
     pids: [u32; 4],
     last: (Instant, Cpu, u64, u64),
@@ -57,9 +58,9 @@ impl Progress {
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
-        std::mem::forget(conn); // lives as long as the bench
         let counts = Self::counts(store).await;
         Progress {
+            _conn: conn,
             ch,
             pids,
             last: (Instant::now(), Cpu::read(&pids), counts.0, counts.1),
