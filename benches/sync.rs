@@ -20,7 +20,8 @@
 //! `Ns` / `Nm`), `--algorithms master,naive,berkeley`, `--berkeley-interval-ms MS`, `--plot DIR`
 //! to write an SVG of every client's error over time per algorithm (and the samples as CSV:
 //! `t_s,ip,error_us,eps_us`), `--stress` to run
-//! `stress-ng --cpu 2` beside the cluster for the whole run: the loaded case).
+//! `stress-ng --cpu 2` beside the cluster for the whole run: the loaded case, `--probe-max-ms MS`
+//! for every client's probe ceiling, default 250: the ladder off).
 
 #[path = "support.rs"]
 mod support;
@@ -55,6 +56,8 @@ struct Opts {
     berkeley_interval_ms: u64,
     plot: Option<std::path::PathBuf>,
     stress: bool,
+    /// Every client's `--probe-max-ms` (250: the ladder off, the default).
+    probe_max_ms: u64,
 }
 
 /// `300`, `300s` or `5m`.
@@ -90,6 +93,7 @@ fn opts() -> Opts {
         berkeley_interval_ms: 5000,
         plot: None,
         stress: false,
+        probe_max_ms: 250,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -104,6 +108,7 @@ fn opts() -> Opts {
                 continue;
             }
             "--berkeley-interval-ms" => o.berkeley_interval_ms = val(i).parse().expect("ms"),
+            "--probe-max-ms" => o.probe_max_ms = val(i).parse().expect("--probe-max-ms MS"),
             "--plot" => o.plot = Some(val(i).into()),
             "--algorithms" => {
                 o.algorithms = val(i)
@@ -164,6 +169,8 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
             "--drift-ppm".into(),
             format!("{:.1}", rng.gen_range(-50.0..50.0)),
             "--no-log-file".into(),
+            "--probe-max-ms".into(),
+            o.probe_max_ms.to_string(),
             "--key-dir".into(),
             svc.client_keys(id),
         ];
