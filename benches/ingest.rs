@@ -98,16 +98,10 @@ async fn broker_alone(
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        queue.into(),
-        lapin::options::QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    // Declared as the reports queue is: durable, no arguments.
+    time_sync::broker::declare_durable_queue(&ch, queue)
+        .await
+        .unwrap();
     flood(url.to_string(), queue, clients, 1, count).await;
     // The broker, and this process (the consumers).
     let pids = [

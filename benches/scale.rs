@@ -100,8 +100,8 @@ impl Progress {
         println!(
             "  {:.0} s: live {live}, stored {:.0}/s, probes answered {:.0}/s, queued reports {} probes {}, refused as out of order {replays}; CPU server {:.2} broker {:.2} redis {:.2} swarm {:.2}",
             t0.elapsed().as_secs_f64(),
-            (stored - self.last.2) as f64 / dt,
-            (probes - self.last.3) as f64 / dt,
+            stored.saturating_sub(self.last.2) as f64 / dt,
+            probes.saturating_sub(self.last.3) as f64 / dt,
             self.depth(time_sync::core::protocol::REPORTS_QUEUE).await,
             self.depth(time_sync::core::protocol::RPC_QUEUE).await,
             used[0],

@@ -95,7 +95,7 @@ pub async fn declare_rpc_queue(ch: &Channel) -> Result<()> {
 
 /// A durable queue without arguments: every peer declares it identically, so no declaration
 /// can ever conflict with another's.
-async fn declare_durable_queue(ch: &Channel, name: &str) -> Result<()> {
+pub async fn declare_durable_queue(ch: &Channel, name: &str) -> Result<()> {
     ch.queue_declare(
         name.into(),
         QueueDeclareOptions {

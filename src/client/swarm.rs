@@ -42,10 +42,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-/// Swarm clients that start per second. Each probes 10 times a second for its first 40 samples, so
-/// 100 joining a second add about 4,000 probes a second: what the reference answers here beside
-/// everything else (at 250 a second, 3,000 clients queued thousands of probes for seconds and
-/// first syncs rested on them).
+/// Swarm clients that start per second. Each probes 10 times a second for its first 40
+/// samples, so 100 joining a second add about 4,000 probes a second: what the reference answers
+/// here beside everything else (at 250 a second, 3,000 clients queued thousands of probes for
+/// seconds and first syncs rested on them).
 pub const JOIN_RATE: f64 = 100.0;
 
 /// One swarm client.

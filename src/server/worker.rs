@@ -19,7 +19,7 @@ use crate::cache::{ReportStore, Stored};
 use crate::core::clock::Clock;
 use crate::core::protocol::{DecodeError, EventKind, StoredReport, TimeReport, REPORTS_QUEUE};
 use crate::error::{Error, Result};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -81,12 +81,9 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
         // Take what arrives within the linger: one Redis round trip for all of it.
         let linger = tokio::time::Instant::now() + BATCH_LINGER;
         while batch.len() < max_batch {
-            let next = match consumer.next().now_or_never() {
-                Some(d) => d,
-                None => match tokio::time::timeout_at(linger, consumer.next()).await {
-                    Ok(d) => d,
-                    Err(_) => break,
-                },
+            // `timeout_at` polls the delivery first: what is buffered is taken without a timer.
+            let Ok(next) = tokio::time::timeout_at(linger, consumer.next()).await else {
+                break;
             };
             match next {
                 Some(Ok(d)) => batch.push((d, ctx.clock.now_us())),

@@ -45,8 +45,8 @@ pub const RESYNC_SAMPLES: usize = 20;
 /// estimate starts over (a new reference). A congested sample (its delay far above the window's
 /// least, [`congested`]) says nothing about the clock and loads the path further: it doubles the
 /// period at once (even while converging), and the estimator does not keep it. So does a probe
-/// that went unanswered for [`UNANSWERED`] while [`MAX_PENDING_PROBES`] others were sent after
-/// it: the reference or the path is overloaded.
+/// forgotten unanswered (after [`MAX_PENDING_PROBES`] newer ones) less than [`UNANSWERED`] after
+/// it was sent: the reference or the path is overloaded.
 #[derive(Debug, Clone)]
 pub struct Ladder {
     period: Duration,
@@ -84,6 +84,18 @@ impl Ladder {
         if self.good >= LADDER_STEP {
             self.climb();
         }
+    }
+
+    /// Whether the period may grow at all (a ceiling above [`PROBE_SLOW`]).
+    fn on(&self) -> bool {
+        self.max > PROBE_SLOW
+    }
+
+    /// Congestion (a sample queued far behind, or probes unanswered): the next rung at once,
+    /// and no fast probes until a sample is not congested.
+    fn back_off(&mut self) {
+        self.congested = true;
+        self.climb();
     }
 
     fn climb(&mut self) {
@@ -165,10 +177,10 @@ impl ClientCore {
         self.stats.probes_sent += 1;
         let raw = self.clock.raw_at(host_us);
         if self.pending.len() == MAX_PENDING_PROBES {
-            let sent = self.pending.pop_front().map_or(i64::MIN, |(_, t)| t);
-            if raw - sent < UNANSWERED.as_micros() as i64 && self.ladder.max > PROBE_SLOW {
-                self.ladder.congested = true;
-                self.ladder.climb();
+            if let Some((_, sent)) = self.pending.pop_front() {
+                if raw - sent < UNANSWERED.as_micros() as i64 && self.ladder.on() {
+                    self.ladder.back_off();
+                }
             }
         }
         self.pending.push_back((self.probe_seq, raw));
@@ -210,9 +222,8 @@ impl ClientCore {
         let s = Sample::from_timestamps(t1_raw, r.t2_us, r.t3_us, self.clock.raw_at(host_us));
         if let Some(e) = self.estimator.estimate() {
             if congested(&e, &s) {
-                if self.ladder.max > PROBE_SLOW {
-                    self.ladder.congested = true;
-                    self.ladder.climb();
+                if self.ladder.on() {
+                    self.ladder.back_off();
                     self.stats.probe_replies += 1;
                     return None;
                 }

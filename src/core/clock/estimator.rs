@@ -13,13 +13,15 @@
 //! bias that moves with the delay. So the estimator keeps the fastest fifth of a two-minute
 //! window (the fastest half while it has fewer than [`FULL_SELECTION`] samples, so the first
 //! seconds have enough to average), fits a line through them by least squares, drops samples
-//! whose residual is far out (3 × the robust spread) and fits again. It never keeps a congested
-//! sample ([`congestion_bound`]: queued far behind the fastest) while [`MIN_TRUSTED`] others are
-//! not, so samples from an overloaded start do not outweigh the few clean ones that follow.
-//! Replayed offline on those probes, this cut the followers' p99 error against the previous
-//! estimator (the faster half of one minute) from 37 to 28 µs, median 9.5 → 7.6 µs. Live, a control run of the previous rule
+//! whose residual is far out (3 × the robust spread) and fits again. Replayed offline on those
+//! probes, this cut the followers' p99 error against the previous estimator (the faster half of
+//! one minute) from 37 to 28 µs, median 9.5 → 7.6 µs. Live, a control run of the previous rule
 //! in the same hour (median 16, p99 61 µs) fell inside the new rule's run-to-run spread (median
 //! 9–21, p99 41–74 µs): the gain is smaller than this machine's noise.
+//!
+//! The fit never keeps a congested sample ([`congestion_bound`]: queued far behind the fastest)
+//! while [`MIN_TRUSTED`] others are not, so the samples of an overloaded start (thousands of
+//! clients probing at once) do not outweigh the few clean ones that follow.
 //!
 //! **The error bound.** From the same fit, [`Estimate::error_at`] bounds the estimate's error at
 //! any raw time: [`BOUND_SIGMAS`] standard errors of the line at that time (the residual spread
