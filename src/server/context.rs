@@ -77,10 +77,24 @@ impl<S, C: Clock> ServerContext<S, C> {
     /// Records an event of this replica in the cluster's log; `cause` is the stamp of the
     /// message that caused it, if one did.
     pub fn record(&self, kind: EventKind, text: String, data: EventData, cause: Option<Stamp>) {
+        self.record_at(self.stamp(), kind, text, data, cause);
+    }
+
+    /// Records an event that already has its stamp: the sending of a message, whose event
+    /// must carry the stamp the message carried, so that what the receiver logs for it comes
+    /// after it in Lamport order.
+    pub fn record_at(
+        &self,
+        stamp: Stamp,
+        kind: EventKind,
+        text: String,
+        data: EventData,
+        cause: Option<Stamp>,
+    ) {
         let event = Event {
             kind,
             node: self.node(),
-            stamp: self.stamp(),
+            stamp,
             cause,
             text,
             data,
@@ -91,12 +105,22 @@ impl<S, C: Clock> ServerContext<S, C> {
 
     /// A message to clients, stamped and signed with the leader key. Clients get the Lamport
     /// counter and the HLC; the vector clock is for replicas and the event log.
-    pub fn seal_to_clients(&self, mut msg: ToClient) -> Result<Vec<u8>, MissingKey> {
+    pub fn seal_to_clients(&self, msg: ToClient) -> Result<Vec<u8>, MissingKey> {
+        self.seal_to_clients_stamped(msg).map(|(sealed, _)| sealed)
+    }
+
+    /// [`Self::seal_to_clients`], also returning the send event's stamp (vector clock
+    /// included), for [`Self::record_at`].
+    pub fn seal_to_clients_stamped(
+        &self,
+        mut msg: ToClient,
+    ) -> Result<(Vec<u8>, Stamp), MissingKey> {
+        let stamp = self.stamp();
         *msg.stamp_mut() = Stamp {
             vc: None,
-            ..self.stamp()
+            ..stamp.clone()
         };
-        self.keys.get().seal_to_clients(&msg)
+        Ok((self.keys.get().seal_to_clients(&msg)?, stamp))
     }
 
     /// Notes the epoch a client follows (from its report).

@@ -410,7 +410,9 @@ async fn set_time<S: ReportStore, C: Clock>(
         change: req.change,
         stamp: Stamp::default(),
     });
-    let sealed = ctx.seal_to_clients(msg).map_err(|e| e.to_string())?;
+    let (sealed, sent) = ctx
+        .seal_to_clients_stamped(msg)
+        .map_err(|e| e.to_string())?;
     broker::publish_raw(ch, UPDATES_EXCHANGE, "", &sealed, Some(SET_TIME_EXPIRY))
         .await
         .map_err(|e| format!("cannot publish: {e}"))?;
@@ -435,7 +437,15 @@ async fn set_time<S: ReportStore, C: Clock>(
             shift_us as f64 / 1e6
         ),
     };
-    ctx.record(EventKind::TimeSet, text, data, Some(req.cause.clone()));
+    // The event is the send: it carries the message's stamp, so the client's step (which
+    // merges that stamp) always comes after it.
+    ctx.record_at(
+        sent,
+        EventKind::TimeSet,
+        text,
+        data,
+        Some(req.cause.clone()),
+    );
     Ok(())
 }
 
