@@ -1,5 +1,6 @@
 //! `tsc` end to end: the same flow on the Docker runtime (real Docker daemon, images built
-//! without a registry) and on the local runtime (processes against the local RabbitMQ).
+//! without a registry) and on the local runtime (processes against the local RabbitMQ),
+//! swarms of clients included.
 //!
 //! Docker is required: if no daemon answers, the Docker test fails (CI starts one).
 
@@ -251,11 +252,105 @@ async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
     );
     assert_eq!(qs.len(), 3 + 6, "{qs:?}");
 
+    swarms(t, &new_master).await;
+
     let started = Instant::now();
     t.ok(&["teardown"]);
     println!("[{}] teardown took {:?}", t.runtime, started.elapsed());
     assert_eq!(t.run(&["status"]).code, 4, "no cluster after teardown");
     assert_eq!(t.ok(&["teardown"]).stdout.trim(), "Nothing to tear down.");
+}
+
+/// Swarms beside six lone clients (master `lone_master`): one of 20 clients above every lone
+/// address, then one of 5 below them all, whose first client takes the master role; removed as
+/// one, the master role returns to the lowest lone client.
+async fn swarms(t: &Tsc, lone_master: &str) {
+    let r = t.ok(&["clients", "add", "-n", "20", "--swarm"]);
+    assert!(
+        r.stdout
+            .contains("Started swarm-1 of 20 clients at 198.18.0.1–198.18.0.20"),
+        "{}",
+        r.stdout
+    );
+    t.ok(&["wait", "--timeout", "60", "--bound-ms", "10"]);
+    assert_eq!(running(&t.clients()).len(), 26, "six lone clients and 20");
+    assert_eq!(
+        t.master().as_deref(),
+        Some(lone_master),
+        "a lone client is lowest"
+    );
+    let st = t.ok(&["--json", "status"]).json();
+    let swarm = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["role"] == "swarm")
+        .cloned()
+        .expect("the swarm is a node");
+    assert_eq!(swarm["id"], "swarm-1", "{swarm}");
+    assert_eq!(swarm["swarm"]["clients"], 20, "{swarm}");
+    assert_eq!(swarm["state"], "running", "{swarm}");
+    assert_eq!(st["healthy"], true, "{st}");
+
+    // Below every lone client: its first client becomes master (handed over once synced).
+    t.ok(&[
+        "clients",
+        "add",
+        "-n",
+        "5",
+        "--swarm",
+        "--first-ip",
+        "10.0.0.1",
+    ]);
+    let overlap = t.run(&[
+        "clients",
+        "add",
+        "-n",
+        "2",
+        "--swarm",
+        "--first-ip",
+        "10.0.0.5",
+    ]);
+    assert_eq!(overlap.code, 2, "{}", overlap.stderr);
+    assert!(overlap.stderr.contains("overlap"), "{}", overlap.stderr);
+    let low = wait_for(
+        Duration::from_secs(40),
+        "the swarm's first client as master",
+        || async {
+            let c = t.clients();
+            let low = c.iter().find(|c| c["ip"] == "10.0.0.1")?["id"]
+                .as_str()?
+                .to_string();
+            (t.master()? == low).then_some(low)
+        },
+    )
+    .await;
+    t.ok(&["wait", "--timeout", "60", "--bound-ms", "10"]);
+    assert_eq!(running(&t.clients()).len(), 31);
+
+    // One log for a swarm's clients; a swarm is removed as one, not client by client.
+    let tail = t.ok(&["clients", "tail", "-c", &low, "-n", "200"]).stdout;
+    assert!(tail.contains("ts-client swarm starting"), "{tail}");
+    let one = t.run(&["clients", "remove", "-c", &low]);
+    assert_eq!(one.code, 2, "{}", one.stderr);
+    assert!(
+        one.stderr.contains("tsc clients remove -c swarm-2"),
+        "{}",
+        one.stderr
+    );
+    let r = t.ok(&["clients", "remove", "-c", "swarm-2"]);
+    assert!(
+        r.stdout.contains("swarm-2 and its 5 clients removed"),
+        "{}",
+        r.stdout
+    );
+    wait_for(
+        Duration::from_secs(TTL_S + 20),
+        "the lowest lone client master again",
+        || async { (t.master()? == lone_master).then_some(()) },
+    )
+    .await;
+    assert_eq!(running(&t.clients()).len(), 26);
 }
 
 /// No broker user of the cluster is an administrator (on Docker, `guest` is gone), and no

@@ -10,9 +10,12 @@ use crate::core::protocol::TimeChange;
 use crate::runtime::cluster::{ClusterConfig, RuntimeKind, State};
 use crate::runtime::node::MAX_CLIENTS;
 use crate::runtime::{Node, Role, Runtime};
+use crate::settings::MAX_SWARM;
 use clap::Subcommand;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use futures_util::StreamExt;
 use serde_json::json;
+use std::net::Ipv4Addr;
 
 #[derive(Subcommand, Debug)]
 pub enum ClientsCommand {
@@ -34,12 +37,21 @@ pub enum ClientsCommand {
         #[arg(short, long)]
         verbose: bool,
     },
-    /// Start N more clients.
+    /// Start N more clients; with --swarm, N clients in one process (or container).
     Add {
         #[arg(short = 'n', long = "number", default_value_t = 1)]
         number: usize,
+        /// Run the N clients in one `ts-client --swarm` process: a few KB each instead of a
+        /// process (or container) each, the same protocol on the wire. Named `swarm-K`, and
+        /// removed as one.
+        #[arg(long)]
+        swarm: bool,
+        /// A swarm's first client address (client i advertises it + i). Default: right after
+        /// the cluster's other swarms, from 198.18.0.1 (RFC 2544's benchmarking range).
+        #[arg(long, requires = "swarm")]
+        first_ip: Option<Ipv4Addr>,
     },
-    /// Stop and remove a client.
+    /// Stop and remove a client, or a whole swarm (`-c swarm-K`).
     Remove {
         #[arg(short = 'c', long = "client")]
         client: String,
@@ -164,32 +176,108 @@ pub async fn add_clients(
     Ok(started)
 }
 
+/// Starts a swarm of `n` clients from `first` (or after the other swarms).
+pub async fn add_swarm(
+    rt: &Runtime,
+    state: &mut State,
+    n: usize,
+    first: Option<Ipv4Addr>,
+    out: &Out,
+) -> CliResult<Node> {
+    if n == 0 || n > MAX_SWARM {
+        return Err(Failure::usage(format!(
+            "a swarm has between 1 and {MAX_SWARM} clients (-n)"
+        )));
+    }
+    let node = rt.start_swarm(state, n, first).await.map_err(|e| match e {
+        // Where its addresses would go: the operator's to change.
+        crate::Error::Runtime(m) => Failure::usage(m),
+        e => e.into(),
+    })?;
+    out.line(&started_message(&node));
+    Ok(node)
+}
+
+/// A node that runs clients: a lone client, or a swarm.
+fn runs_clients(n: &&Node) -> bool {
+    matches!(n.role, Role::Client | Role::Swarm)
+}
+
 /// What tsc (and the dashboard) says of a client it started.
 pub fn started_message(node: &Node) -> String {
-    format!("Started new client at {}", node.ip)
+    match &node.swarm {
+        Some(s) => format!(
+            "Started {} of {} clients at {}–{}",
+            node.id,
+            s.clients,
+            s.first_ip,
+            s.ip(s.clients.saturating_sub(1))
+        ),
+        None => format!("Started new client at {}", node.ip),
+    }
 }
 
 /// What tsc (and the dashboard) says of a client it removed.
 pub fn removed_message(node: &Node) -> String {
-    format!("Client at IP {} removed successfully", node.ip)
+    match &node.swarm {
+        Some(s) => format!(
+            "{} and its {} clients removed successfully",
+            node.id, s.clients
+        ),
+        None => format!("Client at IP {} removed successfully", node.ip),
+    }
 }
 
-/// Stops and removes client `client` (an id or a unique prefix of one), and expires its report
-/// so that views drop it and, if it was master, the leader elects another at once; the node
-/// removed.
+/// Stops and removes client `client` (an id or a unique prefix of one, or a swarm's name), and
+/// expires its reports so that views drop them and, if one was master, the leader elects
+/// another at once; the node removed.
 pub async fn remove_client(rt: &Runtime, state: &mut State, client: &str) -> CliResult<Node> {
     let nodes = rt.nodes(state).await?;
-    let clients: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Client).collect();
-    let node = (*find_by_prefix(&clients, |n| &n.id, client)?).clone();
+    let clients: Vec<&Node> = nodes.iter().filter(runs_clients).collect();
+    let node = match find_by_prefix(&clients, |n| &n.id, client) {
+        Ok(n) => (*n).clone(),
+        Err(e) => {
+            return Err(match swarm_holding(&nodes, client) {
+                Some(s) => Failure::usage(format!(
+                    "client {client} is one of {id}'s; a swarm is removed as one: tsc clients \
+                     remove -c {id}",
+                    id = s.id
+                )),
+                None => e,
+            })
+        }
+    };
     rt.remove(state, &node).await?;
-    // Its report would keep it "live" (and master, if it was) for the TTL: expire it now. If
-    // Redis cannot be reached, the TTL does the same later.
-    if let (Ok(id), Ok(store)) = (node.id.parse(), super::snapshot::redis(rt, state).await) {
-        if let Err(e) = store.expire_report(&id).await {
-            tracing::debug!(error = %e, "cannot expire the removed client's report");
+    // Their reports would keep them "live" (and master, if one was) for the TTL: expire them
+    // now. If Redis cannot be reached, the TTL does the same later.
+    if let Ok(store) = super::snapshot::redis(rt, state).await {
+        let ids: Vec<uuid::Uuid> = node
+            .client_ids()
+            .iter()
+            .filter_map(|id| id.parse().ok())
+            .collect();
+        let expired = futures_util::stream::iter(ids)
+            .map(|id| {
+                let store = store.clone();
+                async move { store.expire_report(&id).await }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await;
+        if let Some(Err(e)) = expired.into_iter().find(|r| r.is_err()) {
+            tracing::debug!(error = %e, "cannot expire the removed clients' reports");
         }
     }
     Ok(node)
+}
+
+/// The swarm that runs client `client` (an id or a prefix of one), if one does.
+fn swarm_holding<'a>(nodes: &'a [Node], client: &str) -> Option<&'a Node> {
+    nodes.iter().find(|n| {
+        n.swarm
+            .as_ref()
+            .is_some_and(|s| s.ids.iter().any(|id| id.to_string().starts_with(client)))
+    })
 }
 
 fn client_table(rows: &[&ClientRow]) -> Table {
@@ -327,7 +415,18 @@ pub async fn clients(
                 out.line(&format!("Master Client ID: {}", m.id));
             }
         }
-        ClientsCommand::Add { number } => {
+        ClientsCommand::Add {
+            number,
+            swarm: true,
+            first_ip,
+        } => {
+            let node = add_swarm(rt, state, number, first_ip, out).await?;
+            state.save(&cfg.home)?;
+            if out.json {
+                out.json(json!({"started": [node]}));
+            }
+        }
+        ClientsCommand::Add { number, .. } => {
             if number == 0 || number > MAX_CLIENTS {
                 return Err(Failure::usage(format!(
                     "-n must be between 1 and {MAX_CLIENTS}"
@@ -350,9 +449,17 @@ pub async fn clients(
         }
         ClientsCommand::Tail(a) => {
             let nodes = rt.nodes(state).await?;
-            let clients: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Client).collect();
-            let id = find_by_prefix(&clients, |n| &n.id, &a.client)?.id.clone();
-            tail_file(&cfg.client_log_dir.join(id), &a.opts).await?;
+            let clients: Vec<&Node> = nodes.iter().filter(runs_clients).collect();
+            // A swarm logs for all its clients, to one file: a client of it shows that.
+            let node = match find_by_prefix(&clients, |n| &n.id, &a.client) {
+                Ok(n) => *n,
+                Err(e) => swarm_holding(&nodes, &a.client).ok_or(e)?,
+            };
+            let file = match &node.swarm {
+                Some(s) => crate::runtime::swarm_log_name(s.first_ip),
+                None => node.id.clone(),
+            };
+            tail_file(&cfg.client_log_dir.join(file), &a.opts).await?;
         }
         ClientsCommand::SetTime {
             client,

@@ -293,7 +293,7 @@ pub async fn events(rt: &Runtime, state: &State, args: EventsArgs, out: &Out) ->
     }
     let print = |l: &Logged| {
         if out.json {
-            println!("{}", with_concurrency(l));
+            super::output::print_line(&with_concurrency(l).to_string());
         } else {
             let v = with_concurrency(l);
             let others = v["concurrent_with"].as_array().map_or(0, Vec::len);
@@ -302,7 +302,7 @@ pub async fn events(rt: &Runtime, state: &State, args: EventsArgs, out: &Out) ->
             } else {
                 String::new()
             };
-            println!("{}{mark}", line(l));
+            super::output::print_line(&format!("{}{mark}", line(l)));
         }
     };
     shown.iter().for_each(|l| print(l));

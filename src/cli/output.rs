@@ -83,7 +83,7 @@ impl Out {
         if self.json {
             eprintln!("{s}");
         } else {
-            println!("{s}");
+            print_line(s);
         }
     }
 
@@ -91,6 +91,20 @@ impl Out {
         if self.quiet {
             return;
         }
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        print_line(&serde_json::to_string_pretty(&v).expect("json"));
+    }
+}
+
+/// Prints a line to stdout. When the reader has gone (`tsc clients list | head`), tsc stops
+/// quietly, as a pipe's writer should, instead of panicking as `println!` does.
+pub fn print_line(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{s}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("tsc: cannot write to stdout: {e}");
+        std::process::exit(exit::FAILURE.into());
     }
 }

@@ -72,8 +72,11 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
         .iter()
         .filter(|n| n.role != Role::Client && n.role != Role::Server)
     {
+        let swarm = n.swarm.as_ref().map_or_else(String::new, |s| {
+            format!(", {} clients from {}", s.clients, s.first_ip)
+        });
         out.line(&format!(
-            "{:<9} {:<15} {:<8} {}",
+            "{:<9} {:<15} {:<8} {}{swarm}",
             format!("{}:", n.role.as_str()),
             n.ip,
             n.state,

@@ -147,7 +147,7 @@ pub async fn tail_file(path: &Path, o: &TailOpts) -> CliResult {
             s.cancel();
         });
     }
-    let mut print = |l: &str| println!("{l}");
+    let mut print = super::output::print_line;
     tail(path, o.lines, o.follow, o.verbose, stop, &mut print).await?;
     Ok(())
 }

@@ -13,6 +13,7 @@ use crate::core::protocol::{MasterRecord, ReplicaRecord, StoredReport};
 use crate::runtime::node::replica_of;
 use crate::runtime::{Node, Role};
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use uuid::Uuid;
 
@@ -120,23 +121,25 @@ pub fn client_rows(
             state,
         }
     };
-    let mut rows: Vec<ClientRow> = nodes
+    // By id: a swarm brings thousands of clients, and a search per client would be quadratic.
+    let by_id: HashMap<String, &StoredReport> = reports
         .iter()
-        .filter(|n| n.role == Role::Client)
-        .map(|n| {
-            let r = reports.iter().find(|r| r.report.id.to_string() == n.id);
-            row(
-                n.id.clone(),
-                r.map_or(n.ip, |r| r.report.ip),
-                n.state.clone(),
-                r,
-            )
-        })
+        .map(|r| (r.report.id.to_string(), r))
         .collect();
+    let mut rows: Vec<ClientRow> = Vec::new();
+    for n in nodes {
+        // A lone client's address is its node's; a swarm's client i has the swarm's first + i.
+        for (i, id) in n.client_ids().into_iter().enumerate() {
+            let r = by_id.get(&id).copied();
+            let ip = n.swarm.as_ref().map_or(n.ip, |s| s.ip(i));
+            rows.push(row(id, r.map_or(ip, |r| r.report.ip), n.state.clone(), r));
+        }
+    }
+    let known: HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
     // A report with no node: a client this cluster did not start (`external`), or one that was
     // removed and whose report has not expired yet (`silent`, hidden from the plain list).
     for r in reports {
-        if !rows.iter().any(|row| row.id == r.report.id.to_string()) {
+        if !known.contains(&r.report.id.to_string()) {
             let state = if now_us - r.received_at_us > SILENT_AFTER_US {
                 "silent"
             } else {
@@ -331,6 +334,53 @@ mod tests {
         // b has not reported yet.
         assert_eq!(rows[3].time_us, None);
         assert_eq!(rows[3].offset_to_master_us, None);
+    }
+
+    #[test]
+    fn a_swarms_clients_are_rows_of_its_node() {
+        let ids: Vec<Uuid> = (10..13).map(Uuid::from_u128).collect();
+        let lone = Uuid::from_u128(1);
+        let nodes = [
+            node(&lone, "10.0.0.20"),
+            Node {
+                swarm: Some(crate::runtime::SwarmSpan::new(
+                    "198.18.0.1".parse().unwrap(),
+                    ids.clone(),
+                )),
+                ..Node::fake(Role::Swarm, "swarm-1", "198.18.0.1", "exited")
+            },
+        ];
+        let now = 10_000_000;
+        let reports = [
+            stored(ids[0], "198.18.0.1", 0, 0, now),
+            stored(ids[1], "198.18.0.2", 0, 0, now),
+        ];
+        let rows = client_rows(&nodes, &reports, None, now);
+        let got: Vec<(String, String, String, bool)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.id.clone(),
+                    r.ip.to_string(),
+                    r.state.clone(),
+                    r.time_us.is_some(),
+                )
+            })
+            .collect();
+        let want = |id: &Uuid, ip: &str, state: &str, reported| {
+            (id.to_string(), ip.to_string(), state.to_string(), reported)
+        };
+        assert_eq!(
+            got,
+            [
+                want(&lone, "10.0.0.20", "running", false),
+                want(&ids[0], "198.18.0.1", "exited", true),
+                want(&ids[1], "198.18.0.2", "exited", true),
+                // Not reported yet: the address the swarm gives it.
+                want(&ids[2], "198.18.0.3", "exited", false),
+            ],
+            "a swarm's clients take its state; none is external"
+        );
     }
 
     #[test]

@@ -7,12 +7,14 @@
 //! `tsc ... tail` reads them.
 
 use super::cluster::ClusterConfig;
-use super::node::{labels, next_free_ip, server_host, server_node_id, Node, Role, CLIENT_HOSTS};
+use super::node::{
+    labels, next_free_ip, server_host, server_node_id, Node, Role, SwarmSpan, CLIENT_HOSTS,
+};
 use super::services::{
     apply_broker_setup, broker_setup, redis_args, redis_config, wait_port, BrokerRole,
 };
 use super::{
-    broker_users, client_env, declare_topology, images, remove_node_keys, server_env,
+    broker_users, client_env, declare_topology, images, remove_node_keys, server_env, swarm_env,
     write_node_keys, Endpoints, Progress, CONTAINER_KEY_DIR,
 };
 use crate::error::{Error, Result};
@@ -43,7 +45,7 @@ pub const STOP_GRACE_SECS: i32 = 10;
 /// Docker Engine client plus the cluster's addressing.
 pub struct DockerRuntime {
     docker: Docker,
-    cfg: ClusterConfig,
+    pub(super) cfg: ClusterConfig,
     base: Ipv4Addr,
 }
 
@@ -118,6 +120,11 @@ impl DockerRuntime {
                     ip: l.get(labels::IP)?.parse().ok()?,
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                     handle: c.id?.chars().take(12).collect(),
+                    // Its clients' ids are added from its key directory (Runtime::nodes).
+                    swarm: l
+                        .get(labels::SWARM_FIRST_IP)
+                        .and_then(|ip| ip.parse().ok())
+                        .map(|first| SwarmSpan::new(first, Vec::new())),
                 })
             })
             .collect();
@@ -181,6 +188,7 @@ impl DockerRuntime {
         env: Vec<String>,
         user: Option<&str>,
         binds: Vec<String>,
+        extra_labels: Vec<(&str, String)>,
     ) -> Result<Node> {
         let name = format!(
             "ts-{}-{}-{}",
@@ -194,12 +202,18 @@ impl DockerRuntime {
             env: Some(env),
             user: user.map(str::to_string),
             hostname: Some(format!("ts-{}-{}", role.as_str(), &id[..id.len().min(8)])),
-            labels: Some(HashMap::from([
-                (labels::CLUSTER.to_string(), self.cfg.cluster_id.clone()),
-                (labels::ROLE.to_string(), role.as_str().to_string()),
-                (labels::ID.to_string(), id.to_string()),
-                (labels::IP.to_string(), ip.to_string()),
-            ])),
+            labels: Some(
+                [
+                    (labels::CLUSTER, self.cfg.cluster_id.clone()),
+                    (labels::ROLE, role.as_str().to_string()),
+                    (labels::ID, id.to_string()),
+                    (labels::IP, ip.to_string()),
+                ]
+                .into_iter()
+                .chain(extra_labels)
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            ),
             host_config: Some(HostConfig {
                 binds: Some(binds),
                 network_mode: Some(self.network()),
@@ -233,6 +247,7 @@ impl DockerRuntime {
             ip,
             state: "running".into(),
             handle: created.id.chars().take(12).collect(),
+            swarm: None,
         })
     }
 
@@ -266,6 +281,7 @@ impl DockerRuntime {
             )],
             Some("redis"),
             vec![],
+            vec![],
         )
         .await?;
         wait_port("redis", redis_ip, REDIS_PORT, p).await?;
@@ -280,6 +296,7 @@ impl DockerRuntime {
             vec![],
             // As root, rabbitmq-server ignores SIGTERM and `docker stop` must kill it.
             Some("rabbitmq"),
+            vec![],
             vec![],
         )
         .await?;
@@ -381,7 +398,7 @@ impl DockerRuntime {
             http,
             CONTAINER_KEY_DIR.as_ref(),
         );
-        self.run_app(Role::Server, &node, keys, ip, "ts-server", env, dir)
+        self.run_app(Role::Server, &node, keys, ip, env, dir, vec![])
             .await
     }
 
@@ -394,10 +411,14 @@ impl DockerRuntime {
         id: &str,
         keys: std::path::PathBuf,
         ip: IpAddr,
-        program: &str,
         env: Vec<(String, String)>,
         log_dir: String,
+        extra_labels: Vec<(&str, String)>,
     ) -> Result<Node> {
+        let program = match role {
+            Role::Server => "ts-server",
+            _ => "ts-client",
+        };
         let image = self.cfg.docker.image.clone();
         let binds = vec![
             format!("{log_dir}:{log_dir}"),
@@ -405,28 +426,42 @@ impl DockerRuntime {
         ];
         let env = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         let cmd = vec![program.to_string()];
-        self.run(role, id, ip, &image, cmd, env, None, binds).await
+        self.run(role, id, ip, &image, cmd, env, None, binds, extra_labels)
+            .await
+    }
+
+    /// The lowest free client address in the subnet (a client's or a swarm's container).
+    async fn client_ip(&self) -> Result<IpAddr> {
+        let taken: Vec<IpAddr> = self.nodes().await?.iter().map(|n| n.ip).collect();
+        next_free_ip(self.base, CLIENT_HOSTS.0, CLIENT_HOSTS.1, &taken)
+            .ok_or_else(|| Error::Runtime("no free client address in the subnet (max 235)".into()))
     }
 
     pub async fn start_client(&self, ep: &Endpoints, id: Uuid) -> Result<Node> {
-        let taken: Vec<IpAddr> = self.nodes().await?.iter().map(|n| n.ip).collect();
-        let ip =
-            next_free_ip(self.base, CLIENT_HOSTS.0, CLIENT_HOSTS.1, &taken).ok_or_else(|| {
-                Error::Runtime("no free client address in the subnet (max 235)".into())
-            })?;
+        let ip = self.client_ip().await?;
         let dir = self.cfg.client_log_dir.display().to_string();
         let keys = write_node_keys(&self.cfg, &id.to_string())?;
         let env = client_env(&self.cfg, ep, id, None, CONTAINER_KEY_DIR.as_ref());
-        self.run_app(
-            Role::Client,
-            &id.to_string(),
-            keys,
-            ip,
-            "ts-client",
-            env,
-            dir,
-        )
-        .await
+        self.run_app(Role::Client, &id.to_string(), keys, ip, env, dir, vec![])
+            .await
+    }
+
+    /// A swarm's container: one address of the subnet, for the process; its clients advertise
+    /// `first` onwards. Its key directory (`swarm.keys`) is already written.
+    pub async fn start_swarm(
+        &self,
+        ep: &Endpoints,
+        id: &str,
+        n: usize,
+        first: Ipv4Addr,
+    ) -> Result<Node> {
+        let ip = self.client_ip().await?;
+        let dir = self.cfg.client_log_dir.display().to_string();
+        let keys = self.cfg.node_keys_dir(id);
+        let env = swarm_env(&self.cfg, ep, n, first, CONTAINER_KEY_DIR.as_ref());
+        let label = vec![(labels::SWARM_FIRST_IP, first.to_string())];
+        self.run_app(Role::Swarm, id, keys, ip, env, dir, label)
+            .await
     }
 
     /// `docker stop` (SIGTERM, then SIGKILL after the grace period); the container stays.

@@ -9,13 +9,13 @@
 //! `TS_*` identity, or for Redis its command line), so a reused PID is never signalled.
 
 use super::cluster::{ClusterConfig, LocalNode, State};
-use super::node::{next_free_ip, server_host, server_node_id, Node, Role, CLIENT_HOSTS};
+use super::node::{next_free_ip, server_host, server_node_id, Node, Role, SwarmSpan, CLIENT_HOSTS};
 use super::services::{
     apply_broker_setup, broker_setup, feed_stdin, free_port, port_open, rabbitmqctl,
     rabbitmqctl_input, redis_args, redis_config, stdin_for, wait_port, BrokerRole, RABBITMQ_PORT,
 };
 use super::{
-    broker_users, client_env, declare_topology, images, remove_node_keys, server_env,
+    broker_users, client_env, declare_topology, images, remove_node_keys, server_env, swarm_env,
     write_node_keys, Endpoints, Progress,
 };
 use crate::error::{Error, Result};
@@ -33,7 +33,7 @@ const LOOPBACK: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 0);
 
 /// Local processes of one cluster.
 pub struct LocalRuntime {
-    cfg: ClusterConfig,
+    pub(super) cfg: ClusterConfig,
 }
 
 impl LocalRuntime {
@@ -93,6 +93,11 @@ impl LocalRuntime {
                 }
                 .into(),
                 handle: format!("pid {}", n.pid),
+                // Its clients' ids are added from its key directory (Runtime::nodes).
+                swarm: (n.role == Role::Swarm)
+                    .then(|| env_of(n, "TS_SWARM_IP_BASE")?.parse().ok())
+                    .flatten()
+                    .map(|first| SwarmSpan::new(first, Vec::new())),
             })
             .collect();
         if state.runtime.is_some() {
@@ -103,6 +108,7 @@ impl LocalRuntime {
                 ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 state: if up { "running" } else { "exited" }.into(),
                 handle: format!("vhost {}", self.vhost()),
+                swarm: None,
             });
         }
         nodes.sort_by_key(|n| (n.role as u8, crate::core::master_election::ip_rank(&n.ip)));
@@ -229,6 +235,28 @@ impl LocalRuntime {
         self.launch(state, Role::Client, id.to_string(), ip, "ts-client", env)
     }
 
+    /// A swarm's process. It needs no address of its own (it serves no NTP): the node's is
+    /// its first client's. Its key directory (`swarm.keys`) is already written.
+    pub fn start_swarm(
+        &self,
+        state: &mut State,
+        ep: &Endpoints,
+        id: &str,
+        n: usize,
+        first: Ipv4Addr,
+    ) -> Result<Node> {
+        let keys = self.cfg.node_keys_dir(id);
+        let env = swarm_env(&self.cfg, ep, n, first, &keys);
+        self.launch(
+            state,
+            Role::Swarm,
+            id.into(),
+            first.into(),
+            "ts-client",
+            env,
+        )
+    }
+
     /// Starts one of our binaries with its settings as `TS_*` variables, and records it.
     fn launch(
         &self,
@@ -256,6 +284,7 @@ impl LocalRuntime {
             ip,
             state: "running".into(),
             handle: format!("pid {pid}"),
+            swarm: None,
         })
     }
 
@@ -393,21 +422,30 @@ fn alive(n: &LocalNode) -> bool {
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .collect::<Vec<String>>()
     };
+    // A swarm's key directory is its own (under this cluster's home).
     let identity = match n.role {
-        Role::Client | Role::Server => n
-            .env
-            .iter()
-            .find(|(k, _)| k == "TS_CLIENT_ID" || k == "TS_REPLICA_ID"),
+        Role::Client => Some("TS_CLIENT_ID"),
+        Role::Server => Some("TS_REPLICA_ID"),
+        Role::Swarm => Some("TS_KEY_DIR"),
         _ => None,
-    };
+    }
+    .and_then(|k| Some((k, env_of(n, k)?)));
     let ours = match (n.role, identity) {
-        (Role::Client | Role::Server, Some((k, v))) => {
+        (Role::Client | Role::Server | Role::Swarm, Some((k, v))) => {
             read("environ").contains(&format!("{k}={v}"))
         }
         (Role::Redis, _) => read("cmdline").iter().any(|a| a.contains("redis-server")),
         _ => false,
     };
     running && ours
+}
+
+/// The value of `TS_*` variable `key` the node was started with.
+fn env_of<'a>(n: &'a LocalNode, key: &str) -> Option<&'a str> {
+    n.env
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// SIGTERM, wait, then SIGKILL.

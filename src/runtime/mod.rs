@@ -15,12 +15,12 @@ pub mod services;
 pub use docker::DockerRuntime;
 pub use images::{ensure_images, BASE_BUILD_SCRIPT};
 pub use local::LocalRuntime;
-pub use node::{Node, Role, MAX_REPLICAS};
+pub use node::{Node, Role, SwarmSpan, MAX_REPLICAS};
 
 use crate::error::{Error, Result};
-use crate::settings::{self, ClientNode, ServerNode, ServerSettings};
+use crate::settings::{self, ClientNode, ServerNode, ServerSettings, DEFAULT_SWARM_IP_BASE};
 use cluster::{ClusterConfig, RuntimeKind, State};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
@@ -75,12 +75,26 @@ impl Runtime {
         }
     }
 
-    /// Every node of this cluster.
-    pub async fn nodes(&self, state: &State) -> Result<Vec<Node>> {
+    fn cfg(&self) -> &ClusterConfig {
         match self {
-            Runtime::Docker(d) => d.nodes().await,
-            Runtime::Local(l) => Ok(l.nodes(state)),
+            Runtime::Docker(d) => &d.cfg,
+            Runtime::Local(l) => &l.cfg,
         }
+    }
+
+    /// Every node of this cluster; a swarm with its clients' ids (from its key directory).
+    pub async fn nodes(&self, state: &State) -> Result<Vec<Node>> {
+        let mut nodes = match self {
+            Runtime::Docker(d) => d.nodes().await?,
+            Runtime::Local(l) => l.nodes(state),
+        };
+        for n in &mut nodes {
+            if let Some(span) = &mut n.swarm {
+                let ids = swarm_ids(&self.cfg().node_keys_dir(&n.id))?;
+                *span = SwarmSpan::new(span.first_ip, ids);
+            }
+        }
+        Ok(nodes)
     }
 
     /// Starts Redis and RabbitMQ and waits for their ports.
@@ -164,6 +178,31 @@ impl Runtime {
         }
     }
 
+    /// Starts a swarm of `n` clients (one `ts-client --swarm` process) from address `first`,
+    /// else right after the cluster's other swarms (from [`DEFAULT_SWARM_IP_BASE`]).
+    pub async fn start_swarm(
+        &self,
+        state: &mut State,
+        n: usize,
+        first: Option<Ipv4Addr>,
+    ) -> Result<Node> {
+        let nodes = self.nodes(state).await?;
+        let default: Ipv4Addr = DEFAULT_SWARM_IP_BASE.parse().expect("an IPv4 address");
+        let (k, first) = node::place_swarm(&nodes, n, first, default)?;
+        let id = node::swarm_node_id(k);
+        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+        let keys = crate::keys::ClusterKeys::load(&self.cfg().keys_dir())?;
+        let dir = self.cfg().node_keys_dir(&id);
+        crate::keys::write_ring(&dir, &keys.swarm_ring(&ids))?;
+        let ep = self.endpoints(state);
+        let mut node = match self {
+            Runtime::Docker(d) => d.start_swarm(&ep, &id, n, first).await,
+            Runtime::Local(l) => l.start_swarm(state, &ep, &id, n, first),
+        }?;
+        node.swarm = Some(SwarmSpan::new(first, ids));
+        Ok(node)
+    }
+
     /// Stops and removes one node.
     pub async fn remove(&self, state: &mut State, node: &Node) -> Result<()> {
         match self {
@@ -236,6 +275,47 @@ pub fn client_env(
     env
 }
 
+/// The `TS_*` variables of a swarm of `n` clients from `first`: a client's, with no NTP (a
+/// swarm serves none and follows no upstream).
+pub fn swarm_env(
+    cfg: &ClusterConfig,
+    ep: &Endpoints,
+    n: usize,
+    first: Ipv4Addr,
+    key_dir: &Path,
+) -> Vec<(String, String)> {
+    let node = ClientNode {
+        amqp_url: ep.client_amqp_url.clone(),
+        swarm: Some(n),
+        swarm_ip_base: first,
+        key_dir: key_dir.to_path_buf(),
+        log_dir: cfg.client_log_dir.clone(),
+        ..settings::defaults()
+    };
+    let client = settings::ClientSettings {
+        ntp_listen: None,
+        ntp_upstream: Vec::new(),
+        ..cfg.client.clone()
+    };
+    let mut env = settings::to_env(&node);
+    env.extend(settings::to_env(&client));
+    env
+}
+
+/// The log file of a swarm whose first address is `first` (as `ts-client` names it).
+pub fn swarm_log_name(first: Ipv4Addr) -> String {
+    format!("swarm-{first}")
+}
+
+/// The ids of a swarm's clients, in address order, from its key directory.
+fn swarm_ids(dir: &Path) -> Result<Vec<Uuid>> {
+    Ok(crate::keys::load(dir)?
+        .swarm
+        .iter()
+        .map(|(id, _)| *id)
+        .collect())
+}
+
 /// Where a node's key directory is in its container (bind-mounted read-only from the host).
 pub const CONTAINER_KEY_DIR: &str = "/run/time-sync/keys";
 
@@ -253,6 +333,8 @@ pub fn write_node_keys(cfg: &ClusterConfig, node_id: &str) -> Result<PathBuf> {
 pub fn write_node_ring(keys: &crate::keys::ClusterKeys, node_id: &str, dir: &Path) -> Result<()> {
     let ring = if node::replica_of(node_id).is_some() {
         keys.server_ring()
+    } else if node::swarm_of(node_id).is_some() {
+        keys.swarm_ring(&swarm_ids(dir)?)
     } else {
         let id: Uuid = node_id.parse().map_err(|_| {
             crate::Error::Runtime(format!("{node_id:?} is neither a replica nor a client id"))
@@ -324,4 +406,35 @@ pub async fn declare_topology(operator_amqp_url: &str) -> Result<()> {
     crate::broker::declare_topology(&ch).await?;
     let _ = conn.close(200, "topology declared".into()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::ClusterKeys;
+
+    #[test]
+    fn a_key_rotation_reaches_a_swarm_and_keeps_its_clients() {
+        let dir = std::env::temp_dir().join(format!("ts-swarm-keys-{}", Uuid::new_v4().simple()));
+        let (old, new) = (ClusterKeys::generate("t"), ClusterKeys::generate("t"));
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        crate::keys::write_ring(&dir, &old.swarm_ring(&ids)).unwrap();
+        write_node_ring(&new, "swarm-1", &dir).unwrap();
+        let ring = crate::keys::load(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(ring.swarm.len(), 3);
+        for ((id, keys), want) in ring.swarm.iter().zip(&ids) {
+            assert_eq!(id, want, "the same clients, in the same order");
+            assert_eq!(
+                *keys,
+                new.server_ring().client_keys(id),
+                "with the new keys"
+            );
+        }
+        assert_eq!(
+            ring.leader_public,
+            new.server_ring().leader_public,
+            "and the new leader key"
+        );
+    }
 }

@@ -3,18 +3,21 @@
 //! Pure values and functions, shared by both runtimes and by tsc's views.
 
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use uuid::Uuid;
 
 /// Label keys put on every Docker object tsc creates.
 pub mod labels {
     /// The cluster id; teardown removes exactly the objects carrying ours.
     pub const CLUSTER: &str = "time-sync.cluster";
-    /// `redis`, `rabbitmq`, `server` or `client`.
+    /// `redis`, `rabbitmq`, `server`, `client` or `swarm`.
     pub const ROLE: &str = "time-sync.role";
     /// The node id (clients: their UUID).
     pub const ID: &str = "time-sync.id";
     /// The node's static address.
     pub const IP: &str = "time-sync.ip";
+    /// A swarm's first client address (client i advertises it + i).
+    pub const SWARM_FIRST_IP: &str = "time-sync.swarm-first-ip";
 }
 
 /// What a node does.
@@ -25,6 +28,8 @@ pub enum Role {
     Rabbitmq,
     Server,
     Client,
+    /// One `ts-client --swarm N` process: N clients (`tsc clients add --swarm`).
+    Swarm,
 }
 
 impl Role {
@@ -34,13 +39,20 @@ impl Role {
             Role::Rabbitmq => "rabbitmq",
             Role::Server => "server",
             Role::Client => "client",
+            Role::Swarm => "swarm",
         }
     }
 
     pub fn parse(s: &str) -> Option<Role> {
-        [Role::Redis, Role::Rabbitmq, Role::Server, Role::Client]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        [
+            Role::Redis,
+            Role::Rabbitmq,
+            Role::Server,
+            Role::Client,
+            Role::Swarm,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 }
 
@@ -54,11 +66,23 @@ pub struct Node {
     pub state: String,
     /// Container id or process id, for people.
     pub handle: String,
+    /// A swarm's clients (`Role::Swarm` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<SwarmSpan>,
 }
 
 impl Node {
     pub fn running(&self) -> bool {
         self.state == "running"
+    }
+
+    /// The clients this node runs: its own id, a swarm's members, or none (other roles).
+    pub fn client_ids(&self) -> Vec<String> {
+        match (&self.role, &self.swarm) {
+            (Role::Client, _) => vec![self.id.clone()],
+            (Role::Swarm, Some(s)) => s.ids.iter().map(Uuid::to_string).collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// A node for unit tests (no handle).
@@ -70,8 +94,119 @@ impl Node {
             ip: ip.parse().expect("an IP address"),
             state: state.into(),
             handle: String::new(),
+            swarm: None,
         }
     }
+}
+
+/// The clients of a swarm node: client i has id `ids[i]` and advertises `first_ip` + i.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SwarmSpan {
+    pub first_ip: Ipv4Addr,
+    /// How many clients (`ids.len()`; what JSON shows instead of the ids).
+    pub clients: usize,
+    #[serde(skip)]
+    pub ids: Vec<Uuid>,
+}
+
+impl SwarmSpan {
+    pub fn new(first_ip: Ipv4Addr, ids: Vec<Uuid>) -> Self {
+        SwarmSpan {
+            first_ip,
+            clients: ids.len(),
+            ids,
+        }
+    }
+
+    /// The address client `i` advertises.
+    pub fn ip(&self, i: usize) -> IpAddr {
+        crate::client::swarm::member_ip(self.first_ip, i)
+    }
+
+    /// One past the last address (as a number), for the next swarm to start from.
+    pub fn end(&self) -> u32 {
+        u32::from(self.first_ip) + self.clients as u32
+    }
+
+    /// Whether `ip` is one of this swarm's addresses.
+    pub fn holds(&self, ip: &IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => (u32::from(self.first_ip)..self.end()).contains(&u32::from(*v4)),
+            IpAddr::V6(_) => false,
+        }
+    }
+}
+
+/// Where a new swarm of `n` clients goes beside `nodes`: its number (one above the highest
+/// swarm's) and its first address: `asked`, else right after the last address any swarm holds,
+/// else `default_first`. Refused when its addresses overlap another swarm's or a client's
+/// (two clients with one address would leave the election to chance) or run past
+/// 255.255.255.255.
+pub fn place_swarm(
+    nodes: &[Node],
+    n: usize,
+    asked: Option<Ipv4Addr>,
+    default_first: Ipv4Addr,
+) -> crate::Result<(u64, Ipv4Addr)> {
+    let spans: Vec<&SwarmSpan> = nodes.iter().filter_map(|x| x.swarm.as_ref()).collect();
+    let k = nodes
+        .iter()
+        .filter_map(|x| swarm_of(&x.id))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let first = match asked {
+        Some(ip) => ip,
+        None => spans
+            .iter()
+            .map(|s| s.end())
+            .max()
+            .map_or(default_first, Ipv4Addr::from),
+    };
+    let start = u64::from(u32::from(first));
+    let end = start + n as u64;
+    if end > 1 << 32 {
+        return Err(crate::Error::Runtime(format!(
+            "a swarm of {n} from {first} runs past 255.255.255.255"
+        )));
+    }
+    let within = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) => (start..end).contains(&u64::from(u32::from(*v4))),
+        IpAddr::V6(_) => false,
+    };
+    if let Some(s) = spans
+        .iter()
+        .find(|s| u64::from(u32::from(s.first_ip)) < end && start < u64::from(s.end()))
+    {
+        return Err(crate::Error::Runtime(format!(
+            "addresses {first}–{} overlap a swarm's, {}–{}",
+            Ipv4Addr::from((end - 1) as u32),
+            s.first_ip,
+            Ipv4Addr::from(s.end() - 1)
+        )));
+    }
+    if let Some(c) = nodes
+        .iter()
+        .find(|x| x.role == Role::Client && within(&x.ip))
+    {
+        return Err(crate::Error::Runtime(format!(
+            "addresses {first}–{} include client {}'s, {}",
+            Ipv4Addr::from((end - 1) as u32),
+            c.id,
+            c.ip
+        )));
+    }
+    Ok((k, first))
+}
+
+/// Node id of the `k`-th swarm tsc started (`swarm-1`, ...).
+pub fn swarm_node_id(k: u64) -> String {
+    format!("swarm-{k}")
+}
+
+/// The number in a swarm node id (`swarm-2` → 2).
+pub fn swarm_of(node_id: &str) -> Option<u64> {
+    node_id.strip_prefix("swarm-")?.parse().ok()
 }
 
 /// Host numbers of clients in a cluster's /24 (Docker) or on loopback (local).
@@ -150,9 +285,65 @@ mod tests {
         assert!(server_host(11).is_err());
     }
 
+    fn swarm(k: u64, first: &str, n: usize) -> Node {
+        Node {
+            swarm: Some(SwarmSpan::new(
+                first.parse().unwrap(),
+                (0..n).map(|_| Uuid::new_v4()).collect(),
+            )),
+            ..Node::fake(Role::Swarm, &swarm_node_id(k), "10.0.0.30", "running")
+        }
+    }
+
+    #[test]
+    fn swarms_go_one_after_another_and_never_overlap() {
+        let dflt: Ipv4Addr = "198.18.0.1".parse().unwrap();
+        let client = Node::fake(Role::Client, "c", "127.0.0.20", "running");
+        assert_eq!(
+            place_swarm(std::slice::from_ref(&client), 40, None, dflt).unwrap(),
+            (1, dflt)
+        );
+        let nodes = vec![
+            client,
+            swarm(1, "198.18.0.1", 300),
+            swarm(3, "10.1.0.0", 10),
+        ];
+        // After the highest address any swarm holds; numbered above the highest swarm.
+        assert_eq!(
+            place_swarm(&nodes, 5, None, dflt).unwrap(),
+            (4, "198.18.1.45".parse().unwrap())
+        );
+        assert_eq!(
+            place_swarm(&nodes, 10, Some("10.1.0.10".parse().unwrap()), dflt).unwrap(),
+            (4, "10.1.0.10".parse().unwrap())
+        );
+        for (asked, n, why) in [
+            ("10.1.0.9", 2, "overlap a swarm's, 10.1.0.0–10.1.0.9"),
+            ("198.18.0.0", 2, "overlap a swarm's"),
+            ("127.0.0.1", 20, "include client c's, 127.0.0.20"),
+            ("255.255.255.250", 7, "runs past 255.255.255.255"),
+        ] {
+            let e = place_swarm(&nodes, n, Some(asked.parse().unwrap()), dflt).unwrap_err();
+            assert!(e.to_string().contains(why), "{asked}+{n}: {e}");
+        }
+        assert!(place_swarm(&nodes, 6, Some("255.255.255.250".parse().unwrap()), dflt).is_ok());
+        let s = swarm(1, "198.18.0.1", 300).swarm.unwrap();
+        assert!(s.holds(&"198.18.1.44".parse().unwrap()));
+        assert!(!s.holds(&"198.18.1.45".parse().unwrap()));
+        assert_eq!(s.ip(299), "198.18.1.44".parse::<IpAddr>().unwrap());
+        assert_eq!(swarm_of("swarm-12"), Some(12));
+        assert_eq!(swarm_of("server-1"), None);
+    }
+
     #[test]
     fn roles_round_trip() {
-        for r in [Role::Redis, Role::Rabbitmq, Role::Server, Role::Client] {
+        for r in [
+            Role::Redis,
+            Role::Rabbitmq,
+            Role::Server,
+            Role::Client,
+            Role::Swarm,
+        ] {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
         assert_eq!(Role::parse("nope"), None);

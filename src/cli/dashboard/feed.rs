@@ -19,7 +19,7 @@ use crate::cli::view::{client_rows, current_leader, server_rows, ClientRow, Serv
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::protocol::{EventKind, MasterRecord};
 use crate::runtime::cluster::{ClusterConfig, State};
-use crate::runtime::{Node, Role, Runtime};
+use crate::runtime::{Node, Runtime};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -138,12 +138,7 @@ pub fn cards_of(
     nodes: &[Node],
     seen: &mut HashSet<String>,
 ) -> Vec<ClientRow> {
-    seen.extend(
-        nodes
-            .iter()
-            .filter(|n| n.role == Role::Client)
-            .map(|n| n.id.clone()),
-    );
+    seen.extend(nodes.iter().flat_map(Node::client_ids));
     rows.into_iter()
         .filter(|r| match r.state.as_str() {
             "silent" => false,
@@ -412,6 +407,7 @@ impl Looker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::Role;
 
     fn row(id: &str, state: &str) -> ClientRow {
         ClientRow {
