@@ -56,8 +56,9 @@ pub fn json_fallbacks<S: Clone + Send + Sync + 'static>(
 }
 
 /// `host:port` of a URL such as `amqp://user:pass@host:5672/vhost`, for log lines (never the
-/// credentials).
+/// credentials); of a list of URLs (a broker's nodes, comma-separated), the first's.
 pub fn endpoint_of(url: &str) -> String {
+    let url = url.split(',').next().unwrap_or(url).trim();
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     rest.split(['/', '?']).next().unwrap_or(rest).to_string()
@@ -170,6 +171,11 @@ mod tests {
             "10.0.0.2:6379"
         );
         assert_eq!(endpoint_of("redis://localhost:6379"), "localhost:6379");
+        assert_eq!(
+            endpoint_of("amqp://u:p@10.0.0.3:5672/v, amqp://u:p@10.0.0.4:5672/v"),
+            "10.0.0.3:5672",
+            "a list: its first node"
+        );
     }
 
     #[tokio::test]

@@ -214,7 +214,7 @@ impl ServerSettings {
 /// What makes one `ts-server` this node: services, identity, API address, logs.
 #[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 pub struct ServerNode {
-    /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`).
+    /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`); a broker's nodes: several, by commas.
     #[arg(long, env = "TS_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
     /// Redis URL (`redis://[:password@]host:port/db`).
@@ -242,7 +242,7 @@ pub struct ServerNode {
 
 impl ServerNode {
     pub fn validate(&self) -> Result<()> {
-        check_amqp_url(&self.amqp_url)?;
+        crate::broker::check_urls(&self.amqp_url)?;
         if !self.redis_url.starts_with("redis://") {
             return invalid(format!(
                 "redis_url must start with redis:// (got {:?})",
@@ -399,7 +399,7 @@ impl ClientSettings {
 /// What makes one `ts-client` this node: broker, identity, initial clock, logs.
 #[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 pub struct ClientNode {
-    /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`).
+    /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`); a broker's nodes: several, by commas.
     #[arg(long, env = "TS_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
     /// Client id (default: the one in the key directory's `client.id`, which tsc writes; the
@@ -442,7 +442,7 @@ pub struct ClientNode {
 
 impl ClientNode {
     pub fn validate(&self) -> Result<()> {
-        check_amqp_url(&self.amqp_url)?;
+        crate::broker::check_urls(&self.amqp_url)?;
         if let Some(n) = self.swarm {
             in_range("swarm", n, 1..=MAX_SWARM)?;
             if u32::from(self.swarm_ip_base)
@@ -589,16 +589,6 @@ fn ntp_upstreams(addrs: &[String]) -> Result<()> {
 
 fn max_offset(us: i64) -> Result<()> {
     in_range("hlc_max_offset_us", us, 1_000..=60_000_000)
-}
-
-fn check_amqp_url(url: &str) -> Result<()> {
-    if !url.starts_with("amqp://") {
-        return invalid(format!(
-            "amqp_url must start with amqp:// (got {:?})",
-            crate::net::endpoint_of(url)
-        ));
-    }
-    crate::broker::parse_url(url).map(|_| ())
 }
 
 #[cfg(test)]

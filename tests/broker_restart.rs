@@ -100,3 +100,73 @@ async fn survives_broker_restart() {
         }
     }
 }
+
+/// Two RabbitMQ nodes of the test's own, each with the same vhost, and every node given both
+/// URLs (`--amqp-url A,B`): when A goes away (its application stopped), the server and the clients go on through B
+/// within seconds, as they would through the next node of a RabbitMQ cluster; nothing steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_next_broker_url() {
+    let dir = tempdir::Dir::new("ts-brokers");
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    let (a, b) = tokio::join!(RabbitNode::start(&dir_a), RabbitNode::start(&dir_b));
+    let (a, b) = (a.expect("node A"), b.expect("node B"));
+    let mut env = TestEnv::on(&a);
+    let on_b = b.vhost_named(&env.vhost.name).expect("the same vhost on B");
+    let urls = format!("{},{}", env.vhost.url(), on_b.url());
+    let store = env.store().await;
+    env.server(3, &["--amqp-url", &urls]);
+    let (_, m) = env.client_via(&urls, "127.0.0.5", &[]);
+    env.client_via(&urls, "127.0.0.6", &[]);
+    wait_for(
+        Duration::from_secs(30),
+        "both synced to the master",
+        || async {
+            let r = live(&store).await;
+            // A follower's report has `max_step_us` once it is synced; the master's never does.
+            (r.len() == 2
+                && r.iter().all(|r| {
+                    r.report.master_id == Some(m)
+                        && (r.report.id == m || r.report.max_step_us.is_some())
+                }))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(on_b.queues().unwrap().is_empty(), "everyone starts on A");
+
+    // As a node's death looks from outside: every connection dropped, the port closed.
+    a.stop_app().unwrap();
+    let started = Instant::now();
+    wait_for(Duration::from_secs(30), "everyone on B", || async {
+        let on = on_b.queues().ok()?;
+        let reports = on.iter().find(|(q, _, _)| q == "ts.reports")?;
+        (client_queues(&on) == 2 && reports.2 > 0).then_some(())
+    })
+    .await;
+    let clock = time_sync::core::clock::SystemClock;
+    let on_b_since = time_sync::core::clock::Clock::now_us(&clock);
+    let published = stat(&store, "updates_published").await;
+    wait_for(
+        Duration::from_secs(20),
+        "reports from both clients and updates, through B",
+        || async {
+            let r = live(&store).await;
+            let fresh = r.iter().filter(|r| r.received_at_us > on_b_since).count();
+            (fresh == 2 && stat(&store, "updates_published").await > published + 2).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "reports stored through B {:?} after A died",
+        started.elapsed()
+    );
+    let r = live(&store).await;
+    assert!(
+        r.iter()
+            .all(|r| r.report.master_id == Some(m) && r.report.max_step_us.unwrap_or(0) < 1_000),
+        "still following the same master, no step over 1 ms: {r:?}"
+    );
+    for p in env.procs.iter_mut() {
+        assert!(p.is_running(), "{} survived", p.name);
+    }
+}

@@ -44,41 +44,95 @@ pub fn parse_url(url: &str) -> Result<lapin::uri::AMQPUri> {
     Ok(uri)
 }
 
-/// Connects to `url`, retrying with growing delays until it works or `shutdown` fires (then
-/// `None`). Every failure is logged as `Failed connecting to HOST:PORT, retrying in Ns`.
+/// Separates the URLs of a broker's nodes in one `amqp_url` (`--amqp-url`, `TS_AMQP_URL`).
+pub const URL_SEPARATOR: char = ',';
+
+/// Longest wait for one connection attempt (TCP and the AMQP handshake). A node whose host is
+/// gone (no reset comes back) would otherwise hold the attempt for the system's SYN timeout,
+/// minutes, before the next node is tried; a broker busy accepting thousands of connections
+/// still answers well within it.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The node URLs in `amqp_url`: one, or several separated by [`URL_SEPARATOR`] (the nodes of
+/// one broker, a RabbitMQ cluster, tried in turn).
+pub fn split_urls(amqp_url: &str) -> Vec<&str> {
+    amqp_url
+        .split(URL_SEPARATOR)
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Checks an `amqp_url` setting: one `amqp://` URL, or several separated by commas.
+pub fn check_urls(urls: &str) -> Result<()> {
+    let nodes = split_urls(urls);
+    if nodes.is_empty() {
+        return Err(crate::Error::Config("amqp_url is empty".into()));
+    }
+    for url in nodes {
+        if !url.starts_with("amqp://") {
+            return Err(crate::Error::Config(format!(
+                "amqp_url must start with amqp:// (got {:?})",
+                endpoint_of(url)
+            )));
+        }
+        parse_url(url)?;
+    }
+    Ok(())
+}
+
+/// Connects to the first of `url`'s nodes ([`split_urls`]) that answers, trying them in the
+/// order given (an order of preference), each for at most [`CONNECT_TIMEOUT`]; when a whole
+/// round failed, waits with growing delays, until it works or `shutdown` fires (then `None`).
+/// The failure that ends a round is logged as `Failed connecting to HOST:PORT, retrying in
+/// Ns`, the others as `Failed connecting to HOST:PORT, trying HOST:PORT`.
 pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Option<Connection> {
-    let endpoint = endpoint_of(url);
-    let uri = match parse_url(url) {
-        Ok(uri) => uri,
+    let nodes: Vec<(String, lapin::uri::AMQPUri)> = match split_urls(url)
+        .into_iter()
+        .map(|u| Ok((endpoint_of(u), parse_url(u)?)))
+        .collect::<Result<Vec<_>>>()
+    {
+        Ok(nodes) if !nodes.is_empty() => nodes,
+        Ok(_) => {
+            tracing::error!("no AMQP URL");
+            return None;
+        }
         Err(e) => {
             tracing::error!("{e}");
             return None;
         }
     };
     let mut backoff = Backoff::default();
+    let mut at = 0;
     loop {
+        let (endpoint, uri) = &nodes[at];
         let props = ConnectionProperties::default().with_connection_name(name.into());
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            r = Connection::connect_uri(uri.clone(), props) => r,
+            r = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri.clone(), props)) => r,
         };
-        match attempt {
-            Ok(conn) => {
+        let error = match attempt {
+            Ok(Ok(conn)) => {
                 info!(broker = %endpoint, "connected to RabbitMQ");
                 return Some(conn);
             }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                warn!(
-                    error = %e,
-                    "Failed connecting to {endpoint}, retrying in {}s",
-                    delay.as_secs()
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+        };
+        at = (at + 1) % nodes.len();
+        if at != 0 {
+            warn!(%error, "Failed connecting to {endpoint}, trying {}", nodes[at].0);
+            continue;
+        }
+        let delay = backoff.next_delay();
+        warn!(
+            %error,
+            "Failed connecting to {endpoint}, retrying in {}s",
+            delay.as_secs()
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
         }
     }
 }
@@ -356,7 +410,8 @@ pub const SESSION_RETRY_DELAY: std::time::Duration = std::time::Duration::from_s
 /// Longest wait for a polite close; a dead peer gets no more than this.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Runs `session` on a fresh connection until shutdown, reconnecting after every failure.
+/// Runs `session` on a fresh connection until shutdown, reconnecting after every failure (to
+/// the first of `url`'s nodes that answers, when it names several).
 ///
 /// `session` returns `Ok(())` only when it stopped because of shutdown; any `Err` means "the
 /// connection is unusable", is logged, and starts a new session.
@@ -395,6 +450,25 @@ pub async fn run_sessions<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broker_is_one_url_or_its_nodes_by_commas() {
+        let two = "amqp://u:p@10.0.0.3:5672/v, amqp://u:p@10.0.0.4:5672/v,";
+        assert_eq!(
+            split_urls(two),
+            ["amqp://u:p@10.0.0.3:5672/v", "amqp://u:p@10.0.0.4:5672/v"]
+        );
+        assert!(check_urls(two).is_ok());
+        assert!(check_urls("amqp://u:p@h:5672/v").is_ok());
+        for (bad, why) in [
+            (" , ", "empty"),
+            ("amqp://u:p@h:5672/v,http://h:80", "must start with amqp://"),
+            ("amqp://u:p@h:notaport/v", "bad AMQP URL"),
+        ] {
+            let e = check_urls(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn urls_get_a_short_heartbeat_and_small_frames_unless_they_set_their_own() {

@@ -214,10 +214,13 @@ impl TestEnv {
     }
 
     /// Starts `ts-server` with a TTL of `ttl_s` seconds plus `extra` flags; returns its index.
+    /// `--amqp-url` in `extra` replaces the test's vhost.
     pub fn server(&mut self, ttl_s: u64, extra: &[&str]) -> usize {
-        let mut args = vec![
-            "--amqp-url".to_string(),
-            self.vhost.url(),
+        let mut args = Vec::new();
+        if !extra.contains(&"--amqp-url") {
+            args.extend(["--amqp-url".to_string(), self.vhost.url()]);
+        }
+        args.extend([
             "--redis-url".into(),
             self.redis.url(),
             "--ttl".into(),
@@ -226,7 +229,7 @@ impl TestEnv {
             self.path().join("server").display().to_string(),
             "--key-dir".into(),
             self.server_keys().display().to_string(),
-        ];
+        ]);
         if !extra.contains(&"--http-addr") {
             // Tests run in parallel: each API on a port of its own, published in Redis.
             args.extend(["--http-addr".into(), "127.0.0.1:0".into()]);

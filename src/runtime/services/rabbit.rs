@@ -227,6 +227,10 @@ impl Vhost {
 
     fn create_on(node: Option<&str>, port: u16, prefix: &str) -> Result<Vhost> {
         let name = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+        Self::named_on(node, port, name)
+    }
+
+    fn named_on(node: Option<&str>, port: u16, name: String) -> Result<Vhost> {
         add_vhost(node, &name, "guest", None)?;
         Ok(Vhost {
             name,
@@ -379,6 +383,11 @@ impl RabbitNode {
     /// A fresh vhost of one's own on this node.
     pub fn vhost(&self, prefix: &str) -> Result<Vhost> {
         Vhost::create_on(Some(&self.name), self.port, prefix)
+    }
+
+    /// A vhost named `name` on this node (the same as another node's, for a second broker).
+    pub fn vhost_named(&self, name: &str) -> Result<Vhost> {
+        Vhost::named_on(Some(&self.name), self.port, name.to_string())
     }
 
     /// Stops the broker application: every connection is dropped and the port closes.
