@@ -190,8 +190,8 @@ pub async fn add_swarm(
         )));
     }
     let node = rt.start_swarm(state, n, first).await.map_err(|e| match e {
-        // Where its addresses would go: the operator's to change.
-        crate::Error::Runtime(m) => Failure::usage(m),
+        // Its addresses overlap others, or run out: the request's to change.
+        crate::Error::Config(m) => Failure::usage(m),
         e => e.into(),
     })?;
     out.line(&started_message(&node));

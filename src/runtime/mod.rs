@@ -169,12 +169,20 @@ impl Runtime {
         }
     }
 
+    /// Starts a lone client at the lowest free address, none of a swarm's clients' included.
     pub async fn start_client(&self, state: &mut State) -> Result<Node> {
+        let swarms: Vec<IpAddr> = self
+            .nodes(state)
+            .await?
+            .iter()
+            .filter_map(|n| n.swarm.as_ref())
+            .flat_map(|s| (0..s.clients).map(|i| s.ip(i)))
+            .collect();
         let ep = self.endpoints(state);
         let id = Uuid::new_v4();
         match self {
-            Runtime::Docker(d) => d.start_client(&ep, id).await,
-            Runtime::Local(l) => l.start_client(state, &ep, id),
+            Runtime::Docker(d) => d.start_client(&ep, id, &swarms).await,
+            Runtime::Local(l) => l.start_client(state, &ep, id, &swarms),
         }
     }
 

@@ -139,9 +139,9 @@ impl SwarmSpan {
 
 /// Where a new swarm of `n` clients goes beside `nodes`: its number (one above the highest
 /// swarm's) and its first address: `asked`, else right after the last address any swarm holds,
-/// else `default_first`. Refused when its addresses overlap another swarm's or a client's
-/// (two clients with one address would leave the election to chance) or run past
-/// 255.255.255.255.
+/// else `default_first`. Refused (`Error::Config`: the request's to change) when its addresses
+/// overlap another swarm's or a client's (two clients with one address would leave the
+/// election to chance) or run past 255.255.255.255.
 pub fn place_swarm(
     nodes: &[Node],
     n: usize,
@@ -166,7 +166,7 @@ pub fn place_swarm(
     let start = u64::from(u32::from(first));
     let end = start + n as u64;
     if end > 1 << 32 {
-        return Err(crate::Error::Runtime(format!(
+        return Err(crate::Error::Config(format!(
             "a swarm of {n} from {first} runs past 255.255.255.255"
         )));
     }
@@ -178,7 +178,7 @@ pub fn place_swarm(
         .iter()
         .find(|s| u64::from(u32::from(s.first_ip)) < end && start < u64::from(s.end()))
     {
-        return Err(crate::Error::Runtime(format!(
+        return Err(crate::Error::Config(format!(
             "addresses {first}–{} overlap a swarm's, {}–{}",
             Ipv4Addr::from((end - 1) as u32),
             s.first_ip,
@@ -189,7 +189,7 @@ pub fn place_swarm(
         .iter()
         .find(|x| x.role == Role::Client && within(&x.ip))
     {
-        return Err(crate::Error::Runtime(format!(
+        return Err(crate::Error::Config(format!(
             "addresses {first}–{} include client {}'s, {}",
             Ipv4Addr::from((end - 1) as u32),
             c.id,
