@@ -123,17 +123,15 @@ impl SwarmSpan {
         crate::client::swarm::member_ip(self.first_ip, i)
     }
 
-    /// One past the last address (as a number), for the next swarm to start from.
-    pub fn end(&self) -> u32 {
-        u32::from(self.first_ip) + self.clients as u32
+    /// Its first address as a number.
+    pub fn start(&self) -> u64 {
+        u64::from(u32::from(self.first_ip))
     }
 
-    /// Whether `ip` is one of this swarm's addresses.
-    pub fn holds(&self, ip: &IpAddr) -> bool {
-        match ip {
-            IpAddr::V4(v4) => (u32::from(self.first_ip)..self.end()).contains(&u32::from(*v4)),
-            IpAddr::V6(_) => false,
-        }
+    /// One past its last address as a number (2^32 for a swarm that ends at 255.255.255.255),
+    /// where the next swarm starts.
+    pub fn end(&self) -> u64 {
+        self.start() + self.clients as u64
     }
 }
 
@@ -155,34 +153,37 @@ pub fn place_swarm(
         .max()
         .unwrap_or(0)
         + 1;
-    let first = match asked {
-        Some(ip) => ip,
+    let start = match asked {
+        Some(ip) => u64::from(u32::from(ip)),
         None => spans
             .iter()
             .map(|s| s.end())
             .max()
-            .map_or(default_first, Ipv4Addr::from),
+            .unwrap_or(u64::from(u32::from(default_first))),
     };
-    let start = u64::from(u32::from(first));
     let end = start + n as u64;
+    let address = |a: u64| Ipv4Addr::from(a as u32);
     if end > 1 << 32 {
         return Err(crate::Error::Config(format!(
-            "a swarm of {n} from {first} runs past 255.255.255.255"
+            "a swarm of {n} from {} runs past 255.255.255.255",
+            if start < 1 << 32 {
+                address(start).to_string()
+            } else {
+                "there".into()
+            }
         )));
     }
+    let first = address(start);
     let within = |ip: &IpAddr| match ip {
         IpAddr::V4(v4) => (start..end).contains(&u64::from(u32::from(*v4))),
         IpAddr::V6(_) => false,
     };
-    if let Some(s) = spans
-        .iter()
-        .find(|s| u64::from(u32::from(s.first_ip)) < end && start < u64::from(s.end()))
-    {
+    if let Some(s) = spans.iter().find(|s| s.start() < end && start < s.end()) {
         return Err(crate::Error::Config(format!(
             "addresses {first}–{} overlap a swarm's, {}–{}",
-            Ipv4Addr::from((end - 1) as u32),
+            address(end - 1),
             s.first_ip,
-            Ipv4Addr::from(s.end() - 1)
+            address(s.end() - 1)
         )));
     }
     if let Some(c) = nodes
@@ -191,7 +192,7 @@ pub fn place_swarm(
     {
         return Err(crate::Error::Config(format!(
             "addresses {first}–{} include client {}'s, {}",
-            Ipv4Addr::from((end - 1) as u32),
+            address(end - 1),
             c.id,
             c.ip
         )));
@@ -328,9 +329,11 @@ mod tests {
         }
         assert!(place_swarm(&nodes, 6, Some("255.255.255.250".parse().unwrap()), dflt).is_ok());
         let s = swarm(1, "198.18.0.1", 300).swarm.unwrap();
-        assert!(s.holds(&"198.18.1.44".parse().unwrap()));
-        assert!(!s.holds(&"198.18.1.45".parse().unwrap()));
         assert_eq!(s.ip(299), "198.18.1.44".parse::<IpAddr>().unwrap());
+        // A swarm to the very last address leaves no room after it, and says so.
+        let full = vec![swarm(1, "255.255.255.250", 6)];
+        let e = place_swarm(&full, 1, None, dflt).unwrap_err();
+        assert!(e.to_string().contains("runs past"), "{e}");
         assert_eq!(swarm_of("swarm-12"), Some(12));
         assert_eq!(swarm_of("server-1"), None);
     }
