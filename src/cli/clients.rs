@@ -132,14 +132,15 @@ pub const DEFAULT_LIST_LIMIT: usize = 1000;
 /// Largest shift accepted (s): a year.
 pub const MAX_SHIFT_SECS: f64 = 366.0 * 86_400.0;
 
-/// Whether `n` more clients fit beside `existing` ones (one address each in the cluster's /24):
-/// checked before any is started, so that a request too large starts none.
+/// Whether `n` more clients fit beside `existing` nodes that take an address of the cluster's
+/// /24 (a lone client, a swarm's container): checked before any is started, so that a request
+/// too large starts none.
 pub fn check_room(existing: usize, n: usize) -> CliResult<()> {
     let left = MAX_CLIENTS.saturating_sub(existing);
     if n > left {
         return Err(Failure::usage(format!(
-            "this cluster has {existing} clients and room for {left} more (at most {MAX_CLIENTS}, \
-             one address each); {n} asked"
+            "this cluster's nodes take {existing} of its {MAX_CLIENTS} client addresses (one \
+             each) and leave room for {left} more; {n} asked"
         )));
     }
     Ok(())
@@ -157,11 +158,13 @@ pub async fn add_clients(
     } else {
         "processes"
     };
+    // A lone client takes an address, and so does a swarm's container on Docker.
+    let docker = rt.kind() == RuntimeKind::Docker;
     let existing = rt
         .nodes(state)
         .await?
         .iter()
-        .filter(|n| n.role == Role::Client)
+        .filter(|n| n.role == Role::Client || (docker && n.role == Role::Swarm))
         .count();
     check_room(existing, n)?;
     out.line(&format!("Starting {n} client {what}.."));
