@@ -430,23 +430,16 @@ impl DockerRuntime {
             .await
     }
 
-    /// The lowest free client address in the subnet (a client's or a swarm's container), none
-    /// of `reserved`.
-    async fn client_ip(&self, reserved: &[IpAddr]) -> Result<IpAddr> {
-        let mut taken: Vec<IpAddr> = self.nodes().await?.iter().map(|n| n.ip).collect();
-        taken.extend(reserved);
-        next_free_ip(self.base, CLIENT_HOSTS.0, CLIENT_HOSTS.1, &taken)
+    /// The lowest client address in the subnet (a client's or a swarm's container) not in
+    /// `taken`.
+    fn client_ip(&self, taken: &[IpAddr]) -> Result<IpAddr> {
+        next_free_ip(self.base, CLIENT_HOSTS.0, CLIENT_HOSTS.1, taken)
             .ok_or_else(|| Error::Runtime("no free client address in the subnet (max 235)".into()))
     }
 
-    /// A lone client, at an address none of `reserved` (a swarm's clients').
-    pub async fn start_client(
-        &self,
-        ep: &Endpoints,
-        id: Uuid,
-        reserved: &[IpAddr],
-    ) -> Result<Node> {
-        let ip = self.client_ip(reserved).await?;
+    /// A lone client, at an address not in `taken` (the nodes', and a swarm's clients').
+    pub async fn start_client(&self, ep: &Endpoints, id: Uuid, taken: &[IpAddr]) -> Result<Node> {
+        let ip = self.client_ip(taken)?;
         let dir = self.cfg.client_log_dir.display().to_string();
         let keys = write_node_keys(&self.cfg, &id.to_string())?;
         let env = client_env(&self.cfg, ep, id, None, CONTAINER_KEY_DIR.as_ref());
@@ -462,9 +455,10 @@ impl DockerRuntime {
         id: &str,
         n: usize,
         first: Ipv4Addr,
+        taken: &[IpAddr],
     ) -> Result<Node> {
-        // The process's own address: its clients advertise others.
-        let ip = self.client_ip(&[]).await?;
+        // The process's own address (not in `taken`, the nodes'): its clients advertise others.
+        let ip = self.client_ip(taken)?;
         let dir = self.cfg.client_log_dir.display().to_string();
         let keys = self.cfg.node_keys_dir(id);
         let env = swarm_env(&self.cfg, ep, n, first, CONTAINER_KEY_DIR.as_ref());

@@ -226,17 +226,16 @@ impl LocalRuntime {
         self.launch(state, Role::Server, node, ip.into(), "ts-server", env)
     }
 
-    /// A lone client on its own loopback address, none of `reserved` (a swarm's clients').
+    /// A lone client on its own loopback address, not in `taken` (the nodes', and a swarm's
+    /// clients').
     pub fn start_client(
         &self,
         state: &mut State,
         ep: &Endpoints,
         id: Uuid,
-        reserved: &[IpAddr],
+        taken: &[IpAddr],
     ) -> Result<Node> {
-        let mut taken: Vec<IpAddr> = state.local.nodes.iter().map(|n| n.ip).collect();
-        taken.extend(reserved);
-        let ip = next_free_ip(LOOPBACK, CLIENT_HOSTS.0, CLIENT_HOSTS.1, &taken)
+        let ip = next_free_ip(LOOPBACK, CLIENT_HOSTS.0, CLIENT_HOSTS.1, taken)
             .ok_or_else(|| Error::Runtime("no free loopback address for a client".into()))?;
         let keys = write_node_keys(&self.cfg, &id.to_string())?;
         let env = client_env(&self.cfg, ep, id, Some(ip), &keys);

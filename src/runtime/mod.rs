@@ -169,20 +169,25 @@ impl Runtime {
         }
     }
 
-    /// Starts a lone client at the lowest free address, none of a swarm's clients' included.
+    /// Starts a lone client at the lowest free address: no node's, and none of a swarm's
+    /// clients'.
     pub async fn start_client(&self, state: &mut State) -> Result<Node> {
-        let swarms: Vec<IpAddr> = self
-            .nodes(state)
-            .await?
+        let nodes = self.nodes(state).await?;
+        let taken: Vec<IpAddr> = nodes
             .iter()
-            .filter_map(|n| n.swarm.as_ref())
-            .flat_map(|s| (0..s.clients).map(|i| s.ip(i)))
+            .map(|n| n.ip)
+            .chain(
+                nodes
+                    .iter()
+                    .filter_map(|n| n.swarm.as_ref())
+                    .flat_map(|s| (0..s.clients).map(|i| s.ip(i))),
+            )
             .collect();
         let ep = self.endpoints(state);
         let id = Uuid::new_v4();
         match self {
-            Runtime::Docker(d) => d.start_client(&ep, id, &swarms).await,
-            Runtime::Local(l) => l.start_client(state, &ep, id, &swarms),
+            Runtime::Docker(d) => d.start_client(&ep, id, &taken).await,
+            Runtime::Local(l) => l.start_client(state, &ep, id, &taken),
         }
     }
 
@@ -203,8 +208,9 @@ impl Runtime {
         let dir = self.cfg().node_keys_dir(&id);
         crate::keys::write_ring(&dir, &keys.swarm_ring(&ids))?;
         let ep = self.endpoints(state);
+        let taken: Vec<IpAddr> = nodes.iter().map(|n| n.ip).collect();
         let mut node = match self {
-            Runtime::Docker(d) => d.start_swarm(&ep, &id, n, first).await,
+            Runtime::Docker(d) => d.start_swarm(&ep, &id, n, first, &taken).await,
             Runtime::Local(l) => l.start_swarm(state, &ep, &id, n, first),
         }?;
         node.swarm = Some(SwarmSpan::new(first, ids));
