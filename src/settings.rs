@@ -217,7 +217,8 @@ pub struct ServerNode {
     /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`); a broker's nodes: several, by commas.
     #[arg(long, env = "TS_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
-    /// Redis URL (`redis://[:password@]host:port/db`).
+    /// Redis URL: `redis://[:password@]host:port/db`, or a primary found through Sentinel,
+    /// `redis+sentinel://[:password@]host:port,host:port,…/service/db`.
     #[arg(long, env = "TS_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// This replica's id (unique among the replicas; ties in priority go to the higher id).
@@ -243,12 +244,7 @@ pub struct ServerNode {
 impl ServerNode {
     pub fn validate(&self) -> Result<()> {
         crate::broker::check_urls(&self.amqp_url)?;
-        if !self.redis_url.starts_with("redis://") {
-            return invalid(format!(
-                "redis_url must start with redis:// (got {:?})",
-                crate::net::endpoint_of(&self.redis_url)
-            ));
-        }
+        crate::cache::RedisTarget::parse(&self.redis_url)?;
         Ok(())
     }
 

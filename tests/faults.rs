@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use time_sync::cache::{RedisStore, ReportStore};
 use time_sync::core::clock::{Clock, SystemClock};
 use time_sync::core::protocol::ReplicaRole;
+use time_sync::runtime::services::RedisGroup;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
@@ -65,6 +66,8 @@ struct Sample {
     /// Every client reports freshly, follows the master, and is within the bound.
     in_sync: bool,
     master_ip: Option<String>,
+    /// When the newest report was stored (µs, wall clock).
+    newest_us: i64,
 }
 
 /// Reads the cluster's reports every 100 ms, until dropped.
@@ -161,6 +164,7 @@ async fn look(store: &RedisStore, clients: usize, bound_us: i64) -> Sample {
         max_step_us,
         in_sync,
         master_ip: master.map(|m| m.ip.to_string()),
+        newest_us: reports.iter().map(|r| r.received_at_us).max().unwrap_or(0),
     }
 }
 
@@ -243,6 +247,8 @@ enum Fault {
     AllReplicasRestart,
     ClientCut,
     MasterKill,
+    RedisPrimaryKill,
+    RedisPrimaryAndLeaderKill,
 }
 
 impl Fault {
@@ -258,6 +264,8 @@ impl Fault {
             Fault::AllReplicasRestart => "all_replicas_down_10s",
             Fault::ClientCut => "client_network_cut_20s",
             Fault::MasterKill => "master_kill_and_return",
+            Fault::RedisPrimaryKill => "redis_primary_kill",
+            Fault::RedisPrimaryAndLeaderKill => "redis_primary_and_leader_kill",
         }
     }
 }
@@ -265,6 +273,11 @@ impl Fault {
 struct Suite {
     node: RabbitNode,
     env: TestEnv,
+    /// Redis with Sentinel failover, when the suite runs on one (else `env.redis`).
+    group: Option<RedisGroup>,
+    /// When the last fault struck (and the wall clock then, µs), for faults that strike at
+    /// once: reports stored after it count as stored again.
+    struck: Option<(Instant, i64)>,
     store: RedisStore,
     /// Replica id → index in `env.procs`.
     replicas: HashMap<u64, usize>,
@@ -276,8 +289,38 @@ struct Suite {
 
 impl Suite {
     fn start_replica(&mut self, id: u64) {
-        let i = self.env.server(TTL_S, &["--replica-id", &id.to_string()]);
+        let id_s = id.to_string();
+        let mut args = vec!["--replica-id", &id_s];
+        let url = self.group.as_ref().map(RedisGroup::url);
+        if let Some(url) = &url {
+            args.extend(["--redis-url", url]);
+        }
+        let i = self.env.server(TTL_S, &args);
         self.replicas.insert(id, i);
+    }
+
+    /// Kills the Redis primary (SIGKILL: everything it had that no replica got is gone); its
+    /// index among the group's servers.
+    fn kill_redis_primary(&mut self) -> usize {
+        let group = self.group.as_mut().expect("a Redis group");
+        let at = group.primary().expect("the Sentinels name a primary");
+        let i = group.index_of(at).expect("the primary is one of ours");
+        group.kill_server(i);
+        self.struck = Some((Instant::now(), SystemClock.now_us()));
+        i
+    }
+
+    /// Starts Redis server `i` again once the Sentinels have promoted another (as its replica).
+    async fn return_redis_server(&mut self, i: usize) {
+        let group = self.group.as_mut().expect("a Redis group");
+        let gone = group.servers[i].addr();
+        wait_for(Duration::from_secs(30), "a replica promoted", || async {
+            group.primary().ok().filter(|a| *a != gone).map(|_| ())
+        })
+        .await;
+        group
+            .start_server(i)
+            .expect("the old primary back, as a replica");
     }
 
     fn start_client(&mut self, n: usize) -> (usize, Uuid) {
@@ -383,6 +426,21 @@ impl Suite {
                 tokio::time::sleep(Duration::from_secs(TTL_S + 3)).await;
                 self.clients[0] = self.start_client(0);
             }
+            Fault::RedisPrimaryKill => {
+                let i = self.kill_redis_primary();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                self.return_redis_server(i).await;
+            }
+            Fault::RedisPrimaryAndLeaderKill => {
+                // The next leader claims its epoch from the promoted replica: it must be above
+                // every epoch used before.
+                let id = self.leader().await;
+                self.replica(id).kill();
+                let i = self.kill_redis_primary();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                self.start_replica(id);
+                self.return_redis_server(i).await;
+            }
         }
         Instant::now()
     }
@@ -391,6 +449,8 @@ impl Suite {
         println!("[faults] {}", fault.name());
         let observer = Observer::start(&self.env.vhost.url(), self.env.ring()).await;
         let begin = Instant::now();
+        self.struck = None;
+        let epoch_before = observer.max_epoch();
         let healed = self.inject_and_heal(fault).await;
         // A broker that restarted dropped the observer's queue: listen again.
         let after = Observer::start(&self.env.vhost.url(), self.env.ring()).await;
@@ -421,6 +481,11 @@ impl Suite {
         }
         tokio::time::sleep(AFTERMATH).await;
         let seen = self.sampler.since(begin);
+        let stored_again = self.struck.map(|(at, at_us)| {
+            seen.iter()
+                .find(|s| s.newest_us > at_us)
+                .map_or(f64::INFINITY, |s| s.at.duration_since(at).as_secs_f64())
+        });
         let worst = seen.iter().filter_map(|s| s.worst.clone()).max();
         let max_err = worst.as_ref().map_or(0, |w| w.0);
         let worst_client = worst.map_or_else(|| "-".to_string(), |w| w.1);
@@ -450,7 +515,7 @@ impl Suite {
             epochs.len(),
             shared.len(),
             handover.map_or_else(String::new, |h| format!(" handover_s={:.1}", h.as_secs_f64())),
-        );
+        ) + &stored_again.map_or_else(String::new, |s| format!(" stored_again_s={s:.1}"));
         println!("[faults] {line}");
         self.results.push(line);
         assert_eq!(max_step, 0, "{}: a synced clock stepped", fault.name());
@@ -465,78 +530,137 @@ impl Suite {
             fault.name()
         );
         assert_eq!(orphans, 0, "{}: client queues left behind", fault.name());
+        if let Some(s) = stored_again {
+            assert!(
+                s <= 5.0,
+                "{}: reports stored again after {s:.1} s",
+                fault.name()
+            );
+        }
+        if let Fault::RedisPrimaryAndLeaderKill = fault {
+            assert!(
+                epochs.iter().all(|e| *e >= epoch_before) && epochs.last() > Some(&epoch_before),
+                "{}: a new leader's epoch is above every earlier one ({epoch_before}): {epochs:?}",
+                fault.name()
+            );
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_suite() {
     let dir = tempdir::Dir::new("ts-faults");
-    let node = RabbitNode::start(dir.path())
-        .await
-        .expect("a RabbitMQ node of the test's own");
-    let env = TestEnv::on(&node);
-    let store = env.store().await;
-    let sampler = Sampler::start(env.store().await, CLIENT_IPS.len());
-    let proxy = Proxy::start(node.port).await;
-    let mut s = Suite {
-        node,
-        env,
-        store,
-        replicas: HashMap::new(),
-        clients: Vec::new(),
-        proxy,
-        sampler,
-        results: Vec::new(),
-    };
-    for id in REPLICAS {
-        s.start_replica(id);
-    }
-    for n in 0..CLIENT_IPS.len() {
-        let c = s.start_client(n);
-        s.clients.push(c);
-    }
-    // Settled: in sync, and past the clients' first frequency estimates.
-    let t0 = Instant::now();
-    wait_for(Duration::from_secs(60), "the cluster in sync", || async {
-        s.sampler.since(t0).last().filter(|x| x.in_sync).map(|_| ())
-    })
+    let mut s = Suite::settled(dir.path(), None).await;
+    s.run_all(
+        &[
+            Fault::BrokerPause,
+            Fault::BrokerRestart,
+            Fault::RedisRestart,
+            Fault::RedisLostThenReplicas,
+            Fault::LeaderKill,
+            Fault::LeaderPause,
+            Fault::LeaderStop,
+            Fault::AllReplicasRestart,
+            Fault::ClientCut,
+            Fault::MasterKill,
+        ],
+        "faults.txt",
+    )
     .await;
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    let steady_from = Instant::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let steady = s
-        .sampler
-        .since(steady_from)
-        .iter()
-        .filter_map(|x| x.max_err_us)
-        .max()
-        .expect("samples of the steady state");
-    // "Back within their steady-state error": twice the steady maximum, at least 100 µs.
-    let bound = (2 * steady).max(100);
-    s.sampler.bound_us.store(bound, Relaxed);
-    let header = format!("steady_max_error_us={steady} back_in_sync_bound_us={bound}");
-    println!("[faults] {header}");
-    s.results.push(header);
-    for fault in [
-        Fault::BrokerPause,
-        Fault::BrokerRestart,
-        Fault::RedisRestart,
-        Fault::RedisLostThenReplicas,
-        Fault::LeaderKill,
-        Fault::LeaderPause,
-        Fault::LeaderStop,
-        Fault::AllReplicasRestart,
-        Fault::ClientCut,
-        Fault::MasterKill,
-    ] {
-        // `TS_FAULTS=name,…` runs only the faults whose names contain one of them (debugging).
-        let only = std::env::var("TS_FAULTS").unwrap_or_default();
-        if !only.is_empty() && !only.split(',').any(|o| fault.name().contains(o)) {
-            continue;
+}
+
+/// The same cluster on Redis with failover (a primary, two replicas, three Sentinels): the
+/// primary killed, then the primary and the leading replica together (the next leader's epoch
+/// comes from the promoted replica, and must be above every earlier one). Each time the killed
+/// server comes back as a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_failover_suite() {
+    let dir = tempdir::Dir::new("ts-faults-sentinel");
+    let group = RedisGroup::start(&dir.path().join("redis"), 2, "faults-redis-pw")
+        .expect("a Redis primary, two replicas and three Sentinels of the test's own");
+    let mut s = Suite::settled(dir.path(), Some(group)).await;
+    s.run_all(
+        &[Fault::RedisPrimaryKill, Fault::RedisPrimaryAndLeaderKill],
+        "faults-sentinel.txt",
+    )
+    .await;
+}
+
+impl Suite {
+    /// A cluster of the test's own (on `group` if given), let settle: in sync, and past the
+    /// clients' first frequency estimates; the steady-state error measured.
+    async fn settled(dir: &std::path::Path, group: Option<RedisGroup>) -> Suite {
+        let node = RabbitNode::start(dir)
+            .await
+            .expect("a RabbitMQ node of the test's own");
+        let env = TestEnv::on(&node);
+        let connect = |url: String| async move {
+            RedisStore::connect(&url, &tokio_util::sync::CancellationToken::new())
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        let url = group
+            .as_ref()
+            .map_or_else(|| env.redis.url(), RedisGroup::url);
+        let store = connect(url.clone()).await;
+        let sampler = Sampler::start(connect(url).await, CLIENT_IPS.len());
+        let proxy = Proxy::start(node.port).await;
+        let mut s = Suite {
+            node,
+            env,
+            group,
+            struck: None,
+            store,
+            replicas: HashMap::new(),
+            clients: Vec::new(),
+            proxy,
+            sampler,
+            results: Vec::new(),
+        };
+        for id in REPLICAS {
+            s.start_replica(id);
         }
-        s.run(fault).await;
-        // Each line is written as soon as it is known, so a failure keeps the ones before it.
-        write_results("faults.txt", &s.results);
+        for n in 0..CLIENT_IPS.len() {
+            let c = s.start_client(n);
+            s.clients.push(c);
+        }
+        let t0 = Instant::now();
+        wait_for(Duration::from_secs(60), "the cluster in sync", || async {
+            s.sampler.since(t0).last().filter(|x| x.in_sync).map(|_| ())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let steady_from = Instant::now();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let steady = s
+            .sampler
+            .since(steady_from)
+            .iter()
+            .filter_map(|x| x.max_err_us)
+            .max()
+            .expect("samples of the steady state");
+        // "Back within their steady-state error": twice the steady maximum, at least 100 µs.
+        let bound = (2 * steady).max(100);
+        s.sampler.bound_us.store(bound, Relaxed);
+        let header = format!("steady_max_error_us={steady} back_in_sync_bound_us={bound}");
+        println!("[faults] {header}");
+        s.results.push(header);
+        s
+    }
+
+    /// Runs `faults` one after the other, writing the results file `name` after each.
+    async fn run_all(&mut self, faults: &[Fault], name: &str) {
+        for &fault in faults {
+            // `TS_FAULTS=name,…` runs only the faults whose names contain one of them.
+            let only = std::env::var("TS_FAULTS").unwrap_or_default();
+            if !only.is_empty() && !only.split(',').any(|o| fault.name().contains(o)) {
+                continue;
+            }
+            self.run(fault).await;
+            // Each line is written as soon as it is known, so a failure keeps the ones before.
+            write_results(name, &self.results);
+        }
     }
 }
 

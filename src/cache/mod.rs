@@ -7,9 +7,11 @@
 //! key that expires between listing and reading is simply skipped.
 
 mod memory;
+mod primary;
 mod redis_store;
 
 pub use memory::MemoryStore;
+pub use primary::{failover_error, Primary, RedisTarget, SENTINEL_SCHEME};
 pub use redis_store::RedisStore;
 
 use crate::core::protocol::{MasterRecord, StoredReport};

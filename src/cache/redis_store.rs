@@ -8,6 +8,7 @@
 //! that electing, counting and paging cost the same with 10 clients or 10,000. Listing every
 //! report uses `SCAN` (never `KEYS`, which blocks Redis) followed by one `MGET`.
 
+use super::primary::{Primary, RedisTarget};
 use super::{ReportStore, Stored};
 use crate::backoff::Backoff;
 use crate::core::master_election::{live_member, member_id};
@@ -18,17 +19,15 @@ use crate::core::protocol::{
 };
 use crate::error::Result;
 use crate::net::endpoint_of;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// How long one Redis command may take before it fails (so a frozen Redis cannot freeze us).
-pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long connecting to Redis may take.
-pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a claimed epoch may take to reach a replica (with Sentinel; see
+/// [`RedisStore::acquire_epoch`]).
+pub const EPOCH_WAIT: Duration = Duration::from_secs(1);
 /// `max(stored epoch, ARGV[1]) + 1`, stored and returned atomically; an error instead of a
 /// number above ARGV[2] (2^53), which Lua's doubles could no longer count exactly.
 const ACQUIRE_EPOCH: &str = r"
@@ -123,32 +122,30 @@ pub const ORDER_TTL: Duration = Duration::from_secs(86_400);
 /// Keys fetched per `SCAN` step.
 const SCAN_COUNT: usize = 1000;
 
-/// A cloneable, self-reconnecting Redis connection used as a [`ReportStore`].
+/// A cloneable, self-reconnecting Redis connection used as a [`ReportStore`]; with Sentinel
+/// it follows the primary across a failover ([`Primary`]).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Primary,
 }
 
 impl RedisStore {
-    /// Connects, retrying with growing delays (logged as `Failed connecting to HOST:PORT,
-    /// retrying in Ns`) until it works or `shutdown` fires (then `None`). Once connected, the
-    /// connection manager reconnects by itself after a Redis restart.
+    /// Connects (`redis://…` or `redis+sentinel://…`, see [`RedisTarget`]), retrying with
+    /// growing delays (logged as `Failed connecting to HOST:PORT, retrying in Ns`) until it
+    /// works or `shutdown` fires (then `None`). Once connected, the connection reconnects by
+    /// itself after a Redis restart, and follows a failover.
     pub async fn connect(url: &str, shutdown: &CancellationToken) -> Result<Option<Self>> {
-        let client = redis::Client::open(url)?;
-        let endpoint = endpoint_of(url);
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
-            .set_max_delay(Duration::from_secs(1));
+        let target = RedisTarget::parse(url)?;
+        let endpoint = target.endpoint();
         let mut backoff = Backoff::default();
         loop {
             let attempt = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(None),
-                r = client.get_connection_manager_with_config(config.clone()) => r,
+                r = Primary::connect(target.clone()) => r,
             };
             match attempt {
                 Ok(conn) => {
-                    info!(redis = %endpoint, "connected to Redis");
+                    info!(redis = %endpoint_of(&conn.url()), via = %endpoint, "connected to Redis");
                     return Ok(Some(RedisStore { conn }));
                 }
                 Err(e) => {
@@ -188,13 +185,39 @@ impl RedisStore {
     }
 
     /// A fresh leader epoch above both the stored one and `at_least` (see [`EPOCH_KEY`]).
+    ///
+    /// With Sentinel, the epoch counts only once a replica has it (`WAIT 1`, within
+    /// [`EPOCH_WAIT`], on a connection of the claim's own: `WAIT` waits for that connection's
+    /// writes and blocks it meanwhile). Otherwise a failover could promote a replica that never
+    /// saw the claim, and hand the same epoch to the next leader. A claim no replica took is an
+    /// error; the election starts over (and the number is not reused: it is above the stored
+    /// one wherever the next claim lands, because the next claimant passes the highest epoch it
+    /// has seen as `at_least`).
     pub async fn acquire_epoch(&self, at_least: u64) -> Result<u64> {
-        let n: u64 = redis::Script::new(ACQUIRE_EPOCH)
-            .key(EPOCH_KEY)
-            .arg(at_least.min(MAX_COUNTER))
-            .arg(MAX_COUNTER)
-            .invoke_async(&mut self.conn.clone())
+        let script = redis::Script::new(ACQUIRE_EPOCH);
+        let mut invocation = script.key(EPOCH_KEY);
+        invocation.arg(at_least.min(MAX_COUNTER)).arg(MAX_COUNTER);
+        if !self.conn.target().follows_failover() {
+            return Ok(invocation.invoke_async(&mut self.conn.clone()).await?);
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(super::primary::REDIS_CONNECT_TIMEOUT))
+            .set_response_timeout(Some(EPOCH_WAIT + super::primary::REDIS_RESPONSE_TIMEOUT));
+        let mut own = redis::Client::open(self.conn.url())?
+            .get_multiplexed_async_connection_with_config(&config)
             .await?;
+        let n: u64 = invocation.invoke_async(&mut own).await?;
+        let acked: u64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(EPOCH_WAIT.as_millis() as u64)
+            .query_async(&mut own)
+            .await?;
+        if acked == 0 {
+            return Err(crate::Error::Runtime(format!(
+                "epoch {n} reached no Redis replica within {} ms",
+                EPOCH_WAIT.as_millis()
+            )));
+        }
         Ok(n)
     }
 
@@ -321,13 +344,13 @@ impl RedisStore {
     }
 
     /// The underlying connection, for callers (tsc, tests) that read other keys.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Primary {
         self.conn.clone()
     }
 }
 
 /// Every key matching `pattern`, by `SCAN` (never `KEYS`, which blocks Redis), deduplicated.
-async fn scan(conn: &mut ConnectionManager, pattern: &str) -> Result<Vec<String>> {
+async fn scan(conn: &mut Primary, pattern: &str) -> Result<Vec<String>> {
     let mut keys: Vec<String> = Vec::new();
     let mut cursor: u64 = 0;
     loop {

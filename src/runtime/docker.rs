@@ -277,7 +277,7 @@ impl DockerRuntime {
             .collect(),
             vec![format!(
                 "TS_REDIS_CONFIG={}",
-                redis_config(&c.redis_password)
+                redis_config(&c.redis_password, None)
             )],
             Some("redis"),
             vec![],

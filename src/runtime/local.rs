@@ -160,7 +160,7 @@ impl LocalRuntime {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         p("Starting Redis service process..");
         let args = redis_args(lo, port, true);
-        let config = redis_config(&self.cfg.credentials.redis_password);
+        let config = redis_config(&self.cfg.credentials.redis_password, None);
         let program = std::path::Path::new("redis-server");
         let pid = self.spawn("redis", program, &args, &[], Some(&config))?;
         state.local.redis_port = Some(port);

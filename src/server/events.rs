@@ -89,17 +89,21 @@ pub(crate) async fn write<C: Clock>(
 
 /// While leading (term `term`), records a `client_left` event for every client whose report
 /// expires. Redis announces expiries on a pub/sub channel once asked to
-/// ([`RedisStore::announce_expiries`]); a lost subscription is made again.
+/// ([`RedisStore::announce_expiries`]); only the primary expires keys, so the subscription is
+/// to the primary, made again when it is lost or the primary moves (a failover).
 pub(crate) async fn leaves<C: Clock>(
     ctx: Arc<ServerContext<RedisStore, C>>,
     epoch: u64,
     term: CancellationToken,
 ) {
-    let channel = format!("__keyevent@{}__:expired", redis_db(&ctx.cfg.node.redis_url));
+    let primary = ctx.store.connection();
+    let channel = format!("__keyevent@{}__:expired", primary.target().db());
+    let mut moves = primary.moves();
     while !term.is_cancelled() {
+        moves.mark_unchanged();
         let subscribed = async {
             ctx.store.announce_expiries().await?;
-            let client = redis::Client::open(ctx.cfg.node.redis_url.as_str())?;
+            let client = redis::Client::open(primary.url())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, crate::Error>(pubsub)
@@ -118,6 +122,7 @@ pub(crate) async fn leaves<C: Clock>(
         loop {
             let msg = tokio::select! {
                 _ = term.cancelled() => return,
+                _ = moves.changed() => break,
                 m = messages.next() => m,
             };
             let Some(msg) = msg else { break };
@@ -137,24 +142,5 @@ pub(crate) async fn leaves<C: Clock>(
             let text = format!("client {id} left: its report expired");
             ctx.record(EventKind::ClientLeft, text, data, None);
         }
-    }
-}
-
-/// The database number of a `redis://…/N` URL (0 without one).
-fn redis_db(url: &str) -> u32 {
-    url.rsplit_once('/')
-        .and_then(|(_, db)| db.parse().ok())
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_of_a_url() {
-        assert_eq!(redis_db("redis://:pw@10.0.0.2:6379/0"), 0);
-        assert_eq!(redis_db("redis://127.0.0.1:6379/3"), 3);
-        assert_eq!(redis_db("redis://127.0.0.1:6379"), 0);
     }
 }

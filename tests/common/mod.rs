@@ -214,15 +214,16 @@ impl TestEnv {
     }
 
     /// Starts `ts-server` with a TTL of `ttl_s` seconds plus `extra` flags; returns its index.
-    /// `--amqp-url` in `extra` replaces the test's vhost.
+    /// `--amqp-url` in `extra` replaces the test's vhost, `--redis-url` the test's Redis.
     pub fn server(&mut self, ttl_s: u64, extra: &[&str]) -> usize {
         let mut args = Vec::new();
         if !extra.contains(&"--amqp-url") {
             args.extend(["--amqp-url".to_string(), self.vhost.url()]);
         }
+        if !extra.contains(&"--redis-url") {
+            args.extend(["--redis-url".to_string(), self.redis.url()]);
+        }
         args.extend([
-            "--redis-url".into(),
-            self.redis.url(),
             "--ttl".into(),
             ttl_s.to_string(),
             "--log-dir".into(),

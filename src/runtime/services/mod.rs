@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 mod rabbit;
 mod redis;
+mod sentinel;
 pub use rabbit::*;
 pub use redis::*;
+pub use sentinel::*;
 
 /// Port of the machine's RabbitMQ.
 pub const RABBITMQ_PORT: u16 = 5672;

@@ -1,9 +1,9 @@
 //! A `redis-server` of one's own: its arguments (nothing on disk, the password on standard
-//! input) and a handle that kills it when dropped.
+//! input) and a handle that kills it when dropped; a primary or a replica of one.
 
 use super::{free_port, port_open, Process};
 use crate::error::{Error, Result};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -32,10 +32,24 @@ pub fn redis_args(bind: IpAddr, port: u16, password: bool) -> Vec<String> {
     args
 }
 
-/// What a redis-server started with [`redis_args`]`(…, true)` reads on its standard input.
-pub fn redis_config(password: &str) -> String {
-    let quoted = password.replace('\\', "\\\\").replace('"', "\\\"");
-    format!("requirepass \"{quoted}\"\n")
+/// `password` quoted for a Redis or Sentinel configuration file.
+pub(super) fn quoted(password: &str) -> String {
+    format!(
+        "\"{}\"",
+        password.replace('\\', "\\\\").replace('"', "\\\"")
+    )
+}
+
+/// What a redis-server started with [`redis_args`]`(…, true)` reads on its standard input: the
+/// password clients give and the one it gives a primary (`masterauth`: a primary becomes a
+/// replica after a failover), and with `replica_of`, the primary it replicates.
+pub fn redis_config(password: &str, replica_of: Option<SocketAddr>) -> String {
+    let p = quoted(password);
+    let mut config = format!("requirepass {p}\nmasterauth {p}\n");
+    if let Some(primary) = replica_of {
+        config += &format!("replicaof {} {}\n", primary.ip(), primary.port());
+    }
+    config
 }
 
 /// A `redis-server` of one's own on loopback, gone when dropped.
@@ -43,6 +57,8 @@ pub fn redis_config(password: &str) -> String {
 pub struct RedisServer {
     pub port: u16,
     password: Option<String>,
+    /// The primary it replicates, when started as a replica (which needs a password).
+    pub replica_of: Option<SocketAddr>,
     dir: PathBuf,
     proc: Option<Process>,
 }
@@ -53,11 +69,30 @@ impl RedisServer {
         let mut r = RedisServer {
             port: free_port()?,
             password: password.map(str::to_string),
+            replica_of: None,
             dir: dir.to_path_buf(),
             proc: None,
         };
         r.restart()?;
         Ok(r)
+    }
+
+    /// Starts a replica of `primary` (with `password`, the group's) on a free port.
+    pub fn start_replica(dir: &Path, password: &str, primary: SocketAddr) -> Result<RedisServer> {
+        let mut r = RedisServer {
+            port: free_port()?,
+            password: Some(password.to_string()),
+            replica_of: Some(primary),
+            dir: dir.to_path_buf(),
+            proc: None,
+        };
+        r.restart()?;
+        Ok(r)
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     pub fn url(&self) -> String {
@@ -67,12 +102,12 @@ impl RedisServer {
         }
     }
 
-    /// Kills it (its data is gone: it keeps nothing on disk).
     /// Its process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(Process::pid)
     }
 
+    /// Kills it (its data is gone: it keeps nothing on disk).
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.kill();
@@ -84,7 +119,10 @@ impl RedisServer {
         self.stop();
         let lo = IpAddr::from([127, 0, 0, 1]);
         let args = redis_args(lo, self.port, self.password.is_some());
-        let config = self.password.as_deref().map(redis_config);
+        let config = self
+            .password
+            .as_deref()
+            .map(|p| redis_config(p, self.replica_of));
         let log = self.dir.join(format!("redis-{}.log", self.port));
         self.proc = Some(Process::spawn_with_input(
             "redis-server",
