@@ -301,9 +301,9 @@ impl Suite {
 
     /// Kills the Redis primary (SIGKILL: everything it had that no replica got is gone); its
     /// index among the group's servers.
-    fn kill_redis_primary(&mut self) -> usize {
+    async fn kill_redis_primary(&mut self) -> usize {
         let group = self.group.as_mut().expect("a Redis group");
-        let at = group.primary().expect("the Sentinels name a primary");
+        let at = group.primary().await.expect("the Sentinels name a primary");
         let i = group.index_of(at).expect("the primary is one of ours");
         group.kill_server(i);
         self.struck = Some((Instant::now(), SystemClock.now_us()));
@@ -314,12 +314,14 @@ impl Suite {
     async fn return_redis_server(&mut self, i: usize) {
         let group = self.group.as_mut().expect("a Redis group");
         let gone = group.servers[i].addr();
+        let g = &*group;
         wait_for(Duration::from_secs(30), "a replica promoted", || async {
-            group.primary().ok().filter(|a| *a != gone).map(|_| ())
+            g.primary().await.ok().filter(|a| *a != gone).map(|_| ())
         })
         .await;
         group
             .start_server(i)
+            .await
             .expect("the old primary back, as a replica");
     }
 
@@ -427,7 +429,7 @@ impl Suite {
                 self.clients[0] = self.start_client(0);
             }
             Fault::RedisPrimaryKill => {
-                let i = self.kill_redis_primary();
+                let i = self.kill_redis_primary().await;
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 self.return_redis_server(i).await;
             }
@@ -436,7 +438,7 @@ impl Suite {
                 // every epoch used before.
                 let id = self.leader().await;
                 self.replica(id).kill();
-                let i = self.kill_redis_primary();
+                let i = self.kill_redis_primary().await;
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 self.start_replica(id);
                 self.return_redis_server(i).await;
@@ -577,6 +579,7 @@ async fn fault_suite() {
 async fn redis_failover_suite() {
     let dir = tempdir::Dir::new("ts-faults-sentinel");
     let group = RedisGroup::start(&dir.path().join("redis"), 2, "faults-redis-pw")
+        .await
         .expect("a Redis primary, two replicas and three Sentinels of the test's own");
     let mut s = Suite::settled(dir.path(), Some(group)).await;
     s.run_all(

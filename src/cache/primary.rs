@@ -26,8 +26,9 @@ use tracing::{info, warn};
 
 /// Scheme of a URL that finds the primary through Sentinel.
 pub const SENTINEL_SCHEME: &str = "redis+sentinel://";
-/// How long one Sentinel or candidate primary may take to answer.
-pub const SENTINEL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one Sentinel or candidate primary may take to connect and to answer (a LAN: a
+/// dead host must not hold a search for long).
+pub const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often a search for a lost primary asks the Sentinels.
 pub const RESOLVE_INTERVAL: Duration = Duration::from_millis(200);
 /// How long one search for a lost primary goes on (a failover takes seconds).
@@ -155,12 +156,15 @@ impl RedisTarget {
             return Ok(url.clone());
         };
         let mut last = String::from("no Sentinel answered");
+        // During a failover every Sentinel names the dead primary for a while: ask it once.
+        let mut refused: Vec<(String, u16)> = Vec::new();
         for s in sentinels {
             // Sentinels have no databases: no SELECT.
             let mut cmd = redis::cmd("SENTINEL");
             cmd.arg("get-master-addr-by-name").arg(service);
             let asked = ask::<Option<(String, u16)>>(&self.server_url(s, 0), &cmd).await;
             let (host, port) = match asked {
+                Ok(Some(a)) if refused.contains(&a) => continue,
                 Ok(Some(a)) => a,
                 Ok(None) => {
                     last = format!("sentinel {s} does not know {service:?}");
@@ -184,6 +188,7 @@ impl RedisTarget {
                 Ok(r) => last = format!("{host}:{port}, named by sentinel {s}, is a {r}"),
                 Err(e) => last = format!("{host}:{port}, named by sentinel {s}: {e}"),
             }
+            refused.push((host, port));
         }
         Err(Error::Runtime(format!(
             "no Redis primary for {}: {last}",
@@ -359,12 +364,36 @@ impl Primary {
     }
 }
 
+/// What a command still waiting on the old primary gets when the primary moves.
+fn moved_error() -> RedisError {
+    RedisError::from((redis::ErrorKind::Io, "the Redis primary moved"))
+}
+
+impl Primary {
+    /// Runs command `f` on the current connection and looks at its outcome (`failed`: an
+    /// answer that shows a failover). A command still waiting when the primary moves (on a
+    /// connection to a dead server, whose reconnection can take seconds) fails then, so that
+    /// its caller retries on the new primary at once.
+    async fn run<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+        failed: impl Fn(&T) -> bool,
+    ) -> redis::RedisResult<T> {
+        let mut moves = self.shared.moved.subscribe();
+        let r = tokio::select! {
+            r = f => r,
+            _ = moves.changed() => return Err(moved_error()),
+        };
+        self.check(&r, failed);
+        r
+    }
+}
+
 impl ConnectionLike for Primary {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let r = self.manager().req_packed_command(cmd).await;
-            self.check(&r, failover_value);
-            r
+            let mut conn = self.manager();
+            self.run(conn.req_packed_command(cmd), failover_value).await
         })
     }
 
@@ -375,12 +404,10 @@ impl ConnectionLike for Primary {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let r = self
-                .manager()
-                .req_packed_commands(pipeline, offset, count)
-                .await;
-            self.check(&r, |v: &Vec<Value>| v.iter().any(failover_value));
-            r
+            let mut conn = self.manager();
+            let failed = |v: &Vec<Value>| v.iter().any(failover_value);
+            self.run(conn.req_packed_commands(pipeline, offset, count), failed)
+                .await
         })
     }
 

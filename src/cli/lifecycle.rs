@@ -5,7 +5,7 @@ use super::{clients, servers};
 use crate::error::Error;
 use crate::runtime::cluster::{self, ClusterConfig, RuntimeKind, State};
 use crate::runtime::node::MAX_CLIENTS;
-use crate::runtime::{Runtime, MAX_REPLICAS};
+use crate::runtime::{Runtime, MAX_REDIS_REPLICAS, MAX_REPLICAS};
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
@@ -43,6 +43,8 @@ pub struct Sizes {
     pub servers: u64,
     /// Workers per replica; `None`: cluster.toml's `server.workers`.
     pub workers: Option<usize>,
+    /// Redis replicas (with Sentinels when above 0).
+    pub redis_replicas: usize,
 }
 
 /// `tsc bootstrap`: images, network, services, replicas and clients.
@@ -57,7 +59,13 @@ pub async fn bootstrap(
         clients,
         servers,
         workers,
+        redis_replicas,
     } = n;
+    if redis_replicas > MAX_REDIS_REPLICAS {
+        return Err(Failure::usage(format!(
+            "--redis-replicas must be at most {MAX_REDIS_REPLICAS}"
+        )));
+    }
     if !(1..=MAX_REPLICAS).contains(&servers) {
         return Err(Failure::usage(format!(
             "--servers must be between 1 and {MAX_REPLICAS}"
@@ -111,7 +119,7 @@ pub async fn bootstrap(
             format!("{e}\nbootstrap did not finish; `tsc teardown` removes what it started"),
         )
     };
-    rt.start_services(state, &mut progress)
+    rt.start_services(state, redis_replicas, &mut progress)
         .await
         .map_err(fail)?;
     state.save(&cfg.home)?;

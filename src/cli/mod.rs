@@ -7,7 +7,7 @@
 //! [`output::exit`].
 //!
 //! This file is the command line and its dispatch; each command group has a file of its own:
-//! [`lifecycle`] (init, bootstrap, teardown), [`clients`], [`servers`], [`status`] (status,
+//! [`lifecycle`] (init, bootstrap, teardown), [`clients`], [`servers`], [`redis`], [`status`] (status,
 //! wait), [`report`], [`tail`], [`events`], [`keys`], [`dashboard`] (a web page with controls);
 //! [`operator`] carries commands to the replicas' HTTP API. [`snapshot`] reads a running cluster, [`view`] joins what it
 //! read into rows, and [`verdict`] judges health and sync.
@@ -19,6 +19,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod operator;
 pub mod output;
+pub mod redis;
 pub mod report;
 pub mod servers;
 pub mod snapshot;
@@ -70,6 +71,10 @@ pub enum Command {
         /// Workers per server replica (default: cluster.toml's server.workers).
         #[arg(short = 'w', long = "workers")]
         workers: Option<usize>,
+        /// Redis replicas (up to 2); with any, three Sentinels fail Redis over when its
+        /// primary dies, and everyone follows.
+        #[arg(long = "redis-replicas", default_value_t = 0)]
+        redis_replicas: usize,
     },
     /// Inspect and manage clients.
     Clients {
@@ -85,6 +90,11 @@ pub enum Command {
     Servers {
         #[command(subcommand)]
         command: servers::ServersCommand,
+    },
+    /// Inspect the Redis servers and Sentinels; kill and start a server (drills).
+    Redis {
+        #[command(subcommand)]
+        command: redis::RedisCommand,
     },
     /// Services, server, clients, master and health; exit code 6 when unhealthy.
     Status,
@@ -150,11 +160,13 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
             clients,
             servers,
             workers,
+            redis_replicas,
         } => {
             let n = lifecycle::Sizes {
                 clients,
                 servers,
                 workers,
+                redis_replicas,
             };
             let bootstrap = lifecycle::bootstrap(&cfg, &mut state, cli.runtime, n, &out);
             tokio::select! {
@@ -199,6 +211,7 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
                 Command::Servers { command } => {
                     servers::servers(&cfg, &mut state, &rt, command, &out).await
                 }
+                Command::Redis { command } => redis::redis(&mut state, &rt, command, &out).await,
                 Command::Status => status::status(&cfg, &state, &rt, &out).await,
                 Command::Wait {
                     timeout,

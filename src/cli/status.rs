@@ -44,6 +44,10 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
     if let Err(f) = &redis_ok {
         problems.insert(0, f.message.clone());
     }
+    let redis_rows = super::redis::rows(rt, state, &nodes).await;
+    if state.redis_replicas > 0 && !redis_rows.iter().any(|r| r["is"] == "primary") {
+        problems.insert(0, "no Redis server says it is the primary".into());
+    }
     let max_err = rows
         .iter()
         .filter_map(|r| r.true_error_us.map(i64::abs))
@@ -56,6 +60,7 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
     if out.json {
         out.json(json!({
             "runtime": rt.kind().as_str(), "cluster_id": cfg.cluster_id, "nodes": nodes,
+            "redis": redis_rows,
             "clients": rows, "master": master, "replicas": replicas, "leader": leader,
             "servers": stats.iter().map(|(id, h)| json!({"id": id, "stats": h})).collect::<Vec<_>>(),
             "max_true_error_us": max_err, "healthy": problems.is_empty(), "problems": problems,
@@ -75,9 +80,20 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
         let swarm = n.swarm.as_ref().map_or_else(String::new, |s| {
             format!(", {} clients from {}", s.clients, s.first_ip)
         });
+        // What a Redis server or Sentinel says it is (primary, replica of …).
+        let is = redis_rows
+            .iter()
+            .find(|r| r["id"] == n.id.as_str() && matches!(n.role, Role::Redis | Role::Sentinel))
+            .and_then(|r| r["is"].as_str())
+            .map_or_else(String::new, |is| format!(", {is}"));
+        // Several Redis servers and Sentinels: each by its id.
+        let label = match n.role {
+            Role::Redis | Role::Sentinel => &n.id,
+            _ => n.role.as_str(),
+        };
         out.line(&format!(
-            "{:<9} {:<15} {:<8} {}{swarm}",
-            format!("{}:", n.role.as_str()),
+            "{:<11} {:<15} {:<8} {}{swarm}{is}",
+            format!("{label}:"),
             n.ip,
             n.state,
             n.handle
@@ -85,7 +101,7 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
     }
     for r in &replicas {
         out.line(&format!(
-            "{:<9} {:<15} {:<8} {} epoch {}{}",
+            "{:<11} {:<15} {:<8} {} epoch {}{}",
             format!("server {}:", r.id),
             r.ip,
             r.state,

@@ -60,9 +60,10 @@ pub fn health(
     alg: Algorithm,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    for role in [Role::Redis, Role::Rabbitmq, Role::Server] {
+    for role in [Role::Redis, Role::Sentinel, Role::Rabbitmq, Role::Server] {
         let n: Vec<&Node> = nodes.iter().filter(|n| n.role == role).collect();
-        if n.is_empty() {
+        // Sentinels run only beside Redis replicas.
+        if n.is_empty() && role != Role::Sentinel {
             problems.push(format!("no {} node", role.as_str()));
         }
         for x in n.iter().filter(|x| !x.running()) {

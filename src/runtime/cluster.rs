@@ -317,7 +317,14 @@ pub struct LocalNode {
 /// Local-runtime bookkeeping.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LocalState {
+    /// The port of Redis server 0 (the first primary).
     pub redis_port: Option<u16>,
+    /// The ports of Redis servers 1, 2, … (replicas at bootstrap).
+    #[serde(default)]
+    pub redis_replica_ports: Vec<u16>,
+    /// The ports of the Sentinels.
+    #[serde(default)]
+    pub sentinel_ports: Vec<u16>,
     /// Whether tsc started RabbitMQ (then teardown stops it; otherwise it is left running).
     pub started_rabbitmq: bool,
     pub nodes: Vec<LocalNode>,
@@ -328,6 +335,10 @@ pub struct LocalState {
 pub struct State {
     /// The runtime the cluster was bootstrapped on; `None`: no cluster.
     pub runtime: Option<RuntimeKind>,
+    /// Redis replicas the cluster was bootstrapped with (`--redis-replicas`); with any, three
+    /// Sentinels fail Redis over, and everyone finds the primary through them.
+    #[serde(default)]
+    pub redis_replicas: usize,
     #[serde(default)]
     pub local: LocalState,
 }

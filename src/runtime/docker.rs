@@ -1,18 +1,18 @@
 //! The Docker runtime: every node is a container on the cluster's own bridge network, with a
 //! static address, found again by its labels.
 //!
-//! Addresses in the cluster's /24: `.2` Redis, `.3` RabbitMQ, `.10`–`.19` servers, `.20`–`.254`
-//! clients (lowest free first, so a removed client's address is reused). Server and client
+//! Addresses in the cluster's /24: `.2` Redis (and `.4`, `.5` its replicas, `.6`–`.8` its
+//! Sentinels: [`super::redis`]), `.3` RabbitMQ, `.10`–`.19` servers, `.20`–`.254` clients
+//! (lowest free first, so a removed client's address is reused). Server and client
 //! containers bind-mount the host log directories at the same paths, so their logs land where
 //! `tsc ... tail` reads them.
 
 use super::cluster::ClusterConfig;
+use super::cluster::State;
 use super::node::{
     labels, next_free_ip, server_host, server_node_id, Node, Role, SwarmSpan, CLIENT_HOSTS,
 };
-use super::services::{
-    apply_broker_setup, broker_setup, redis_args, redis_config, wait_port, BrokerRole,
-};
+use super::services::{apply_broker_setup, broker_setup, wait_port, BrokerRole};
 use super::{
     broker_users, client_env, declare_topology, images, remove_node_keys, server_env, swarm_env,
     write_node_keys, Endpoints, Progress, CONTAINER_KEY_DIR,
@@ -33,10 +33,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use uuid::Uuid;
 
-/// Host number of Redis in the subnet.
-pub const REDIS_HOST: u8 = 2;
-/// Redis's port in its container.
-pub const REDIS_PORT: u16 = 6379;
 /// Host number of RabbitMQ in the subnet.
 pub const RABBITMQ_HOST: u8 = 3;
 /// Grace given to a container on stop before it is killed.
@@ -65,7 +61,7 @@ impl DockerRuntime {
         &self.docker
     }
 
-    fn ip(&self, host: u8) -> IpAddr {
+    pub(super) fn ip(&self, host: u8) -> IpAddr {
         IpAddr::V4((u32::from(self.base) + u32::from(host)).into())
     }
 
@@ -73,13 +69,10 @@ impl DockerRuntime {
         format!("ts-{}", self.cfg.cluster_id)
     }
 
-    pub fn endpoints(&self) -> Endpoints {
-        let c = &self.cfg.credentials;
-        let redis = format!(
-            "redis://:{}@{}:{REDIS_PORT}/0",
-            c.redis_password,
-            self.ip(REDIS_HOST)
-        );
+    pub fn endpoints(&self, state: &State) -> Endpoints {
+        let redis = self
+            .redis_addrs(state)
+            .url(&self.cfg.credentials.redis_password);
         let url = |role: BrokerRole| {
             let (user, pass, _) = broker_users(&self.cfg, "")
                 .into_iter()
@@ -178,7 +171,7 @@ impl DockerRuntime {
 
     /// Creates and starts one container.
     #[allow(clippy::too_many_arguments)]
-    async fn run(
+    pub(super) async fn run(
         &self,
         role: Role,
         id: &str,
@@ -190,18 +183,16 @@ impl DockerRuntime {
         binds: Vec<String>,
         extra_labels: Vec<(&str, String)>,
     ) -> Result<Node> {
-        let name = format!(
-            "ts-{}-{}-{}",
-            self.cfg.cluster_id,
-            role.as_str(),
-            &id[..id.len().min(8)]
-        );
+        // A client's UUID is cut to its first 8 digits; node names (`server-10`,
+        // `sentinel-1`) are kept whole, so they stay apart.
+        let short = if id.len() > 12 { &id[..8] } else { id };
+        let name = format!("ts-{}-{}-{short}", self.cfg.cluster_id, role.as_str());
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             cmd: Some(cmd),
             env: Some(env),
             user: user.map(str::to_string),
-            hostname: Some(format!("ts-{}-{}", role.as_str(), &id[..id.len().min(8)])),
+            hostname: Some(format!("ts-{}-{short}", role.as_str())),
             labels: Some(
                 [
                     (labels::CLUSTER, self.cfg.cluster_id.clone()),
@@ -251,40 +242,15 @@ impl DockerRuntime {
         })
     }
 
-    pub async fn start_services(&self, p: Progress<'_>) -> Result<()> {
+    /// The images and the cluster's network, before any container.
+    pub async fn prepare(&self, p: Progress<'_>) -> Result<()> {
         images::ensure_images(&self.docker, &self.cfg, p).await?;
-        self.ensure_network(p).await?;
-        let c = &self.cfg.credentials;
+        self.ensure_network(p).await
+    }
+
+    /// Starts RabbitMQ, with the cluster's users and topology.
+    pub async fn start_broker(&self, state: &State, p: Progress<'_>) -> Result<()> {
         let base = self.cfg.docker.base_image.clone();
-        p("Starting Redis service container..");
-        let redis_ip = self.ip(REDIS_HOST);
-        self.run(
-            Role::Redis,
-            "redis",
-            redis_ip,
-            &base,
-            // The password reaches redis-server on its standard input, from the environment
-            // (a here-document): it is in no process's arguments nor in the container's command.
-            [
-                "sh",
-                "-c",
-                "exec redis-server \"$@\" <<EOF\n$TS_REDIS_CONFIG\nEOF",
-                "sh",
-            ]
-            .into_iter()
-            .map(String::from)
-            .chain(redis_args(Ipv4Addr::UNSPECIFIED.into(), REDIS_PORT, true))
-            .collect(),
-            vec![format!(
-                "TS_REDIS_CONFIG={}",
-                redis_config(&c.redis_password, None)
-            )],
-            Some("redis"),
-            vec![],
-            vec![],
-        )
-        .await?;
-        wait_port("redis", redis_ip, REDIS_PORT, p).await?;
         p("Starting Rabbitmq service container..");
         let rabbit_ip = self.ip(RABBITMQ_HOST);
         self.run(
@@ -321,7 +287,7 @@ impl DockerRuntime {
         .await?;
         self.exec(&container, &["rabbitmqctl", "-q", "delete_user", "guest"])
             .await?;
-        declare_topology(&self.endpoints().operator_amqp_url).await?;
+        declare_topology(&self.endpoints(state).operator_amqp_url).await?;
         p("RabbitMQ ready for the cluster's client, server and operator users");
         Ok(())
     }

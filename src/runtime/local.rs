@@ -2,7 +2,8 @@
 //!
 //! For machines without Docker (and for fast tests). Clients advertise `127.0.0.20`,
 //! `127.0.0.21`, … (lowest free first); the server and services listen on `127.0.0.1`. Redis is
-//! a private `redis-server` on a free port with the cluster's password; RabbitMQ is the local
+//! a private `redis-server` on a free port with the cluster's password (with replicas and
+//! Sentinels, more of them: [`super::redis`]); RabbitMQ is the local
 //! broker (started if it is not running, and then stopped again by teardown) with a vhost and a
 //! user of the cluster's own, so several local clusters can share one broker. Processes are
 //! recorded in `state.json`; a PID counts as ours only while the process still is the node (its
@@ -11,8 +12,8 @@
 use super::cluster::{ClusterConfig, LocalNode, State};
 use super::node::{next_free_ip, server_host, server_node_id, Node, Role, SwarmSpan, CLIENT_HOSTS};
 use super::services::{
-    apply_broker_setup, broker_setup, feed_stdin, free_port, port_open, rabbitmqctl,
-    rabbitmqctl_input, redis_args, redis_config, stdin_for, wait_port, BrokerRole, RABBITMQ_PORT,
+    apply_broker_setup, broker_setup, feed_stdin, port_open, rabbitmqctl, rabbitmqctl_input,
+    stdin_for, wait_port, BrokerRole, RABBITMQ_PORT,
 };
 use super::{
     broker_users, client_env, declare_topology, images, remove_node_keys, server_env, swarm_env,
@@ -52,12 +53,9 @@ impl LocalRuntime {
     }
 
     pub fn endpoints(&self, state: &State) -> Endpoints {
-        let c = &self.cfg.credentials;
-        let redis = format!(
-            "redis://:{}@127.0.0.1:{}/0",
-            c.redis_password,
-            state.local.redis_port.unwrap_or(6379)
-        );
+        let redis = self
+            .redis_addrs(state)
+            .url(&self.cfg.credentials.redis_password);
         let url = |role: BrokerRole| {
             let (user, pass, _) = self
                 .users()
@@ -121,7 +119,7 @@ impl LocalRuntime {
 
     /// Starts a detached process (own process group: a ctrl-c at tsc's terminal does not reach
     /// it) with `env` added to its environment and stdout/stderr in `home/local/<name>.out`.
-    fn spawn(
+    pub(super) fn spawn(
         &self,
         name: &str,
         program: &std::path::Path,
@@ -155,24 +153,9 @@ impl LocalRuntime {
         Ok(child.id())
     }
 
-    pub async fn start_services(&self, state: &mut State, p: Progress<'_>) -> Result<()> {
-        let port = free_port()?;
+    /// Starts the local RabbitMQ if it does not run, with the cluster's vhost and users.
+    pub async fn start_broker(&self, state: &mut State, p: Progress<'_>) -> Result<()> {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        p("Starting Redis service process..");
-        let args = redis_args(lo, port, true);
-        let config = redis_config(&self.cfg.credentials.redis_password, None);
-        let program = std::path::Path::new("redis-server");
-        let pid = self.spawn("redis", program, &args, &[], Some(&config))?;
-        state.local.redis_port = Some(port);
-        state.local.nodes.push(LocalNode {
-            role: Role::Redis,
-            id: "redis".into(),
-            ip: lo,
-            pid,
-            command: Vec::new(),
-            env: Vec::new(),
-        });
-        wait_port("redis", lo, port, p).await?;
         if !port_open(lo, RABBITMQ_PORT) {
             p("Starting local RabbitMQ (rabbitmq-server -detached)..");
             let out = Command::new("rabbitmq-server")
@@ -441,7 +424,9 @@ fn alive(n: &LocalNode) -> bool {
         (Role::Client | Role::Server | Role::Swarm, Some((k, v))) => {
             read("environ").contains(&format!("{k}={v}"))
         }
-        (Role::Redis, _) => read("cmdline").iter().any(|a| a.contains("redis-server")),
+        (Role::Redis | Role::Sentinel, _) => {
+            read("cmdline").iter().any(|a| a.contains("redis-server"))
+        }
         _ => false,
     };
     running && ours

@@ -10,12 +10,14 @@ mod docker;
 mod images;
 mod local;
 pub mod node;
+mod redis;
 pub mod services;
 
 pub use docker::DockerRuntime;
 pub use images::{ensure_images, BASE_BUILD_SCRIPT};
 pub use local::LocalRuntime;
 pub use node::{Node, Role, SwarmSpan, MAX_REPLICAS};
+pub use redis::{redis_index, redis_node_id, RedisAddrs, MAX_REDIS_REPLICAS};
 
 use crate::error::{Error, Result};
 use crate::settings::{self, ClientNode, ServerNode, ServerSettings, DEFAULT_SWARM_IP_BASE};
@@ -97,18 +99,28 @@ impl Runtime {
         Ok(nodes)
     }
 
-    /// Starts Redis and RabbitMQ and waits for their ports.
-    pub async fn start_services(&self, state: &mut State, p: Progress<'_>) -> Result<()> {
+    /// Starts Redis (with `redis_replicas` replicas and Sentinels, if any) and RabbitMQ, and
+    /// waits until they answer.
+    pub async fn start_services(
+        &self,
+        state: &mut State,
+        redis_replicas: usize,
+        p: Progress<'_>,
+    ) -> Result<()> {
+        if let Runtime::Docker(d) = self {
+            d.prepare(p).await?;
+        }
+        self.start_redis_group(state, redis_replicas, p).await?;
         match self {
-            Runtime::Docker(d) => d.start_services(p).await,
-            Runtime::Local(l) => l.start_services(state, p).await,
+            Runtime::Docker(d) => d.start_broker(state, p).await,
+            Runtime::Local(l) => l.start_broker(state, p).await,
         }
     }
 
     /// Where the services are.
     pub fn endpoints(&self, state: &State) -> Endpoints {
         match self {
-            Runtime::Docker(d) => d.endpoints(),
+            Runtime::Docker(d) => d.endpoints(state),
             Runtime::Local(l) => l.endpoints(state),
         }
     }

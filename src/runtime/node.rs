@@ -10,7 +10,7 @@ use uuid::Uuid;
 pub mod labels {
     /// The cluster id; teardown removes exactly the objects carrying ours.
     pub const CLUSTER: &str = "time-sync.cluster";
-    /// `redis`, `rabbitmq`, `server`, `client` or `swarm`.
+    /// `redis`, `sentinel`, `rabbitmq`, `server`, `client` or `swarm`.
     pub const ROLE: &str = "time-sync.role";
     /// The node id (clients: their UUID).
     pub const ID: &str = "time-sync.id";
@@ -25,6 +25,8 @@ pub mod labels {
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Redis,
+    /// A Redis Sentinel (with `tsc bootstrap --redis-replicas`).
+    Sentinel,
     Rabbitmq,
     Server,
     Client,
@@ -36,6 +38,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Redis => "redis",
+            Role::Sentinel => "sentinel",
             Role::Rabbitmq => "rabbitmq",
             Role::Server => "server",
             Role::Client => "client",
@@ -43,16 +46,17 @@ impl Role {
         }
     }
 
+    pub const ALL: [Role; 6] = [
+        Role::Redis,
+        Role::Sentinel,
+        Role::Rabbitmq,
+        Role::Server,
+        Role::Client,
+        Role::Swarm,
+    ];
+
     pub fn parse(s: &str) -> Option<Role> {
-        [
-            Role::Redis,
-            Role::Rabbitmq,
-            Role::Server,
-            Role::Client,
-            Role::Swarm,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 
@@ -340,13 +344,7 @@ mod tests {
 
     #[test]
     fn roles_round_trip() {
-        for r in [
-            Role::Redis,
-            Role::Rabbitmq,
-            Role::Server,
-            Role::Client,
-            Role::Swarm,
-        ] {
+        for r in Role::ALL {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
         assert_eq!(Role::parse("nope"), None);

@@ -27,6 +27,8 @@ pub const SENTINEL_QUORUM: usize = 2;
 /// How long the primary may not answer before a Sentinel thinks it down. Short: a LAN, and a
 /// clock service whose reports are lost while there is no primary.
 pub const SENTINEL_DOWN_AFTER: Duration = Duration::from_millis(1000);
+/// How long Sentinels may take to find the replicas and each other after they start.
+pub const SENTINEL_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a failover may take before another Sentinel tries again.
 pub const SENTINEL_FAILOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -122,6 +124,75 @@ fn wait_open(port: u16, log: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs one command on the Sentinel at `at`; its answer as flat strings.
+async fn ask_sentinel(at: SocketAddr, password: &str, args: &[&str]) -> Result<Vec<String>> {
+    let client = redis::Client::open(format!("redis://:{password}@{at}"))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(1)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    Ok(cmd.query_async(&mut conn).await?)
+}
+
+/// Whether the Sentinel at `at` knows `replicas` replicas and [`SENTINELS`]` - 1` other
+/// Sentinels (until then a failover could not pick a replica, or reach a majority).
+pub async fn sentinel_ready(at: SocketAddr, password: &str, replicas: usize) -> bool {
+    let Ok(kv) = ask_sentinel(at, password, &["SENTINEL", "MASTER", SENTINEL_SERVICE]).await else {
+        return false;
+    };
+    let field = |name: &str| -> Option<usize> {
+        let i = kv.iter().position(|k| k == name)?;
+        kv.get(i + 1)?.parse().ok()
+    };
+    field("num-slaves") == Some(replicas) && field("num-other-sentinels") == Some(SENTINELS - 1)
+}
+
+/// Waits until every Sentinel in `sentinels` is ready ([`sentinel_ready`]).
+pub async fn wait_sentinels(
+    sentinels: &[SocketAddr],
+    password: &str,
+    replicas: usize,
+) -> Result<()> {
+    let deadline = Instant::now() + SENTINEL_READY_TIMEOUT;
+    loop {
+        let mut ready = true;
+        for s in sentinels {
+            ready &= sentinel_ready(*s, password, replicas).await;
+        }
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Runtime(format!(
+                "the Sentinels did not find {replicas} replicas and each other within {} s",
+                SENTINEL_READY_TIMEOUT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The primary's address as the first Sentinel that answers names it.
+pub async fn sentinel_primary(sentinels: &[SocketAddr], password: &str) -> Result<SocketAddr> {
+    let cmd = ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE];
+    for s in sentinels {
+        if let Ok(a) = ask_sentinel(*s, password, &cmd).await {
+            if let [ip, port] = &a[..] {
+                if let (Ok(ip), Ok(port)) = (ip.parse::<IpAddr>(), port.parse::<u16>()) {
+                    return Ok(SocketAddr::new(ip, port));
+                }
+            }
+        }
+    }
+    Err(Error::Runtime("no Sentinel answers with a primary".into()))
+}
+
 /// A primary, `replicas` replicas and [`SENTINELS`] Sentinels of one's own on loopback, with a
 /// password; all gone when dropped.
 #[derive(Debug)]
@@ -130,13 +201,11 @@ pub struct RedisGroup {
     pub servers: Vec<RedisServer>,
     pub sentinels: Vec<Sentinel>,
     password: String,
-    dir: PathBuf,
 }
 
 impl RedisGroup {
-    /// Starts the group and waits until every Sentinel knows every replica and the other
-    /// Sentinels (before that, a failover could not pick a replica).
-    pub fn start(dir: &Path, replicas: usize, password: &str) -> Result<RedisGroup> {
+    /// Starts the group (logs in `dir`) and waits until the Sentinels are ready.
+    pub async fn start(dir: &Path, replicas: usize, password: &str) -> Result<RedisGroup> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let primary = RedisServer::start(dir, Some(password))?;
         let at = primary.addr();
@@ -151,65 +220,23 @@ impl RedisGroup {
             servers,
             sentinels,
             password: password.to_string(),
-            dir: dir.to_path_buf(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = group.sentinels.iter().all(|s| {
-                let info = group.ask_sentinel(s.addr(), &["SENTINEL", "MASTER", SENTINEL_SERVICE]);
-                let field = |name: &str| -> usize {
-                    info.as_ref()
-                        .ok()
-                        .and_then(|kv| kv.iter().position(|k| k == name))
-                        .and_then(|i| info.as_ref().ok()?.get(i + 1)?.parse().ok())
-                        .unwrap_or(0)
-                };
-                field("num-slaves") == replicas && field("num-other-sentinels") == SENTINELS - 1
-            });
-            if ready {
-                return Ok(group);
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Runtime(format!(
-                    "the Sentinels did not find {replicas} replicas and each other within 30 s (see {})",
-                    dir.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_sentinels(&group.sentinel_addrs(), password, replicas).await?;
+        Ok(group)
+    }
+
+    fn sentinel_addrs(&self) -> Vec<SocketAddr> {
+        self.sentinels.iter().map(Sentinel::addr).collect()
     }
 
     /// The URL clients use: through the Sentinels.
     pub fn url(&self) -> String {
-        let addrs: Vec<SocketAddr> = self.sentinels.iter().map(Sentinel::addr).collect();
-        sentinel_url(&addrs, &self.password)
+        sentinel_url(&self.sentinel_addrs(), &self.password)
     }
 
-    /// Runs one command on a Sentinel; its answer as strings (flat).
-    fn ask_sentinel(&self, at: SocketAddr, args: &[&str]) -> Result<Vec<String>> {
-        let client = redis::Client::open(format!("redis://:{}@{at}", self.password))?;
-        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        conn.set_read_timeout(Some(Duration::from_secs(1)))?;
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        Ok(cmd.query(&mut conn)?)
-    }
-
-    /// The primary's address as the Sentinels see it (the first that answers).
-    pub fn primary(&self) -> Result<SocketAddr> {
-        for s in &self.sentinels {
-            let cmd = ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE];
-            if let Ok(a) = self.ask_sentinel(s.addr(), &cmd) {
-                if let [ip, port] = &a[..] {
-                    if let (Ok(ip), Ok(port)) = (ip.parse::<IpAddr>(), port.parse::<u16>()) {
-                        return Ok(SocketAddr::new(ip, port));
-                    }
-                }
-            }
-        }
-        Err(Error::Runtime("no Sentinel names a primary".into()))
+    /// The primary's address as the Sentinels see it.
+    pub async fn primary(&self) -> Result<SocketAddr> {
+        sentinel_primary(&self.sentinel_addrs(), &self.password).await
     }
 
     /// The index of the server at `addr`.
@@ -224,8 +251,8 @@ impl RedisGroup {
 
     /// Starts server `i` again, empty, as a replica of the current primary (never as a
     /// primary: see the module documentation).
-    pub fn start_server(&mut self, i: usize) -> Result<()> {
-        let primary = self.primary()?;
+    pub async fn start_server(&mut self, i: usize) -> Result<()> {
+        let primary = self.primary().await?;
         let server = &mut self.servers[i];
         if server.addr() == primary {
             return Err(Error::Runtime(format!(
@@ -234,11 +261,6 @@ impl RedisGroup {
         }
         server.replica_of = Some(primary);
         server.restart()
-    }
-
-    /// Where the group's files and logs are.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
