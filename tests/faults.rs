@@ -22,13 +22,13 @@
 
 mod common;
 
+use common::sampler::*;
 use common::*;
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use time_sync::cache::{RedisStore, ReportStore};
+use time_sync::cache::RedisStore;
 use time_sync::core::clock::{Clock, SystemClock};
 use time_sync::core::protocol::ReplicaRole;
 use time_sync::runtime::services::RedisGroup;
@@ -44,129 +44,10 @@ const DRIFTS: [&str; 4] = ["20", "-20", "10", "-15"];
 /// Behind the proxy: a follower.
 const CUT_CLIENT: usize = 3;
 const REPLICAS: [u64; 3] = [1, 2, 3];
-/// The limit on any client's error, during and after any fault.
-const MAX_ERROR_US: i64 = 1000;
-/// A report older than this is not evidence of anything now (two intervals, plus transit).
-const FRESH_US: i64 = 2_200_000;
 /// How long after being back in sync the error is still watched.
 const AFTERMATH: Duration = Duration::from_secs(5);
 /// The longest any fault may take to heal before the suite fails.
 const BACK_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What the sampler saw at one instant.
-#[derive(Debug, Clone)]
-struct Sample {
-    at: Instant,
-    /// Largest |true error| to the master among fresh reports (none: no fresh master report).
-    max_err_us: Option<i64>,
-    /// That error and whose it is.
-    worst: Option<(i64, String)>,
-    /// Largest `max_step_us` any client reports (steps after its first sync).
-    max_step_us: i64,
-    /// Every client reports freshly, follows the master, and is within the bound.
-    in_sync: bool,
-    master_ip: Option<String>,
-    /// When the newest report was stored (µs, wall clock).
-    newest_us: i64,
-}
-
-/// Reads the cluster's reports every 100 ms, until dropped.
-struct Sampler {
-    samples: Arc<Mutex<Vec<Sample>>>,
-    bound_us: Arc<std::sync::atomic::AtomicI64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Sampler {
-    fn start(store: RedisStore, clients: usize) -> Sampler {
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let bound_us = Arc::new(std::sync::atomic::AtomicI64::new(MAX_ERROR_US));
-        let (s, b) = (samples.clone(), bound_us.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let sample = look(&store, clients, b.load(Relaxed)).await;
-                s.lock().unwrap().push(sample);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        Sampler {
-            samples,
-            bound_us,
-            task,
-        }
-    }
-
-    fn since(&self, t: Instant) -> Vec<Sample> {
-        let all = self.samples.lock().unwrap();
-        all.iter().filter(|s| s.at >= t).cloned().collect()
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn look(store: &RedisStore, clients: usize, bound_us: i64) -> Sample {
-    let at = Instant::now();
-    let now = SystemClock.now_us();
-    let (reports, master, replicas) =
-        tokio::join!(store.live_reports(), store.master(), store.replicas());
-    let (reports, master) = (reports.unwrap_or_default(), master.ok().flatten());
-    let leading = replicas
-        .unwrap_or_default()
-        .iter()
-        .filter(|r| r.role == ReplicaRole::Leader)
-        .map(|r| r.epoch)
-        .max();
-    let max_step_us = reports
-        .iter()
-        .filter_map(|r| r.report.max_step_us)
-        .max()
-        .unwrap_or(0);
-    let fresh: Vec<_> = reports
-        .iter()
-        .filter(|r| now - r.received_at_us <= FRESH_US)
-        .collect();
-    let master_report = master
-        .as_ref()
-        .and_then(|m| fresh.iter().find(|r| r.report.id == m.id));
-    // Clients that follow the master and are synced (a report has `max_step_us` only then; the
-    // master counts as it is the reference). A client that just started is still converging:
-    // its error is not a fault's, but it is not back in sync either.
-    let errors: Vec<(i64, String)> = match master_report {
-        Some(m) => fresh
-            .iter()
-            .filter(|r| {
-                r.report.id == m.report.id
-                    || (r.report.master_id == Some(m.report.id) && r.report.max_step_us.is_some())
-            })
-            .filter_map(|r| {
-                let e = r.report.true_offset_us? - m.report.true_offset_us?;
-                Some((e.abs(), r.report.ip.to_string()))
-            })
-            .collect(),
-        None => vec![],
-    };
-    let worst = errors.iter().max().cloned();
-    let max_err_us = worst.as_ref().map(|w| w.0);
-    // Following the leader: a client that refuses its epoch holds over and looks in sync.
-    let follow_leader = leading.is_some() && fresh.iter().all(|r| r.report.epoch == leading);
-    let in_sync = fresh.len() == clients
-        && follow_leader
-        && errors.len() == clients
-        && max_err_us.is_some_and(|e| e <= bound_us);
-    Sample {
-        at,
-        worst,
-        max_err_us,
-        max_step_us,
-        in_sync,
-        master_ip: master.map(|m| m.ip.to_string()),
-        newest_us: reports.iter().map(|r| r.received_at_us).max().unwrap_or(0),
-    }
-}
 
 /// A TCP proxy in front of the broker that can stop carrying bytes either way without closing
 /// anything: to both ends, the network is gone.
@@ -664,19 +545,6 @@ impl Suite {
             // Each line is written as soon as it is known, so a failure keeps the ones before.
             write_results(name, &self.results);
         }
-    }
-}
-
-/// Writes results file `name` under `TS_FAULTS_OUT` (default `target/`), one `key=value`
-/// line per fault.
-fn write_results(name: &str, lines: &[String]) {
-    let dir = std::env::var("TS_FAULTS_OUT")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_string());
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = std::path::Path::new(&dir).join(name);
-    let mut f = std::fs::File::create(&path).unwrap();
-    for l in lines {
-        writeln!(f, "{l}").unwrap();
     }
 }
 

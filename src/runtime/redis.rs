@@ -278,7 +278,8 @@ impl DockerRuntime {
     }
 
     /// Runs Sentinel `j`'s container, watching `primary`. Sentinel rewrites its configuration
-    /// file, so the container writes it (mode 0600) from the environment first.
+    /// file, so the container writes it (mode 0600) from the environment when it first starts,
+    /// and keeps it over a restart.
     pub(super) async fn run_sentinel(&self, j: usize, primary: SocketAddr) -> Result<()> {
         let ip = self.ip(SENTINEL_HOSTS[j]);
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -296,8 +297,10 @@ impl DockerRuntime {
             [
                 "sh",
                 "-c",
-                "umask 077 && printf '%s\\n' \"$TS_SENTINEL_CONFIG\" > /tmp/sentinel.conf \
-                 && exec redis-server /tmp/sentinel.conf --sentinel",
+                // Only the first time: after a restart, the file Sentinel rewrote (the current
+                // primary, the replicas, the other Sentinels) is what it must start from.
+                "umask 077 && { [ -f /tmp/sentinel.conf ] || printf '%s\\n' \"$TS_SENTINEL_CONFIG\" \
+                 > /tmp/sentinel.conf; } && exec redis-server /tmp/sentinel.conf --sentinel",
             ]
             .into_iter()
             .map(String::from)

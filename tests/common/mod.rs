@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod sampler;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -977,4 +979,14 @@ impl Chrony {
             port,
         }
     }
+}
+
+/// Writes results file `name` under `TS_FAULTS_OUT` (default `target/`), one `key=value`
+/// line per fault (the README's figures quote them).
+pub fn write_results(name: &str, lines: &[String]) {
+    let dir = std::env::var("TS_FAULTS_OUT")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(std::path::Path::new(&dir).join(name), text).unwrap();
 }

@@ -1,0 +1,389 @@
+//! No single point of failure, through tsc: `tsc bootstrap -s 2 --redis-replicas 2` starts two
+//! server replicas, a Redis primary, two replicas and three Sentinels.
+//!
+//! On both runtimes, `tsc redis kill -n 0` kills the primary; the Sentinels promote a replica,
+//! the servers follow, and reports are stored again within 5 s; `tsc redis start -n 0` brings
+//! the dead server back as a replica of the new primary. On Docker, then: the leading server
+//! replica is cut off the network for 20 s (`docker network disconnect`): the other leads with
+//! a later epoch, and the cut one, back, does not lead again beside it (fencing); then every
+//! component but the clients is restarted, one at a time. After each fault no synced clock has
+//! stepped by more than 1 ms, reports are stored again within 5 s, and there is one master and
+//! one leader, the cluster healthy. The measured times go to `failover-docker.txt` (in
+//! `TS_FAULTS_OUT`, default `target/`). Docker is required: if no daemon answers, the Docker
+//! test fails (CI starts one).
+
+mod common;
+
+use common::sampler::{Sampler, MAX_ERROR_US};
+use common::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use time_sync::cache::{RedisStore, ReportStore};
+use time_sync::core::clock::{Clock, SystemClock};
+
+/// What each Redis server and Sentinel says it is, by id.
+fn roles(t: &Tsc) -> Vec<(String, String, String)> {
+    let v = t.ok(&["--json", "redis", "list"]).json();
+    v["redis"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (s("id"), s("addr"), s("is"))
+        })
+        .collect()
+}
+
+/// The one server that says it is the primary, with every other server that answers its
+/// replica (link up) and every Sentinel naming it; its id.
+fn settled_primary(t: &Tsc) -> Option<String> {
+    let r = roles(t);
+    let primaries: Vec<_> = r.iter().filter(|(_, _, is)| is == "primary").collect();
+    let [(id, addr, _)] = primaries[..] else {
+        return None;
+    };
+    let replicas_ok = r
+        .iter()
+        .filter(|(i, _, is)| i.starts_with("redis") && i != id && !is.starts_with("not answering"))
+        .all(|(_, _, is)| *is == format!("replica of {addr} (link connected)"));
+    let sentinels_ok = r
+        .iter()
+        .filter(|(i, _, _)| i.starts_with("sentinel"))
+        .all(|(_, _, is)| *is == format!("sentinel, primary {addr}"));
+    (replicas_ok && sentinels_ok).then(|| id.clone())
+}
+
+/// Waits for a report stored after `since_us` (wall clock); how long after `since` it came.
+async fn stored_after(store: &RedisStore, since: Instant, since_us: i64) -> Duration {
+    wait_for(
+        Duration::from_secs(60),
+        "a report stored after the fault",
+        || async {
+            let r = store.live_reports().await.ok()?;
+            r.iter()
+                .any(|r| r.received_at_us > since_us)
+                .then(|| since.elapsed())
+        },
+    )
+    .await
+}
+
+/// After a fault: in sync within 1 ms, no clock stepped by 1 ms or more since its first sync,
+/// the same master, one leader, one Redis primary, healthy.
+async fn settled(t: &Tsc, store: &RedisStore, master: &str) {
+    t.ok(&["wait", "--timeout", "90", "--bound-ms", "1"]);
+    // `max_step_us`: the largest step a client made since its first sync.
+    // Retried: this store's own connection may have been to a primary just killed.
+    let reports = wait_for(Duration::from_secs(10), "the reports", || async {
+        store.live_reports().await.ok()
+    })
+    .await;
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    for r in &reports {
+        let step = r.report.max_step_us.unwrap_or(0);
+        assert!(step < 1_000, "a clock stepped {step} µs: {r:?}");
+    }
+    assert_eq!(
+        t.master().as_deref(),
+        Some(master),
+        "the same master throughout"
+    );
+    let v = wait_for(Duration::from_secs(30), "a healthy status", || async {
+        let r = t.run(&["--json", "status"]);
+        (r.code == 0).then(|| r.json())
+    })
+    .await;
+    let leaders = v["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["role"] == "leader")
+        .count();
+    assert_eq!(leaders, 1, "one leader: {v}");
+    let redis: &Vec<Value> = v["redis"].as_array().unwrap();
+    assert_eq!(
+        redis.iter().filter(|r| r["is"] == "primary").count(),
+        1,
+        "{redis:?}"
+    );
+}
+
+/// Bootstraps, kills the Redis primary and brings it back; the store and the master.
+async fn failover(t: &Tsc) -> (RedisStore, String, Duration) {
+    t.ok(&["bootstrap", "-s", "2", "-c", "3", "--redis-replicas", "2"]);
+    t.ok(&["wait", "--timeout", "90", "--bound-ms", "1"]);
+    let r = roles(t);
+    assert_eq!(r.len(), 6, "three servers and three Sentinels: {r:?}");
+    assert_eq!(settled_primary(t).as_deref(), Some("redis"), "{r:?}");
+    let status = t.run(&["status"]);
+    assert_eq!(status.code, 0, "{}", status.stdout);
+    assert!(
+        status.stdout.contains("redis-1:") && status.stdout.contains("sentinel-3:"),
+        "{}",
+        status.stdout
+    );
+    let (_, store) = t.endpoints().await;
+    let master = t.master().expect("a master");
+
+    t.ok(&["redis", "kill", "-n", "0"]);
+    let stored_again = stored_after(&store, Instant::now(), SystemClock.now_us()).await;
+    println!("reports stored again {stored_again:?} after the primary was killed");
+    assert!(
+        stored_again <= Duration::from_secs(5),
+        "reports stored again after {stored_again:?}"
+    );
+    let promoted = wait_for(Duration::from_secs(30), "a replica promoted", || async {
+        settled_primary(t).filter(|p| p != "redis")
+    })
+    .await;
+    // Back, as a replica of the promoted server (it may take a moment to be allowed: until
+    // the Sentinels agree, they still name the dead server).
+    wait_for(Duration::from_secs(30), "redis started again", || async {
+        (t.run(&["redis", "start", "-n", "0"]).code == 0).then_some(())
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(30),
+        "the old primary a replica of the new one",
+        || async {
+            let p = settled_primary(t)?;
+            let r = roles(t);
+            (p == promoted
+                && r.iter()
+                    .any(|(i, _, is)| i == "redis" && is.starts_with("replica")))
+            .then_some(())
+        },
+    )
+    .await;
+    settled(t, &store, &master).await;
+    (store, master, stored_again)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_redis_failover() {
+    assert_rabbitmq_up();
+    let t = Tsc::new("local", "10.238.0.0/24");
+    failover(&t).await;
+}
+
+/// The leading replica, by `tsc servers list`: (id, epoch).
+fn leader(t: &Tsc) -> Option<(u64, u64)> {
+    let v = t.ok(&["--json", "servers", "list"]).json();
+    let id = v["leader"].as_u64()?;
+    let row = v["servers"].as_array()?.iter().find(|r| r["id"] == id)?;
+    Some((id, row["epoch"].as_u64()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_failover_partition_and_rolling_restart() {
+    assert_docker_answers();
+    let t = Tsc::new("docker", "10.239.0.0/24");
+    let (store, master, redis_s) = failover(&t).await;
+    let mut results = vec![format!(
+        "fault=docker_redis_primary_kill stored_again_s={:.1}",
+        redis_s.as_secs_f64()
+    )];
+    let (_, sampled) = t.endpoints().await;
+    let sampler = Sampler::start(sampled, 3);
+    // The largest error of a synced client to the master since `t`, and the largest step.
+    let worst = |t: Instant| {
+        let s = sampler.since(t);
+        let err = s.iter().filter_map(|x| x.max_err_us).max().unwrap_or(0);
+        let step = s.iter().map(|x| x.max_step_us).max().unwrap_or(0);
+        assert!(
+            err <= MAX_ERROR_US && step == 0,
+            "error {err} µs, step {step} µs"
+        );
+        err
+    };
+    // When the sampler first saw a report stored after `t` (wall clock `t_us`).
+    let stored_since = |t: Instant, t_us: i64| {
+        let sampler = &sampler;
+        async move {
+            wait_for(
+                Duration::from_secs(60),
+                "a report stored after the fault",
+                || async {
+                    let s = sampler.since(t);
+                    let first = s.iter().find(|x| x.newest_us > t_us)?;
+                    Some(first.at.duration_since(t))
+                },
+            )
+            .await
+        }
+    };
+    let cfg = time_sync::runtime::cluster::ClusterConfig::load(t.home.path()).unwrap();
+    let network = format!("ts-{}", cfg.cluster_id);
+    let container = |role: &str, id: &str| format!("ts-{}-{role}-{id}", cfg.cluster_id);
+
+    // The leader cut off for 20 s: the other replica leads with a later epoch; back, the cut
+    // one follows it (it cannot have led on its side: it reached neither broker nor Redis).
+    let (cut, epoch) = leader(&t).expect("a leader");
+    let name = container("server", &format!("server-{cut}"));
+    let ip = sh(
+        "docker",
+        &[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &name,
+        ],
+    );
+    let ip = ip.trim().to_string();
+    sh("docker", &["network", "disconnect", &network, &name]);
+    let (since, since_us) = (Instant::now(), SystemClock.now_us());
+    let took_over = wait_for(
+        Duration::from_secs(30),
+        "another replica leading",
+        || async {
+            let (id, e) = leader(&t)?;
+            (id != cut && e > epoch).then(|| since.elapsed())
+        },
+    )
+    .await;
+    let stored = stored_since(since, since_us).await;
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(since.elapsed())).await;
+    sh(
+        "docker",
+        &["network", "connect", "--ip", &ip, &network, &name],
+    );
+    settled(&t, &store, &master).await;
+    let (now, e) = leader(&t).expect("a leader");
+    assert!(
+        now != cut && e > epoch,
+        "the cut replica leads again: {now} at {e}"
+    );
+    let line = format!(
+        "fault=docker_leader_network_cut_20s new_leader_s={:.1} stored_again_s={:.1} max_error_us={}",
+        took_over.as_secs_f64(),
+        stored.as_secs_f64(),
+        worst(since)
+    );
+    println!("[failover] {line}");
+    results.push(line);
+    assert!(
+        stored <= Duration::from_secs(5),
+        "stored again after {stored:?}"
+    );
+
+    // Every component but the clients, one at a time (a Redis replica before the primary, so
+    // that the replica named is still one).
+    let primary = settled_primary(&t).expect("a primary");
+    let replica = ["redis", "redis-1", "redis-2"]
+        .into_iter()
+        .find(|r| *r != primary)
+        .unwrap();
+    let steps: Vec<(String, Vec<Vec<String>>)> = vec![
+        (
+            format!("redis_replica {replica}"),
+            vec![
+                tsc_args(&["redis", "kill", "-n", replica]),
+                tsc_args(&["redis", "start", "-n", replica]),
+            ],
+        ),
+        (
+            format!("redis_primary {primary}"),
+            vec![tsc_args(&["redis", "kill", "-n", &primary])],
+        ),
+        (
+            "sentinel sentinel-1".into(),
+            vec![docker_args(&[
+                "restart",
+                &container("sentinel", "sentinel-1"),
+            ])],
+        ),
+        (
+            "rabbitmq".into(),
+            vec![docker_args(&[
+                "restart",
+                &container("rabbitmq", "rabbitmq"),
+            ])],
+        ),
+        (
+            "server server-1".into(),
+            vec![
+                tsc_args(&["servers", "stop", "-s", "1"]),
+                tsc_args(&["servers", "start", "-s", "1"]),
+            ],
+        ),
+        (
+            "server server-2".into(),
+            vec![
+                tsc_args(&["servers", "kill", "-s", "2"]),
+                tsc_args(&["servers", "start", "-s", "2"]),
+            ],
+        ),
+    ];
+    for (what, cmds) in steps {
+        println!("[failover] restarting {what}");
+        let (since, since_us) = (Instant::now(), SystemClock.now_us());
+        for c in &cmds {
+            let args: Vec<&str> = c[1..].iter().map(String::as_str).collect();
+            if c[0] == "docker" {
+                sh("docker", &args);
+            } else {
+                t.ok(&args);
+            }
+        }
+        if what == "rabbitmq" {
+            // Back when it takes connections again (it boots for seconds after its start).
+            wait_for(
+                Duration::from_secs(60),
+                "RabbitMQ accepting again",
+                || async {
+                    std::net::TcpStream::connect_timeout(
+                        &"10.239.0.3:5672".parse().unwrap(),
+                        Duration::from_secs(1),
+                    )
+                    .ok()
+                    .map(|_| ())
+                },
+            )
+            .await;
+        }
+        if what.starts_with("redis_primary") {
+            // Killed: promoted away from, then back as a replica.
+            wait_for(
+                Duration::from_secs(30),
+                "the killed primary back",
+                || async { (t.run(&["redis", "start", "-n", &primary]).code == 0).then_some(()) },
+            )
+            .await;
+        }
+        let back = Instant::now();
+        let stored = stored_since(since, since_us).await;
+        settled(&t, &store, &master).await;
+        let line = format!(
+            "fault=docker_restart component={} stored_again_s={:.1} restart_s={:.1} max_error_us={}",
+            what.replace(' ', ":"),
+            stored.as_secs_f64(),
+            back.duration_since(since).as_secs_f64(),
+            worst(since)
+        );
+        println!("[failover] {line}");
+        results.push(line);
+        // From the moment it is back: a broker takes seconds to boot, and nothing is stored
+        // meanwhile, which is what a single broker means (a cluster of brokers is for that).
+        let after_back = stored.saturating_sub(back.duration_since(since));
+        assert!(
+            after_back <= Duration::from_secs(5),
+            "{what}: reports stored again {after_back:?} after it was back"
+        );
+    }
+    write_results("failover-docker.txt", &results);
+}
+
+fn tsc_args(a: &[&str]) -> Vec<String> {
+    std::iter::once("tsc")
+        .chain(a.iter().copied())
+        .map(String::from)
+        .collect()
+}
+
+fn docker_args(a: &[&str]) -> Vec<String> {
+    std::iter::once("docker")
+        .chain(a.iter().copied())
+        .map(String::from)
+        .collect()
+}
