@@ -16,14 +16,16 @@
 //! - [`settings`]: every setting of `ts-server` and `ts-client`, declared once (flags, `TS_*`
 //!   variables, cluster.toml, what the runtimes hand a node); [`error`], [`backoff`], [`net`],
 //!   [`logging`], [`shutdown`]: plumbing.
-//! - [`broker`] (RabbitMQ sessions and topology) and [`cache`] (the Redis report store): the
-//!   two services, as thin carriers.
+//! - [`broker`] (RabbitMQ sessions and topology, over a list of broker nodes) and [`cache`]
+//!   (the Redis report store, on one server or on the primary Sentinel names): the two
+//!   services, as thin carriers.
 //! - [`server`] (one replica: workers, election driver, leader-only scheduler and reference
 //!   clock, HTTP API, metrics) and [`client`] (a client's broker session and NTP service).
 //! - [`measure`]: true error of running clocks, percentiles, convergence, SVG plots: used by
 //!   `tsc report`, the benchmarks and the tests.
 //! - [`runtime`]: where a cluster's nodes run (Docker containers or local processes), its model
-//!   (`cluster.toml`, `state.json`), images, and private services for tests and benchmarks.
+//!   (`cluster.toml`, `state.json`), its Redis (one server, or a primary, replicas and
+//!   Sentinels), images, and private services for tests and benchmarks.
 //! - [`cli`]: `tsc`, one file per command group; `cli::dashboard`, its live web page.
 
 pub mod backoff;

@@ -5,6 +5,9 @@
 //!
 //! Liveness *is* the TTL: a client is live while its key exists, so no sweeper is needed, and a
 //! key that expires between listing and reading is simply skipped.
+//!
+//! Where Redis is ([`RedisTarget`]: one server, or a primary the Sentinels name) and the
+//! connection that follows a failover ([`Primary`]) are in `primary.rs`.
 
 mod memory;
 mod primary;

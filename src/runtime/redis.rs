@@ -15,8 +15,8 @@
 use super::cluster::{LocalNode, State};
 use super::node::{Node, Role};
 use super::services::{
-    redis_args, redis_config, sentinel_config, sentinel_primary, sentinel_url, wait_port,
-    wait_sentinels, SENTINELS, SENTINEL_PORT,
+    forget_dump, redis_args, redis_config, sentinel_config, sentinel_primary, sentinel_url,
+    wait_port, wait_sentinels, SENTINELS, SENTINEL_PORT,
 };
 use super::{DockerRuntime, LocalRuntime, Progress, Runtime};
 use crate::error::{Error, Result};
@@ -266,7 +266,12 @@ impl DockerRuntime {
             ]
             .into_iter()
             .map(String::from)
-            .chain(redis_args(Ipv4Addr::UNSPECIFIED.into(), REDIS_PORT, true))
+            .chain(redis_args(
+                Ipv4Addr::UNSPECIFIED.into(),
+                REDIS_PORT,
+                true,
+                std::path::Path::new("/tmp"),
+            ))
             .collect(),
             vec![format!("TS_REDIS_CONFIG={config}")],
             Some("redis"),
@@ -352,7 +357,9 @@ impl LocalRuntime {
         let id = redis_node_id(i);
         let config = redis_config(&self.cfg.credentials.redis_password, replica_of);
         let program = std::path::Path::new("redis-server");
-        let args = redis_args(lo, port, true);
+        let dir = self.cfg.home.join("local");
+        forget_dump(&dir, port);
+        let args = redis_args(lo, port, true, &dir);
         let pid = self.spawn(&id, program, &args, &[], Some(&config))?;
         match i {
             0 => state.local.redis_port = Some(port),

@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 /// The arguments of a `redis-server` that keeps nothing on disk: `bind` on `port`. With a
 /// `password`, the last argument is `-`: redis-server then reads [`redis_config`] from its
 /// standard input, so the password is on no command line.
-pub fn redis_args(bind: IpAddr, port: u16, password: bool) -> Vec<String> {
+///
+/// Its directory is `dir`, and its file there `dump-<port>.rdb`: a replica that must resync
+/// with data in memory writes one (Redis's own default is `dump.rdb` in the working directory,
+/// which every other redis-server started there would load at start, another cluster's data).
+pub fn redis_args(bind: IpAddr, port: u16, password: bool, dir: &Path) -> Vec<String> {
     let mut args: Vec<String> = [
         "--port",
         &port.to_string(),
@@ -20,6 +24,10 @@ pub fn redis_args(bind: IpAddr, port: u16, password: bool) -> Vec<String> {
         "",
         "--appendonly",
         "no",
+        "--dir",
+        &dir.display().to_string(),
+        "--dbfilename",
+        &dump_file(port),
     ]
     .map(String::from)
     .to_vec();
@@ -30,6 +38,17 @@ pub fn redis_args(bind: IpAddr, port: u16, password: bool) -> Vec<String> {
         args.extend(["--protected-mode".into(), "yes".into()]);
     }
     args
+}
+
+/// The file name a redis-server started with [`redis_args`] on `port` writes, if any.
+fn dump_file(port: u16) -> String {
+    format!("dump-{port}.rdb")
+}
+
+/// Removes what an earlier redis-server on `port` left in `dir`, so that one started there now
+/// starts empty, as one that keeps nothing on disk must.
+pub fn forget_dump(dir: &Path, port: u16) {
+    let _ = std::fs::remove_file(dir.join(dump_file(port)));
 }
 
 /// `password` quoted for a Redis or Sentinel configuration file.
@@ -125,7 +144,8 @@ impl RedisServer {
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
         let lo = IpAddr::from([127, 0, 0, 1]);
-        let args = redis_args(lo, self.port, self.password.is_some());
+        forget_dump(&self.dir, self.port);
+        let args = redis_args(lo, self.port, self.password.is_some(), &self.dir);
         let config = self
             .password
             .as_deref()
@@ -151,5 +171,27 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_keeps_its_file_in_its_own_directory() {
+        let a = redis_args([127, 0, 0, 1].into(), 6390, true, Path::new("/x"));
+        let at = |k: &str| a[a.iter().position(|x| x == k).unwrap() + 1].clone();
+        assert_eq!(at("--dir"), "/x");
+        assert_eq!(at("--dbfilename"), "dump-6390.rdb");
+        assert_eq!(at("--save"), "");
+        assert_eq!(
+            a.last().map(String::as_str),
+            Some("-"),
+            "the password on stdin"
+        );
+        let c = redis_config("p", Some("10.0.0.2:6379".parse().unwrap()));
+        assert!(c.contains("replicaof 10.0.0.2 6379\n"), "{c}");
+        assert!(c.contains("repl-diskless-load on-empty-db\n"), "{c}");
     }
 }
