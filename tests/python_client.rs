@@ -149,7 +149,10 @@ async fn python_client_follows_a_rust_master_and_leads_rust_followers() {
     env.redis.restart().unwrap();
     let store = env.store().await;
     let py_id = uuid::Uuid::new_v4();
-    let py = spawn_py(&env, "127.0.0.2", py_id, 15);
+    // It runs 30 s: long enough to stay the live master until the follower is checked, even
+    // when electing it took a while (with 15 s the check timed out once under the full suite's
+    // load, the likely reason; not shown).
+    let py = spawn_py(&env, "127.0.0.2", py_id, 30);
     let m = wait_for(
         Duration::from_secs(20),
         "the Python client as master",
