@@ -11,14 +11,24 @@
 //!   server starts; reports stored / time to store them all. The server's own speed.
 //! - **live**: publishers flood while the server consumes, all on this machine's two cores.
 //!
-//! Run: `cargo bench --bench ingest` (options: `-- --reports N --clients N --workers N`).
+//! - **latency**: publish → delivery of single messages, one at a time, through the reports
+//!   queue as declared, and (on a cluster) through a transient classic queue as `ts.rpc` is.
+//!
+//! `-- --queue-type quorum` runs all of it on a RabbitMQ cluster of three local nodes of its own
+//! (as `tsc bootstrap --brokers 3` makes) with the reports queue a quorum queue: the cost of a
+//! replicated queue that writes every message, transient or not, to its Raft log. CPU figures
+//! for the broker are then the three nodes' sum.
+//!
+//! Run: `cargo bench --bench ingest` (options: `-- --reports N --clients N --workers N
+//! --queue-type classic|quorum`).
 
 #[path = "support.rs"]
 mod support;
 
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
-use support::{broker_pid, Cpu, Services};
+use support::{Cpu, Services};
+use time_sync::broker::QueueType;
 use time_sync::cache::RedisStore;
 use time_sync::cache::{ReportStore, Stored};
 use time_sync::core::keyring::KeyRing;
@@ -28,6 +38,7 @@ struct Opts {
     reports: usize,
     clients: usize,
     workers: usize,
+    queue_type: QueueType,
 }
 
 fn opts() -> Opts {
@@ -35,6 +46,7 @@ fn opts() -> Opts {
         reports: 200_000,
         clients: 10_000,
         workers: 4,
+        queue_type: QueueType::Classic,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -44,6 +56,13 @@ fn opts() -> Opts {
             "--reports" => o.reports = val().expect("--reports N"),
             "--clients" => o.clients = val().expect("--clients N"),
             "--workers" => o.workers = val().expect("--workers N"),
+            "--queue-type" => {
+                o.queue_type = match args.get(i + 1).map(String::as_str) {
+                    Some("classic") => QueueType::Classic,
+                    Some("quorum") => QueueType::Quorum,
+                    other => panic!("--queue-type classic|quorum (got {other:?})"),
+                }
+            }
             _ => {} // cargo passes --bench
         }
         i += 1;
@@ -88,26 +107,26 @@ const BATCH: usize = 256;
 /// workers do). Returns reports/s and the CPU (cores) of the broker and of the consumers
 /// (this process: lapin) while draining.
 async fn broker_alone(
-    url: &str,
+    svc: &Services,
+    kind: QueueType,
     clients: &[SimClient],
     count: usize,
     workers: usize,
 ) -> (f64, f64, f64) {
+    let url = &svc.amqp_url();
     let queue = "ts-bench-broker-alone";
     let conn = lapin::Connection::connect(url, Default::default())
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    // Declared as the reports queue is: durable, no arguments.
-    time_sync::broker::declare_durable_queue(&ch, queue)
+    // Declared as the reports queue is.
+    time_sync::broker::declare_replicated_queue(&ch, queue, kind)
         .await
         .unwrap();
     flood(url.to_string(), queue, clients, 1, count).await;
-    // The broker, and this process (the consumers).
-    let pids = [
-        broker_pid().expect("RabbitMQ's beam.smp runs"),
-        std::process::id(),
-    ];
+    // The broker's nodes, and this process (the consumers).
+    let broker = svc.broker_pids();
+    let pids: Vec<u32> = broker.iter().copied().chain([std::process::id()]).collect();
     let cpu0 = Cpu::read(&pids);
     let t = Instant::now();
     // Workers share the count; the last report delivered stops the clock.
@@ -169,7 +188,57 @@ async fn broker_alone(
         .await
         .unwrap();
     conn.close(200, "".into()).await.unwrap();
-    (rate, cpu[0], cpu[1])
+    let (nodes, consumers) = cpu.split_at(broker.len());
+    (rate, nodes.iter().sum(), consumers[0])
+}
+
+/// Messages timed one at a time in [`latency`].
+const LATENCY_SAMPLES: usize = 2000;
+
+/// Publish → delivery time of single messages through a fresh queue `name` (declared by
+/// `declare`, deleted after): one message in flight at a time, each sent when the previous
+/// one arrived, [`LATENCY_SAMPLES`] of them; (median, p99) in µs. One process publishes and
+/// consumes, on one connection each, so one clock times both ends.
+async fn latency<F, Fut>(url: &str, name: &str, declare: F) -> (u64, u64)
+where
+    F: FnOnce(lapin::Channel) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (pc, cc) = (
+        lapin::Connection::connect(url, Default::default())
+            .await
+            .unwrap(),
+        lapin::Connection::connect(url, Default::default())
+            .await
+            .unwrap(),
+    );
+    let (pch, cch) = (
+        pc.create_channel().await.unwrap(),
+        cc.create_channel().await.unwrap(),
+    );
+    declare(pch.clone()).await;
+    let mut consumer = time_sync::broker::consume_no_ack(&cch, name, "latency")
+        .await
+        .unwrap();
+    let body = [0u8; 400]; // about a report's size
+    let mut us: Vec<u64> = Vec::with_capacity(LATENCY_SAMPLES);
+    for _ in 0..LATENCY_SAMPLES + 100 {
+        let t = Instant::now();
+        time_sync::broker::publish_raw(&pch, "", name, &body, None)
+            .await
+            .unwrap();
+        consumer.next().await.expect("a delivery").unwrap();
+        us.push(t.elapsed().as_micros() as u64);
+    }
+    // The first hundred warm the path up.
+    let mut us = us.split_off(100);
+    us.sort_unstable();
+    pch.queue_delete(name.into(), Default::default())
+        .await
+        .unwrap();
+    let _ = pc.close(200, "".into()).await;
+    let _ = cc.close(200, "".into()).await;
+    (us[us.len() / 2], us[us.len() * 99 / 100])
 }
 
 /// Redis alone: `count` reports stored through the server's own store script, in batches of
@@ -297,23 +366,58 @@ impl StoredCounter {
 async fn main() {
     let o = opts();
     assert!(o.clients >= 2, "--clients N needs N >= 2 (two publishers)");
-    let mut svc = Services::start("ts-bench-ingest");
+    let kind = o.queue_type;
+    let mut svc = match kind {
+        QueueType::Classic => Services::start("ts-bench-ingest"),
+        QueueType::Quorum => Services::start_cluster("ts-bench-ingest", 3).await,
+    };
     let amqp = svc.amqp_url();
     let store = svc.store().await;
+    println!(
+        "ingest: {} reports from {} simulated clients, ts-server --workers {}, reports queue {kind} ({})",
+        o.reports,
+        o.clients,
+        o.workers,
+        match kind {
+            QueueType::Classic => "the machine's broker",
+            QueueType::Quorum => "a cluster of 3 local nodes",
+        }
+    );
+    // Latency first, on a quiet broker: the reports queue's kind, then (a cluster) a
+    // transient classic queue, as `ts.rpc` is there.
+    let (lat_p50, lat_p99) = latency(&amqp, "ts-bench-latency", |ch| async move {
+        time_sync::broker::declare_replicated_queue(&ch, "ts-bench-latency", kind)
+            .await
+            .unwrap();
+    })
+    .await;
+    println!("  latency: publish → delivery through a {kind} queue, median {lat_p50} µs, p99 {lat_p99} µs");
+    let mut summary_latency =
+        format!("latency_{kind}_p50_us={lat_p50} latency_{kind}_p99_us={lat_p99}");
+    if kind == QueueType::Quorum {
+        let name = "ts-bench-latency-transient";
+        let (p50, p99) = latency(&amqp, name, |ch| async move {
+            time_sync::broker::declare_queue(&ch, name, false, Default::default())
+                .await
+                .unwrap();
+        })
+        .await;
+        println!("  latency: publish → delivery through a transient classic queue (ts.rpc's kind here), median {p50} µs, p99 {p99} µs");
+        summary_latency +=
+            &format!(" latency_transient_p50_us={p50} latency_transient_p99_us={p99}");
+    }
     // The queue must exist before the flood: the server declares it.
     {
         let conn = lapin::Connection::connect(&amqp, Default::default())
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
-        time_sync::broker::declare_reports_queue(&ch).await.unwrap();
+        time_sync::broker::declare_reports_queue(&ch, kind)
+            .await
+            .unwrap();
         conn.close(200, "".into()).await.unwrap();
     }
 
-    println!(
-        "ingest: {} reports from {} simulated clients, ts-server --workers {}",
-        o.reports, o.clients, o.workers
-    );
     let clients: Vec<SimClient> = (0..o.clients)
         .map(|i| {
             let id = uuid::Uuid::from_u128(i as u128 + 1);
@@ -324,7 +428,7 @@ async fn main() {
     // Each component alone first: how fast can RabbitMQ deliver, and Redis store, with
     // nothing else running?
     let (broker_rate, broker_cpu, consumer_cpu) =
-        broker_alone(&amqp, &clients, o.reports, o.workers).await;
+        broker_alone(&svc, kind, &clients, o.reports, o.workers).await;
     println!(
         "  broker alone: {broker_rate:.0} reports/s delivered and acked; CPU (cores) broker {broker_cpu:.2}, consumers {consumer_cpu:.2}"
     );
@@ -352,13 +456,24 @@ async fn main() {
         o.reports as f64 / fill.as_secs_f64()
     );
     let workers = o.workers.to_string();
-    let args = svc.server_args(60, &["--tick-ms", "20", "--workers", &workers]);
+    let args = svc.server_args(
+        60,
+        &[
+            "--tick-ms",
+            "20",
+            "--workers",
+            &workers,
+            "--queue-type",
+            kind.as_str(),
+        ],
+    );
     let server = svc.spawn(env!("CARGO_BIN_EXE_ts-server"), &args);
-    let pids = [
-        svc.procs[server].pid(),
-        broker_pid().expect("RabbitMQ's beam.smp runs"),
-        redis_pid,
-    ];
+    let broker = svc.broker_pids();
+    let pids: Vec<u32> = [svc.procs[server].pid()]
+        .into_iter()
+        .chain(broker.iter().copied())
+        .chain([redis_pid])
+        .collect();
     println!("  ts-server pid {} (for `perf record -p`)", pids[0]);
     // Server start-up (connects) is excluded: time from the first stored report.
     let mut stored = StoredCounter {
@@ -375,6 +490,12 @@ async fn main() {
         .await;
     let drain_rate = (o.reports as u64 - base) as f64 / el.max(t0.elapsed()).as_secs_f64();
     let cpu = Cpu::read(&pids).since(&cpu_before);
+    // Server, the broker's nodes together, Redis.
+    let cpu = [
+        cpu[0],
+        cpu[1..=broker.len()].iter().sum(),
+        cpu[broker.len() + 1],
+    ];
     println!(
         "  drain: {drain_rate:.0} reports/s stored in Redis; CPU (cores) server {:.2}, broker {:.2}, redis {:.2}",
         cpu[0], cpu[1], cpu[2]
@@ -400,7 +521,7 @@ async fn main() {
     let (_, late) = stored.counts().await;
     println!("  out of order: {late} reports reached Redis after a later one of their client (refused, counted)");
     println!(
-        "ingest drain_per_s={drain_rate:.0} live_per_s={live_rate:.0} workers={} reports={} drain_server_cpu={:.2} drain_broker_cpu={:.2} drain_redis_cpu={:.2} broker_alone_per_s={broker_rate:.0} broker_alone_cpu={broker_cpu:.2} redis_alone_per_s={redis_rate:.0} redis_alone_cpu={redis_cpu:.2} out_of_order={late}",
+        "ingest queue_type={kind} drain_per_s={drain_rate:.0} live_per_s={live_rate:.0} {summary_latency} workers={} reports={} drain_server_cpu={:.2} drain_broker_cpu={:.2} drain_redis_cpu={:.2} broker_alone_per_s={broker_rate:.0} broker_alone_cpu={broker_cpu:.2} redis_alone_per_s={redis_rate:.0} redis_alone_cpu={redis_cpu:.2} out_of_order={late}",
         o.workers, o.reports, cpu[0], cpu[1], cpu[2]
     );
 }

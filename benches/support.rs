@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use time_sync::cache::RedisStore;
 use time_sync::keys::{self, ClusterKeys};
-use time_sync::runtime::services::{Process, RedisServer, Vhost};
+use time_sync::runtime::services::{Process, RabbitNode, RedisServer, Vhost};
 use tokio_util::sync::CancellationToken;
 
 /// The number after `name` on the command line (`-- --seconds 5`), or `default`.
@@ -30,14 +30,45 @@ pub struct Services {
     /// its own ([`Services::client_keys`]).
     pub keys: ClusterKeys,
     dir: PathBuf,
+    /// A RabbitMQ cluster of the benchmark's own ([`Services::start_cluster`]), dropped after
+    /// the vhost on it; empty: the vhost is on the machine's broker.
+    pub nodes: Vec<RabbitNode>,
 }
 
 impl Services {
     pub fn start(prefix: &str) -> Services {
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = Self::new_dir(prefix);
         let vhost = Vhost::create(prefix)
             .expect("a vhost (RabbitMQ must be running locally; scripts/setup.sh starts it)");
+        Self::with(dir, vhost, vec![])
+    }
+
+    /// As [`Services::start`], on a RabbitMQ cluster of `n` nodes of its own (local nodes,
+    /// joined to the first, as `tsc bootstrap --brokers N` makes them; run as root). The vhost
+    /// is on the first node, and so is every queue the benchmark declares.
+    pub async fn start_cluster(prefix: &str, n: usize) -> Services {
+        let dir = Self::new_dir(prefix);
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let node = RabbitNode::start(&dir.join(format!("node-{i}")))
+                .await
+                .expect("a RabbitMQ node of the benchmark's own starts (run as root)");
+            nodes.push(node);
+        }
+        for node in &nodes[1..] {
+            node.join(&nodes[0]).expect("the node joins the first");
+        }
+        let vhost = nodes[0].vhost(prefix).expect("a vhost on the cluster");
+        Self::with(dir, vhost, nodes)
+    }
+
+    fn new_dir(prefix: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn with(dir: PathBuf, vhost: Vhost, nodes: Vec<RabbitNode>) -> Services {
         let redis = RedisServer::start(&dir, None).expect("redis-server starts");
         let keys = ClusterKeys::generate("bench-operator-token");
         keys::write_ring(&dir.join("keys").join("server"), &keys.server_ring()).unwrap();
@@ -47,6 +78,19 @@ impl Services {
             vhost,
             keys,
             dir,
+            nodes,
+        }
+    }
+
+    /// The broker's Erlang VMs: the cluster's nodes, or the machine's broker.
+    pub fn broker_pids(&self) -> Vec<u32> {
+        if self.nodes.is_empty() {
+            vec![broker_pid().expect("RabbitMQ's beam.smp runs")]
+        } else {
+            self.nodes
+                .iter()
+                .map(|n| n.vm_pid().expect("the node's VM runs"))
+                .collect()
         }
     }
 

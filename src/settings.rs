@@ -19,6 +19,7 @@
 //! from node to node and are set by whoever starts the node; cluster-wide tunables
 //! ([`ServerSettings`], [`ClientSettings`]) come from cluster.toml.
 
+use crate::broker::QueueType;
 use crate::core::berkeley::{self, BerkeleyConfig, RoundConfig};
 use crate::core::client::{DEFAULT_PROBE_MAX, MAX_PROBE_MAX};
 use crate::core::clock::{DisciplineConfig, DEFAULT_MAX_SLEW_PPM, DEFAULT_STEP_THRESHOLD_US};
@@ -217,6 +218,10 @@ pub struct ServerNode {
     /// RabbitMQ URL (`amqp://user:pass@host:port/vhost`); a broker's nodes: several, by commas.
     #[arg(long, env = "TS_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
+    /// How the shared queues are declared: classic on one broker, quorum on a RabbitMQ
+    /// cluster (every replica and tsc must agree; see docs/PROTOCOL.md).
+    #[arg(long, env = "TS_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic)]
+    pub queue_type: QueueType,
     /// Redis URL: `redis://[:password@]host:port/db`, or a primary found through Sentinel,
     /// `redis+sentinel://[:password@]host:port,host:port,…/service/db`.
     #[arg(long, env = "TS_REDIS_URL", default_value = DEFAULT_REDIS_URL)]

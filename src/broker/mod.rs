@@ -13,7 +13,7 @@ use crate::net::endpoint_of;
 use lapin::options::{
     BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +63,17 @@ pub fn split_urls(amqp_url: &str) -> Vec<&str> {
         .collect()
 }
 
+/// `amqp_url` with its nodes rotated to start at node `first` (modulo their number): how the
+/// runtimes spread peers over a cluster's nodes, each keeping the rest as its fall-backs.
+pub fn rotate_urls(amqp_url: &str, first: usize) -> String {
+    let mut nodes = split_urls(amqp_url);
+    if !nodes.is_empty() {
+        let n = nodes.len();
+        nodes.rotate_left(first % n);
+    }
+    nodes.join(&URL_SEPARATOR.to_string())
+}
+
 /// Checks an `amqp_url` setting: one `amqp://` URL, or several separated by commas.
 pub fn check_urls(urls: &str) -> Result<()> {
     let nodes = split_urls(urls);
@@ -81,12 +92,18 @@ pub fn check_urls(urls: &str) -> Result<()> {
     Ok(())
 }
 
-/// Connects to the first of `url`'s nodes ([`split_urls`]) that answers, trying them in the
-/// order given (an order of preference), each for at most [`CONNECT_TIMEOUT`]; when a whole
+/// Connects to the first of `url`'s nodes ([`split_urls`]) that answers, trying them in turn
+/// from node `first` (modulo their number), each for at most [`CONNECT_TIMEOUT`]; when a whole
 /// round failed, waits with growing delays, until it works or `shutdown` fires (then `None`).
-/// The failure that ends a round is logged as `Failed connecting to HOST:PORT, retrying in
-/// Ns`, the others as `Failed connecting to HOST:PORT, trying HOST:PORT`.
-pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Option<Connection> {
+/// Returns the connection and the index of its node. The failure that ends a round is logged as
+/// `Failed connecting to HOST:PORT, retrying in Ns`, the others as `Failed connecting to
+/// HOST:PORT, trying HOST:PORT`.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    shutdown: &CancellationToken,
+    first: usize,
+) -> Option<(Connection, usize)> {
     let nodes: Vec<(String, lapin::uri::AMQPUri)> = match split_urls(url)
         .into_iter()
         .map(|u| Ok((endpoint_of(u), parse_url(u)?)))
@@ -103,7 +120,8 @@ pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Opt
         }
     };
     let mut backoff = Backoff::default();
-    let mut at = 0;
+    let first = first % nodes.len();
+    let mut at = first;
     loop {
         let (endpoint, uri) = &nodes[at];
         let props = ConnectionProperties::default().with_connection_name(name.into());
@@ -114,13 +132,13 @@ pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Opt
         let error = match attempt {
             Ok(Ok(conn)) => {
                 info!(broker = %endpoint, "connected to RabbitMQ");
-                return Some(conn);
+                return Some((conn, at));
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
         };
         at = (at + 1) % nodes.len();
-        if at != 0 {
+        if at != first {
             warn!(%error, "Failed connecting to {endpoint}, trying {}", nodes[at].0);
             continue;
         }
@@ -137,29 +155,98 @@ pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Opt
     }
 }
 
-/// Declares the durable reports queue.
-pub async fn declare_reports_queue(ch: &Channel) -> Result<()> {
-    declare_durable_queue(ch, REPORTS_QUEUE).await
+/// How the shared queues are declared. Every peer that declares them (servers, tsc) must be
+/// told the same: RabbitMQ refuses a declaration that differs from the queue's (a quorum
+/// queue declared without `x-queue-type` is `PRECONDITION_FAILED`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// One broker: `ts.reports` and `ts.rpc` are durable classic queues.
+    #[default]
+    Classic,
+    /// A RabbitMQ cluster: `ts.reports` is a quorum queue (replicated on every node, it
+    /// outlives the loss of a minority); `ts.rpc` is a transient classic queue, deleted when
+    /// its node goes and declared again on a live one by the leader (a quorum queue would add
+    /// its replication to the probe's outbound leg only, and that asymmetry is offset error).
+    Quorum,
 }
 
-/// Declares the durable queue of requests to the reference clock (probes, Berkeley readings).
-pub async fn declare_rpc_queue(ch: &Channel) -> Result<()> {
-    declare_durable_queue(ch, protocol::RPC_QUEUE).await
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
 }
 
-/// A durable queue without arguments: every peer declares it identically, so no declaration
-/// can ever conflict with another's.
-pub async fn declare_durable_queue(ch: &Channel, name: &str) -> Result<()> {
+impl std::fmt::Display for QueueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Declares the reports queue: durable, and a quorum queue on a cluster.
+pub async fn declare_reports_queue(ch: &Channel, kind: QueueType) -> Result<()> {
+    declare_replicated_queue(ch, REPORTS_QUEUE, kind).await
+}
+
+/// Declares durable queue `name` as the reports queue is: without arguments ([`QueueType::Classic`]),
+/// or a quorum queue (`x-queue-type` = `quorum`).
+pub async fn declare_replicated_queue(ch: &Channel, name: &str, kind: QueueType) -> Result<()> {
+    let mut args = FieldTable::default();
+    if kind == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    declare_queue(ch, name, true, args).await
+}
+
+/// Declares the queue of requests to the reference clock (probes, Berkeley readings): durable
+/// on one broker, transient on a cluster ([`QueueType::Quorum`]).
+pub async fn declare_rpc_queue(ch: &Channel, kind: QueueType) -> Result<()> {
+    let durable = kind == QueueType::Classic;
+    declare_queue(ch, protocol::RPC_QUEUE, durable, FieldTable::default()).await
+}
+
+/// Declares queue `name`: `durable` or not, with `args`.
+pub async fn declare_queue(
+    ch: &Channel,
+    name: &str,
+    durable: bool,
+    args: FieldTable,
+) -> Result<()> {
     ch.queue_declare(
         name.into(),
         QueueDeclareOptions {
-            durable: true,
+            durable,
             ..Default::default()
         },
-        FieldTable::default(),
+        args,
     )
     .await?;
     Ok(())
+}
+
+/// Consumes `queue` without acknowledgements (`no_ack`), as consumer `tag` (empty: the broker
+/// names it): for messages whose loss costs a sample, never a state (probes, control messages,
+/// updates).
+pub async fn consume_no_ack(ch: &Channel, queue: &str, tag: &str) -> Result<lapin::Consumer> {
+    Ok(ch
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?)
 }
 
 /// Declares the durable fanout exchange that carries master updates.
@@ -225,9 +312,9 @@ pub async fn expect_client_topology(ch: &Channel) -> Result<()> {
 /// Declares everything of the topology that outlives a connection: the reports and RPC queues,
 /// the updates and control exchanges. Servers do it when they connect, and tsc when it starts a
 /// cluster, so clients (which may not) find it.
-pub async fn declare_topology(ch: &Channel) -> Result<()> {
-    declare_reports_queue(ch).await?;
-    declare_rpc_queue(ch).await?;
+pub async fn declare_topology(ch: &Channel, kind: QueueType) -> Result<()> {
+    declare_reports_queue(ch, kind).await?;
+    declare_rpc_queue(ch, kind).await?;
     declare_updates_exchange(ch).await?;
     declare_control_exchange(ch).await
 }
@@ -410,8 +497,12 @@ pub const SESSION_RETRY_DELAY: std::time::Duration = std::time::Duration::from_s
 /// Longest wait for a polite close; a dead peer gets no more than this.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Runs `session` on a fresh connection until shutdown, reconnecting after every failure (to
-/// the first of `url`'s nodes that answers, when it names several).
+/// Runs `session` on a fresh connection until shutdown, reconnecting after every failure.
+///
+/// When `url` names several nodes, the first connection goes to the first that answers; after
+/// a failure the next attempt starts at the node *after* the one whose session ended, so a
+/// node that died (its address gone, every attempt to it waits out an ARP or connect timeout)
+/// is tried last, not first, and the peer is back on a live node within about a second.
 ///
 /// `session` returns `Ok(())` only when it stopped because of shutdown; any `Err` means "the
 /// connection is unusable", is logged, and starts a new session.
@@ -424,10 +515,12 @@ pub async fn run_sessions<F, Fut>(
     F: FnMut(std::sync::Arc<Connection>) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    let mut first = 0;
     loop {
-        let Some(conn) = connect(url, name, shutdown).await else {
+        let Some((conn, at)) = connect(url, name, shutdown, first).await else {
             return;
         };
+        first = at + 1;
         let conn = std::sync::Arc::new(conn);
         let outcome = session(conn.clone()).await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, close(&conn)).await;
@@ -468,6 +561,15 @@ mod tests {
             let e = check_urls(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_rotation_starts_elsewhere_and_keeps_every_node() {
+        let three = "amqp://a/v,amqp://b/v,amqp://c/v";
+        assert_eq!(rotate_urls(three, 0), three);
+        assert_eq!(rotate_urls(three, 1), "amqp://b/v,amqp://c/v,amqp://a/v");
+        assert_eq!(rotate_urls(three, 5), "amqp://c/v,amqp://a/v,amqp://b/v");
+        assert_eq!(rotate_urls("amqp://a/v", 7), "amqp://a/v");
     }
 
     #[test]

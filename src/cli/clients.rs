@@ -489,9 +489,9 @@ mod tests {
     fn clients_are_added_only_when_all_fit() {
         assert!(check_room(0, MAX_CLIENTS).is_ok());
         assert!(check_room(26, MAX_CLIENTS - 26).is_ok());
-        let e = check_room(26, 235).unwrap_err();
+        let e = check_room(26, MAX_CLIENTS + 1).unwrap_err();
         assert_eq!(e.code, exit::USAGE);
-        assert!(e.message.contains("room for 209 more"), "{}", e.message);
+        assert!(e.message.contains("room for 208 more"), "{}", e.message);
         assert!(check_room(MAX_CLIENTS, 1).is_err());
         assert!(
             check_room(MAX_CLIENTS + 3, 1).is_err(),

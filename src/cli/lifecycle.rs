@@ -3,7 +3,9 @@
 use super::output::{exit, CliResult, Failure, Out};
 use super::{clients, servers};
 use crate::error::Error;
-use crate::runtime::cluster::{self, ClusterConfig, RuntimeKind, State};
+use crate::runtime::cluster::{
+    self, check_brokers, ClusterConfig, RuntimeKind, State, MAX_BROKERS,
+};
 use crate::runtime::node::MAX_CLIENTS;
 use crate::runtime::{Runtime, MAX_REDIS_REPLICAS, MAX_REPLICAS};
 use serde_json::json;
@@ -45,6 +47,8 @@ pub struct Sizes {
     pub workers: Option<usize>,
     /// Redis replicas (with Sentinels when above 0).
     pub redis_replicas: usize,
+    /// RabbitMQ nodes (a cluster when above 1).
+    pub brokers: usize,
 }
 
 /// `tsc bootstrap`: images, network, services, replicas and clients.
@@ -60,7 +64,14 @@ pub async fn bootstrap(
         servers,
         workers,
         redis_replicas,
+        brokers,
     } = n;
+    check_brokers(brokers).map_err(|_| {
+        Failure::usage(format!(
+            "--brokers must be 1 or {MAX_BROKERS} (a quorum queue needs a majority of the \
+             nodes, so two survive no loss)"
+        ))
+    })?;
     if redis_replicas > MAX_REDIS_REPLICAS {
         return Err(Failure::usage(format!(
             "--redis-replicas must be at most {MAX_REDIS_REPLICAS}"
@@ -119,7 +130,7 @@ pub async fn bootstrap(
             format!("{e}\nbootstrap did not finish; `tsc teardown` removes what it started"),
         )
     };
-    rt.start_services(state, redis_replicas, &mut progress)
+    rt.start_services(state, redis_replicas, brokers, &mut progress)
         .await
         .map_err(fail)?;
     state.save(&cfg.home)?;

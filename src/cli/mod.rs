@@ -12,6 +12,7 @@
 //! [`operator`] carries commands to the replicas' HTTP API. [`snapshot`] reads a running cluster, [`view`] joins what it
 //! read into rows, and [`verdict`] judges health and sync.
 
+pub mod brokers;
 pub mod clients;
 pub mod dashboard;
 pub mod events;
@@ -75,6 +76,10 @@ pub enum Command {
         /// primary dies, and everyone follows.
         #[arg(long = "redis-replicas", default_value_t = 0)]
         redis_replicas: usize,
+        /// RabbitMQ nodes (default: cluster.toml's broker.nodes, 1): 3 form a cluster whose
+        /// reports queue is a quorum queue; everyone fails over between its nodes.
+        #[arg(long = "brokers")]
+        brokers: Option<usize>,
     },
     /// Inspect and manage clients.
     Clients {
@@ -90,6 +95,11 @@ pub enum Command {
     Servers {
         #[command(subcommand)]
         command: servers::ServersCommand,
+    },
+    /// Inspect the RabbitMQ nodes; kill and start one (drills).
+    Brokers {
+        #[command(subcommand)]
+        command: brokers::BrokersCommand,
     },
     /// Inspect the Redis servers and Sentinels; kill and start a server (drills).
     Redis {
@@ -161,12 +171,14 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
             servers,
             workers,
             redis_replicas,
+            brokers,
         } => {
             let n = lifecycle::Sizes {
                 clients,
                 servers,
                 workers,
                 redis_replicas,
+                brokers: brokers.unwrap_or(cfg.broker.nodes),
             };
             let bootstrap = lifecycle::bootstrap(&cfg, &mut state, cli.runtime, n, &out);
             tokio::select! {
@@ -212,6 +224,9 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
                     servers::servers(&cfg, &mut state, &rt, command, &out).await
                 }
                 Command::Redis { command } => redis::redis(&mut state, &rt, command, &out).await,
+                Command::Brokers { command } => {
+                    brokers::brokers(&mut state, &rt, command, &out).await
+                }
                 Command::Status => status::status(&cfg, &state, &rt, &out).await,
                 Command::Wait {
                     timeout,

@@ -2,6 +2,7 @@
 //! for scripts (`--json`).
 
 use crate::error::Error;
+use crate::runtime::Node;
 
 /// Exit codes.
 pub mod exit {
@@ -106,5 +107,30 @@ pub fn print_line(s: &str) {
         }
         eprintln!("tsc: cannot write to stdout: {e}");
         std::process::exit(exit::FAILURE.into());
+    }
+}
+
+/// Fails unless `node` runs (`running`) or does not: what `kill` and `start` of a service node
+/// (`tsc redis`, `tsc brokers`) check first.
+pub fn expect_running(node: &Node, running: bool) -> CliResult<()> {
+    match (node.running(), running) {
+        (true, false) => Err(Failure::new(
+            exit::FAILURE,
+            format!("{} is already running", node.id),
+        )),
+        (false, true) => Err(Failure::new(
+            exit::FAILURE,
+            format!("{} is not running", node.id),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Says that `node` (a `kind`: `redis`, `broker`) was `what` (`killed`, `started`).
+pub fn done(out: &Out, kind: &str, node: &Node, what: &str) {
+    if out.json {
+        out.json(serde_json::json!({ kind: node.id, "done": what }));
+    } else {
+        out.line(&format!("{what} {}", node.id));
     }
 }

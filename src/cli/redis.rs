@@ -4,7 +4,7 @@
 //! What each one *is* (primary, replica of whom) changes with every failover, so it is asked of
 //! each server (`ROLE`) and each Sentinel, not remembered.
 
-use super::output::{exit, CliResult, Failure, Out};
+use super::output::{done, exit, expect_running, CliResult, Failure, Out};
 use crate::runtime::cluster::State;
 use crate::runtime::{redis_index, Node, Role, Runtime};
 use clap::Subcommand;
@@ -50,36 +50,18 @@ pub async fn redis(state: &mut State, rt: &Runtime, cmd: RedisCommand, out: &Out
         }
         RedisCommand::Kill { number } => {
             let node = find(&nodes, &number)?;
-            if !node.running() {
-                return Err(Failure::new(
-                    exit::FAILURE,
-                    format!("{} is not running", node.id),
-                ));
-            }
+            expect_running(&node, true)?;
             rt.kill(state, &node).await?;
-            done(out, &node, "killed");
+            done(out, "redis", &node, "killed");
         }
         RedisCommand::Start { number } => {
             let node = find(&nodes, &number)?;
-            if node.running() {
-                return Err(Failure::new(
-                    exit::FAILURE,
-                    format!("{} is already running", node.id),
-                ));
-            }
+            expect_running(&node, false)?;
             rt.start_redis(state, &node).await?;
-            done(out, &node, "started");
+            done(out, "redis", &node, "started");
         }
     }
     Ok(0)
-}
-
-fn done(out: &Out, node: &Node, what: &str) {
-    if out.json {
-        out.json(json!({ "redis": node.id, "done": what }));
-    } else {
-        out.line(&format!("{what} {}", node.id));
-    }
 }
 
 /// One JSON row per Redis server and Sentinel: id, address, the runtime's state, and what it

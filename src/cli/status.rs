@@ -48,6 +48,13 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
     if state.redis_replicas > 0 && !redis_rows.iter().any(|r| r["is"] == "primary") {
         problems.insert(0, "no Redis server says it is the primary".into());
     }
+    // A broker cluster: whom the broker counts as running, and who leads the reports queue.
+    let broker_rows = if state.broker_count() > 1 {
+        rt.broker_rows(state, &nodes).await
+    } else {
+        vec![]
+    };
+    problems.extend(super::brokers::problems(&broker_rows));
     let max_err = rows
         .iter()
         .filter_map(|r| r.true_error_us.map(i64::abs))
@@ -61,6 +68,7 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
         out.json(json!({
             "runtime": rt.kind().as_str(), "cluster_id": cfg.cluster_id, "nodes": nodes,
             "redis": redis_rows,
+            "brokers": broker_rows.iter().map(super::brokers::row_json).collect::<Vec<_>>(),
             "clients": rows, "master": master, "replicas": replicas, "leader": leader,
             "servers": stats.iter().map(|(id, h)| json!({"id": id, "stats": h})).collect::<Vec<_>>(),
             "max_true_error_us": max_err, "healthy": problems.is_empty(), "problems": problems,
@@ -85,10 +93,15 @@ pub async fn status(cfg: &ClusterConfig, state: &State, rt: &Runtime, out: &Out)
             .iter()
             .find(|r| r["id"] == n.id.as_str() && matches!(n.role, Role::Redis | Role::Sentinel))
             .and_then(|r| r["is"].as_str())
-            .map_or_else(String::new, |is| format!(", {is}"));
-        // Several Redis servers and Sentinels: each by its id.
+            .map_or_else(String::new, |is| format!(", {is}"))
+            + &broker_rows
+                .iter()
+                .find(|r| r.id == n.id && n.role == Role::Rabbitmq)
+                .map_or_else(String::new, super::brokers::row_detail);
+        // Several Redis servers, Sentinels or broker nodes: each by its id.
         let label = match n.role {
             Role::Redis | Role::Sentinel => &n.id,
+            Role::Rabbitmq if !broker_rows.is_empty() => &n.id,
             _ => n.role.as_str(),
         };
         out.line(&format!(

@@ -28,8 +28,6 @@ use crate::keys::{KeySource, SWARM_KEYS};
 use crate::logging::RejectLog;
 use crate::settings::ClientConfig;
 use futures_util::StreamExt;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
 use lapin::Connection;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -260,17 +258,7 @@ async fn group_session(
     let mut inboxes = Vec::with_capacity(group.len());
     for k in 0..group.len() {
         let queue = broker::declare_update_listener(&ch).await?;
-        let consumer = ch
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer = broker::consume_no_ack(&ch, &queue, "").await?;
         inboxes.push(consumer.map(move |d| (k, d)));
         queues.push(queue);
     }

@@ -2,7 +2,8 @@
 //! static address, found again by its labels.
 //!
 //! Addresses in the cluster's /24: `.2` Redis (and `.4`, `.5` its replicas, `.6`–`.8` its
-//! Sentinels: [`super::redis`]), `.3` RabbitMQ, `.10`–`.19` servers, `.20`–`.254` clients
+//! Sentinels: [`super::redis`]), `.3` RabbitMQ (and `.9`, `.254` for a three-node broker cluster:
+//! [`super::brokers`]), `.10`–`.19` servers, `.20`–`.253` clients
 //! (lowest free first, so a removed client's address is reused). Server and client
 //! containers bind-mount the host log directories at the same paths, so their logs land where
 //! `tsc ... tail` reads them.
@@ -11,12 +12,14 @@ use super::cluster::ClusterConfig;
 use super::cluster::State;
 use super::node::{
     labels, next_free_ip, server_host, server_node_id, Node, Role, SwarmSpan, CLIENT_HOSTS,
+    MAX_CLIENTS,
 };
-use super::services::{apply_broker_setup, broker_setup, wait_port, BrokerRole};
+use super::services::BrokerRole;
 use super::{
-    broker_users, client_env, declare_topology, images, remove_node_keys, server_env, swarm_env,
-    write_node_keys, Endpoints, Progress, CONTAINER_KEY_DIR,
+    broker_users, client_env, images, remove_node_keys, server_env, swarm_env, write_node_keys,
+    Endpoints, Progress, CONTAINER_KEY_DIR,
 };
+use crate::broker::QueueType;
 use crate::error::{Error, Result};
 use crate::settings::{ServerSettings, DEFAULT_HTTP_PORT};
 use bollard::models::{
@@ -33,8 +36,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use uuid::Uuid;
 
-/// Host number of RabbitMQ in the subnet.
-pub const RABBITMQ_HOST: u8 = 3;
 /// Grace given to a container on stop before it is killed.
 pub const STOP_GRACE_SECS: i32 = 10;
 
@@ -73,18 +74,28 @@ impl DockerRuntime {
         let redis = self
             .redis_addrs(state)
             .url(&self.cfg.credentials.redis_password);
+        let brokers = self.broker_addrs(state);
         let url = |role: BrokerRole| {
             let (user, pass, _) = broker_users(&self.cfg, "")
                 .into_iter()
                 .find(|(_, _, r)| *r == role)
                 .expect("a user per role");
-            format!("amqp://{user}:{pass}@{}:5672/%2f", self.ip(RABBITMQ_HOST))
+            let nodes: Vec<String> = brokers
+                .iter()
+                .map(|(at, _)| format!("amqp://{user}:{pass}@{at}/%2f"))
+                .collect();
+            nodes.join(",")
         };
         Endpoints {
             client_amqp_url: url(BrokerRole::Client),
             server_amqp_url: url(BrokerRole::Server),
             operator_amqp_url: url(BrokerRole::Operator),
             redis_url: redis,
+            queue_type: if brokers.len() > 1 {
+                QueueType::Quorum
+            } else {
+                QueueType::Classic
+            },
         }
     }
 
@@ -248,59 +259,20 @@ impl DockerRuntime {
         self.ensure_network(p).await
     }
 
-    /// Starts RabbitMQ, with the cluster's users and topology.
-    pub async fn start_broker(&self, state: &State, p: Progress<'_>) -> Result<()> {
-        let base = self.cfg.docker.base_image.clone();
-        p("Starting Rabbitmq service container..");
-        let rabbit_ip = self.ip(RABBITMQ_HOST);
-        self.run(
-            Role::Rabbitmq,
-            "rabbitmq",
-            rabbit_ip,
-            &base,
-            vec!["/usr/lib/rabbitmq/bin/rabbitmq-server".into()],
-            vec![],
-            // As root, rabbitmq-server ignores SIGTERM and `docker stop` must kill it.
-            Some("rabbitmq"),
-            vec![],
-            vec![],
-        )
-        .await?;
-        wait_port("rabbitmq", rabbit_ip, 5672, p).await?;
-        // The broker starts with `guest`, an administrator that can log in only from inside
-        // its container. The cluster's three users replace it.
-        let container = format!("ts-{}-rabbitmq-rabbitmq", self.cfg.cluster_id);
-        self.exec(&container, &["rabbitmqctl", "-q", "await_startup"])
-            .await?;
-        let users = broker_users(&self.cfg, "");
-        apply_broker_setup(broker_setup("/", &users), |ctl| {
-            let container = container.clone();
-            async move {
-                let cmd: Vec<&str> = ["rabbitmqctl", "-q"]
-                    .into_iter()
-                    .chain(ctl.args.iter().map(String::as_str))
-                    .collect();
-                self.exec_input(&container, &cmd, ctl.input.as_deref())
-                    .await
-            }
-        })
-        .await?;
-        self.exec(&container, &["rabbitmqctl", "-q", "delete_user", "guest"])
-            .await?;
-        declare_topology(&self.endpoints(state).operator_amqp_url).await?;
-        p("RabbitMQ ready for the cluster's client, server and operator users");
-        Ok(())
-    }
-
     /// Runs `cmd` in container `name` and returns its output; an error if it exits non-zero.
-    async fn exec(&self, name: &str, cmd: &[&str]) -> Result<String> {
+    pub(super) async fn exec(&self, name: &str, cmd: &[&str]) -> Result<String> {
         self.exec_input(name, cmd, None).await
     }
 
     /// [`Self::exec`] with `input` on the command's standard input. It travels in the exec's
     /// environment and a shell builtin (`printf`) pipes it in, so it is in no process's
     /// arguments.
-    async fn exec_input(&self, name: &str, cmd: &[&str], input: Option<&str>) -> Result<String> {
+    pub(super) async fn exec_input(
+        &self,
+        name: &str,
+        cmd: &[&str],
+        input: Option<&str>,
+    ) -> Result<String> {
         use bollard::exec::{CreateExecOptions, StartExecResults};
         let (argv, env): (Vec<&str>, _) = match input {
             None => (cmd.to_vec(), None),
@@ -399,8 +371,11 @@ impl DockerRuntime {
     /// The lowest client address in the subnet (a client's or a swarm's container) not in
     /// `taken`.
     fn client_ip(&self, taken: &[IpAddr]) -> Result<IpAddr> {
-        next_free_ip(self.base, CLIENT_HOSTS.0, CLIENT_HOSTS.1, taken)
-            .ok_or_else(|| Error::Runtime("no free client address in the subnet (max 235)".into()))
+        next_free_ip(self.base, CLIENT_HOSTS.0, CLIENT_HOSTS.1, taken).ok_or_else(|| {
+            Error::Runtime(format!(
+                "no free client address in the subnet (max {MAX_CLIENTS})"
+            ))
+        })
     }
 
     /// A lone client, at an address not in `taken` (the nodes', and a swarm's clients').

@@ -12,13 +12,14 @@
 use super::cluster::{ClusterConfig, LocalNode, State};
 use super::node::{next_free_ip, server_host, server_node_id, Node, Role, SwarmSpan, CLIENT_HOSTS};
 use super::services::{
-    apply_broker_setup, broker_setup, feed_stdin, port_open, rabbitmqctl, rabbitmqctl_input,
-    stdin_for, wait_port, BrokerRole, RABBITMQ_PORT,
+    apply_broker_setup, broker_setup, feed_stdin, node_pid, port_open, rabbitmqctl,
+    rabbitmqctl_input, stdin_for, wait_port, BrokerRole, RABBITMQ_PORT, RABBIT_START_TIMEOUT,
 };
 use super::{
     broker_users, client_env, declare_topology, images, remove_node_keys, server_env, swarm_env,
     write_node_keys, Endpoints, Progress,
 };
+use crate::broker::QueueType;
 use crate::error::{Error, Result};
 use crate::settings::ServerSettings;
 use std::net::{IpAddr, Ipv4Addr};
@@ -42,13 +43,13 @@ impl LocalRuntime {
         LocalRuntime { cfg: cfg.clone() }
     }
 
-    fn vhost(&self) -> String {
+    pub(super) fn vhost(&self) -> String {
         format!("tsc-{}", self.cfg.cluster_id)
     }
 
     /// The cluster's broker users on the shared broker: named after the cluster too, so that
     /// several local clusters can share it.
-    fn users(&self) -> Vec<(String, String, BrokerRole)> {
+    pub(super) fn users(&self) -> Vec<(String, String, BrokerRole)> {
         broker_users(&self.cfg, &format!("-{}", self.cfg.cluster_id))
     }
 
@@ -56,22 +57,26 @@ impl LocalRuntime {
         let redis = self
             .redis_addrs(state)
             .url(&self.cfg.credentials.redis_password);
+        let brokers = self.broker_addrs(state);
         let url = |role: BrokerRole| {
             let (user, pass, _) = self
                 .users()
                 .into_iter()
                 .find(|(_, _, r)| *r == role)
                 .expect("a user per role");
-            format!(
-                "amqp://{user}:{pass}@127.0.0.1:{RABBITMQ_PORT}/{}",
-                self.vhost()
-            )
+            let vhost = self.vhost();
+            let nodes: Vec<String> = brokers
+                .iter()
+                .map(|(at, _)| format!("amqp://{user}:{pass}@{at}/{vhost}"))
+                .collect();
+            nodes.join(",")
         };
         Endpoints {
             client_amqp_url: url(BrokerRole::Client),
             server_amqp_url: url(BrokerRole::Server),
             operator_amqp_url: url(BrokerRole::Operator),
             redis_url: redis,
+            queue_type: queue_type(state),
         }
     }
 
@@ -98,7 +103,7 @@ impl LocalRuntime {
                     .map(|first| SwarmSpan::new(first, Vec::new())),
             })
             .collect();
-        if state.runtime.is_some() {
+        if state.runtime.is_some() && state.local.broker_nodes.is_empty() {
             let up = port_open(IpAddr::V4(Ipv4Addr::LOCALHOST), RABBITMQ_PORT);
             nodes.push(Node {
                 role: Role::Rabbitmq,
@@ -181,7 +186,7 @@ impl LocalRuntime {
             rabbitmqctl_input(None, &args, cmd.input.as_deref())
         })
         .await?;
-        declare_topology(&self.endpoints(state).operator_amqp_url).await?;
+        declare_topology(&self.endpoints(state)).await?;
         p(&format!(
             "RabbitMQ vhost {vhost} ready for its client, server and operator users"
         ));
@@ -305,7 +310,10 @@ impl LocalRuntime {
             .command
             .split_first()
             .ok_or_else(|| Error::Runtime(format!("{} was recorded without its command", n.id)))?;
-        let pid = self.spawn(&n.id, std::path::Path::new(program), args, &n.env, None)?;
+        let mut pid = self.spawn(&n.id, std::path::Path::new(program), args, &n.env, None)?;
+        if n.role == Role::Rabbitmq {
+            pid = broker_vm(&n)?;
+        }
         if let Some(rec) = state
             .local
             .nodes
@@ -357,7 +365,21 @@ impl LocalRuntime {
         for n in &nodes {
             remove_node_keys(&self.cfg, &n.id)?;
         }
-        if port_open(IpAddr::V4(Ipv4Addr::LOCALHOST), RABBITMQ_PORT) {
+        if !state.local.broker_nodes.is_empty() {
+            let dir = self.broker_data();
+            // A node whose start was cut short is not in `nodes`; its pid file still names it.
+            for (i, b) in state.local.broker_nodes.iter().enumerate() {
+                if let Some(pid) = node_pid(&dir.join(super::broker_node_id(i)), &b.name) {
+                    // SAFETY: kill(2) on a pid whose environment names our node.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+            state.local.broker_nodes.clear();
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            }
+            p("Removed the cluster's RabbitMQ nodes and their data");
+        } else if port_open(IpAddr::V4(Ipv4Addr::LOCALHOST), RABBITMQ_PORT) {
             let _ = rabbitmqctl(None, &["-q", "delete_vhost", &self.vhost()]);
             for (user, _, _) in self.users() {
                 let _ = rabbitmqctl(None, &["-q", "delete_user", &user]);
@@ -417,11 +439,13 @@ fn alive(n: &LocalNode) -> bool {
         Role::Client => Some("TS_CLIENT_ID"),
         Role::Server => Some("TS_REPLICA_ID"),
         Role::Swarm => Some("TS_KEY_DIR"),
+        // A broker node of one's own: its Erlang VM inherited the node name.
+        Role::Rabbitmq => Some("RABBITMQ_NODENAME"),
         _ => None,
     }
     .and_then(|k| Some((k, env_of(n, k)?)));
     let ours = match (n.role, identity) {
-        (Role::Client | Role::Server | Role::Swarm, Some((k, v))) => {
+        (Role::Client | Role::Server | Role::Swarm | Role::Rabbitmq, Some((k, v))) => {
             read("environ").contains(&format!("{k}={v}"))
         }
         (Role::Redis | Role::Sentinel, _) => {
@@ -430,6 +454,45 @@ fn alive(n: &LocalNode) -> bool {
         _ => false,
     };
     running && ours
+}
+
+/// How the shared queues are declared: quorum on the cluster's own nodes.
+fn queue_type(state: &State) -> QueueType {
+    if state.broker_count() > 1 {
+        QueueType::Quorum
+    } else {
+        QueueType::Classic
+    }
+}
+
+/// Waits for broker node `n`'s Erlang VM to write its pid file (its first seconds of boot), and
+/// returns its pid: the process the node's kill and stop signal.
+pub(super) fn broker_vm(n: &LocalNode) -> Result<u32> {
+    let (Some(name), Some(pid_file)) = (
+        env_of(n, "RABBITMQ_NODENAME"),
+        env_of(n, "RABBITMQ_PID_FILE"),
+    ) else {
+        return Err(Error::Runtime(format!(
+            "{} was recorded without its node name",
+            n.id
+        )));
+    };
+    let dir = std::path::Path::new(pid_file)
+        .parent()
+        .unwrap_or(std::path::Path::new("/"));
+    let deadline = Instant::now() + RABBIT_START_TIMEOUT;
+    loop {
+        if let Some(pid) = node_pid(dir, name) {
+            return Ok(pid);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Runtime(format!(
+                "RabbitMQ node {name} did not start (see its log under {})",
+                dir.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The value of `TS_*` variable `key` the node was started with.

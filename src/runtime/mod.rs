@@ -5,6 +5,7 @@
 //! never by parsing names. Decisions that do not need I/O (which address a new client gets)
 //! are plain functions here so they can be tested without either runtime.
 
+mod brokers;
 pub mod cluster;
 mod docker;
 mod images;
@@ -13,12 +14,14 @@ pub mod node;
 mod redis;
 pub mod services;
 
+pub use brokers::{broker_index, broker_node_id, BrokerRow, BrokerView, BROKER_HOSTS};
 pub use docker::DockerRuntime;
 pub use images::{ensure_images, BASE_BUILD_SCRIPT};
 pub use local::LocalRuntime;
 pub use node::{Node, Role, SwarmSpan, MAX_REPLICAS};
 pub use redis::{redis_index, redis_node_id, RedisAddrs, MAX_REDIS_REPLICAS};
 
+use crate::broker::{self, QueueType};
 use crate::error::{Error, Result};
 use crate::settings::{self, ClientNode, ServerNode, ServerSettings, DEFAULT_SWARM_IP_BASE};
 use cluster::{ClusterConfig, RuntimeKind, State};
@@ -38,6 +41,8 @@ pub struct Endpoints {
     pub operator_amqp_url: String,
     /// For `ts-server`, and for tsc itself. Clients never get it.
     pub redis_url: String,
+    /// How the shared queues are declared: quorum on a cluster of brokers.
+    pub queue_type: QueueType,
 }
 
 /// Progress lines for people; `tsc` prints them, tests collect them.
@@ -99,22 +104,20 @@ impl Runtime {
         Ok(nodes)
     }
 
-    /// Starts Redis (with `redis_replicas` replicas and Sentinels, if any) and RabbitMQ, and
-    /// waits until they answer.
+    /// Starts Redis (with `redis_replicas` replicas and Sentinels, if any) and RabbitMQ
+    /// (`brokers` nodes), and waits until they answer.
     pub async fn start_services(
         &self,
         state: &mut State,
         redis_replicas: usize,
+        brokers: usize,
         p: Progress<'_>,
     ) -> Result<()> {
         if let Runtime::Docker(d) = self {
             d.prepare(p).await?;
         }
         self.start_redis_group(state, redis_replicas, p).await?;
-        match self {
-            Runtime::Docker(d) => d.start_broker(state, p).await,
-            Runtime::Local(l) => l.start_broker(state, p).await,
-        }
+        self.start_brokers(state, brokers, p).await
     }
 
     /// Where the services are.
@@ -258,7 +261,8 @@ pub fn server_env(
     key_dir: &Path,
 ) -> Vec<(String, String)> {
     let node = ServerNode {
-        amqp_url: ep.server_amqp_url.clone(),
+        amqp_url: broker::rotate_urls(&ep.server_amqp_url, replica as usize),
+        queue_type: ep.queue_type,
         redis_url: ep.redis_url.clone(),
         replica_id: replica,
         http_addr: http,
@@ -282,7 +286,8 @@ pub fn client_env(
     key_dir: &Path,
 ) -> Vec<(String, String)> {
     let node = ClientNode {
-        amqp_url: ep.client_amqp_url.clone(),
+        // Clients spread over the broker's nodes, each with the others as fall-backs.
+        amqp_url: broker::rotate_urls(&ep.client_amqp_url, id.as_u128() as usize),
         id: Some(id),
         ip,
         key_dir: key_dir.to_path_buf(),
@@ -311,7 +316,7 @@ pub fn swarm_env(
     key_dir: &Path,
 ) -> Vec<(String, String)> {
     let node = ClientNode {
-        amqp_url: ep.client_amqp_url.clone(),
+        amqp_url: broker::rotate_urls(&ep.client_amqp_url, u32::from(first) as usize),
         swarm: Some(n),
         swarm_ip_base: first,
         key_dir: key_dir.to_path_buf(),
@@ -425,11 +430,12 @@ pub fn broker_users(
 
 /// Declares the shared topology as the operator, so that clients (which may not declare it)
 /// find it from their first connection.
-pub async fn declare_topology(operator_amqp_url: &str) -> Result<()> {
-    let uri = crate::broker::parse_url(operator_amqp_url)?;
+pub async fn declare_topology(ep: &Endpoints) -> Result<()> {
+    let first = broker::split_urls(&ep.operator_amqp_url)[0];
+    let uri = broker::parse_url(first)?;
     let conn = lapin::Connection::connect_uri(uri, Default::default()).await?;
     let ch = conn.create_channel().await?;
-    crate::broker::declare_topology(&ch).await?;
+    broker::declare_topology(&ch, ep.queue_type).await?;
     let _ = conn.close(200, "topology declared".into()).await;
     Ok(())
 }

@@ -215,7 +215,7 @@ pub fn swarm_of(node_id: &str) -> Option<u64> {
 }
 
 /// Host numbers of clients in a cluster's /24 (Docker) or on loopback (local).
-pub const CLIENT_HOSTS: (u8, u8) = (20, 254);
+pub const CLIENT_HOSTS: (u8, u8) = (20, 253);
 /// Most clients a cluster can have: one per host number in [`CLIENT_HOSTS`].
 pub const MAX_CLIENTS: usize = (CLIENT_HOSTS.1 - CLIENT_HOSTS.0) as usize + 1;
 

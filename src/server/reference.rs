@@ -25,8 +25,7 @@ use crate::core::protocol::{
 };
 use crate::error::{Error, Result};
 use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicCancelOptions;
 use lapin::{Channel, Connection};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,20 +89,10 @@ async fn session<S: ReportStore, C: Clock>(
     stop: &CancellationToken,
 ) -> Result<()> {
     let ch = conn.create_channel().await?;
-    broker::declare_rpc_queue(&ch).await?;
+    broker::declare_rpc_queue(&ch, ctx.cfg.node.queue_type).await?;
     broker::declare_updates_exchange(&ch).await?;
     let tag = format!("ts-server-{}-reference", ctx.server_id.simple());
-    let mut consumer = ch
-        .basic_consume(
-            RPC_QUEUE.into(),
-            tag.as_str().into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = broker::consume_no_ack(&ch, RPC_QUEUE, &tag).await?;
     let poll_expiry = ctx.cfg.settings.berkeley().interval;
     let mut rejects = crate::logging::RejectLog::new("reference".into());
     let mut flush = tokio::time::interval(crate::logging::RejectLog::window());

@@ -25,8 +25,7 @@ use crate::core::logical::Stamp;
 use crate::core::protocol::{self, EventKind, ReplicaRecord, ToReplica, CONTROL_ALL};
 use crate::error::{Error, Result};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
+use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -212,19 +211,8 @@ async fn session<C: Clock>(
         let text = "reconnected to RabbitMQ after losing it".to_string();
         ctx.record(EventKind::Reconnected, text, EventData::new(), None);
     }
-    let mut consumer = ch
-        .basic_consume(
-            queue.as_str().into(),
-            format!("ts-server-replica-{}", ctx.cfg.node.replica_id)
-                .as_str()
-                .into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let tag = format!("ts-server-replica-{}", ctx.cfg.node.replica_id);
+    let mut consumer = broker::consume_no_ack(&ch, &queue, &tag).await?;
     let cfg = ctx.cfg.bully();
     let expiry = cfg.leader_timeout;
     let (events_tx, mut events) = mpsc::unbounded_channel();

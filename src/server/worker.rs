@@ -47,7 +47,7 @@ pub(super) async fn session<S: ReportStore, C: Clock>(
     let ch = conn.create_channel().await?;
     ch.basic_qos(ctx.cfg.settings.prefetch, BasicQosOptions::default())
         .await?;
-    broker::declare_topology(&ch).await?;
+    broker::declare_topology(&ch, ctx.cfg.node.queue_type).await?;
     let tag = format!("ts-server-{}-w{idx}", ctx.server_id.simple());
     let mut consumer = ch
         .basic_consume(

@@ -513,16 +513,7 @@ impl Observer {
         let q = time_sync::broker::declare_update_listener(&ch)
             .await
             .unwrap();
-        let mut consumer = ch
-            .basic_consume(
-                q.as_str().into(),
-                "observer".into(),
-                lapin::options::BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
+        let mut consumer = time_sync::broker::consume_no_ack(&ch, &q, "observer")
             .await
             .unwrap();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

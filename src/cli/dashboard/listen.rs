@@ -11,8 +11,6 @@ use crate::core::keyring::KeyRing;
 use crate::keys::ClusterKeys;
 use crate::Result;
 use futures_util::StreamExt;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -45,17 +43,7 @@ async fn session(
 ) -> Result<()> {
     let ch = conn.create_channel().await?;
     let queue = broker::declare_control_observer(&ch).await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue.as_str().into(),
-            "tsc-dashboard".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = broker::consume_no_ack(&ch, &queue, "tsc-dashboard").await?;
     let mut keys = ring(keys_dir);
     loop {
         let d = tokio::select! {

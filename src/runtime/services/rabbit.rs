@@ -293,6 +293,73 @@ pub struct RabbitNode {
     proc: Option<Process>,
 }
 
+/// The command that runs a RabbitMQ node as the `rabbitmq` user (its settings come from the
+/// environment, [`node_env`]).
+pub fn node_command() -> Vec<String> {
+    [
+        "runuser",
+        "-u",
+        "rabbitmq",
+        "--",
+        "/usr/lib/rabbitmq/bin/rabbitmq-server",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The environment of a node of one's own: Erlang node `name`, AMQP on `127.0.0.1:port`,
+/// distribution on `dist_port`, everything it writes under `dir` ([`prepare_node_dir`]).
+pub fn node_env(name: &str, port: u16, dist_port: u16, dir: &Path) -> Vec<(String, String)> {
+    let d = |sub: &str| dir.join(sub).display().to_string();
+    vec![
+        ("RABBITMQ_NODENAME".into(), name.to_string()),
+        ("RABBITMQ_NODE_IP_ADDRESS".into(), "127.0.0.1".into()),
+        ("RABBITMQ_NODE_PORT".into(), port.to_string()),
+        ("RABBITMQ_DIST_PORT".into(), dist_port.to_string()),
+        ("RABBITMQ_MNESIA_BASE".into(), d("mnesia")),
+        ("RABBITMQ_LOG_BASE".into(), d("log")),
+        ("RABBITMQ_PID_FILE".into(), d("pid")),
+        ("RABBITMQ_ENABLED_PLUGINS_FILE".into(), d("enabled_plugins")),
+        ("RABBITMQ_CONFIG_FILE".into(), d("rabbitmq")),
+    ]
+}
+
+/// Creates a node's data directory (no plugins) and gives it to the `rabbitmq` user.
+pub fn prepare_node_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    std::fs::write(dir.join("enabled_plugins"), "[].\n").map_err(|e| Error::io(dir, e))?;
+    let chown = Command::new("chown")
+        .args(["-R", "rabbitmq:rabbitmq"])
+        .arg(dir)
+        .status()
+        .map_err(|e| Error::io("chown", e))?;
+    if chown.success() {
+        Ok(())
+    } else {
+        Err(Error::Runtime(format!(
+            "cannot give {} to the rabbitmq user (a node of one's own needs root)",
+            dir.display()
+        )))
+    }
+}
+
+/// The Erlang VM of node `name` whose data is in `dir`: the pid its pid file names, while that
+/// process still has the node's name in its environment (the VM's command line does not name
+/// it), so a reused pid is never taken for it.
+pub fn node_pid(dir: &Path, name: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let want = format!("RABBITMQ_NODENAME={name}");
+    environ
+        .split(|b| *b == 0)
+        .any(|v| v == want.as_bytes())
+        .then_some(pid)
+}
+
 /// How long a RabbitMQ node may take to start.
 pub const RABBIT_START_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -301,19 +368,7 @@ impl RabbitNode {
     /// waits until it accepts AMQP.
     pub async fn start(dir: &Path) -> Result<RabbitNode> {
         let data = dir.join("rabbitmq");
-        std::fs::create_dir_all(&data).map_err(|e| Error::io(&data, e))?;
-        std::fs::write(data.join("enabled_plugins"), "[].\n").map_err(|e| Error::io(&data, e))?;
-        let chown = Command::new("chown")
-            .args(["-R", "rabbitmq:rabbitmq"])
-            .arg(&data)
-            .status()
-            .map_err(|e| Error::io("chown", e))?;
-        if !chown.success() {
-            return Err(Error::Runtime(format!(
-                "cannot give {} to the rabbitmq user",
-                data.display()
-            )));
-        }
+        prepare_node_dir(&data)?;
         let mut node = RabbitNode {
             name: format!("ts-{}@localhost", uuid::Uuid::new_v4().simple()),
             port: free_port()?,
@@ -325,32 +380,14 @@ impl RabbitNode {
     }
 
     fn boot_env(&self) -> Result<Vec<(String, String)>> {
-        let d = |sub: &str| self.dir.join(sub).display().to_string();
-        Ok(vec![
-            ("RABBITMQ_NODENAME".into(), self.name.clone()),
-            ("RABBITMQ_NODE_IP_ADDRESS".into(), "127.0.0.1".into()),
-            ("RABBITMQ_NODE_PORT".into(), self.port.to_string()),
-            ("RABBITMQ_DIST_PORT".into(), free_port()?.to_string()),
-            ("RABBITMQ_MNESIA_BASE".into(), d("mnesia")),
-            ("RABBITMQ_LOG_BASE".into(), d("log")),
-            ("RABBITMQ_PID_FILE".into(), d("pid")),
-            ("RABBITMQ_ENABLED_PLUGINS_FILE".into(), d("enabled_plugins")),
-            ("RABBITMQ_CONFIG_FILE".into(), d("rabbitmq")),
-        ])
+        Ok(node_env(&self.name, self.port, free_port()?, &self.dir))
     }
 
     /// Starts (or restarts) the node's process and waits until it accepts AMQP.
     async fn boot(&mut self) -> Result<()> {
         let env = self.boot_env()?;
         let log = self.dir.join("console.log");
-        let args: Vec<String> = [
-            "-u",
-            "rabbitmq",
-            "--",
-            "/usr/lib/rabbitmq/bin/rabbitmq-server",
-        ]
-        .map(String::from)
-        .to_vec();
+        let args = node_command()[1..].to_vec();
         self.proc = Some(Process::spawn(
             "rabbitmq-server",
             Path::new("runuser"),
@@ -411,18 +448,31 @@ impl RabbitNode {
         self.signal(if pause { libc::SIGSTOP } else { libc::SIGCONT });
     }
 
+    /// Joins this node to `first`'s cluster (its data is reset): how a test or a benchmark
+    /// makes a RabbitMQ cluster of nodes of its own. The nodes share the `rabbitmq` user's
+    /// Erlang cookie.
+    pub fn join(&self, first: &RabbitNode) -> Result<()> {
+        for args in [
+            vec!["-q", "stop_app"],
+            vec!["-q", "join_cluster", first.name.as_str()],
+            vec!["-q", "start_app"],
+        ] {
+            rabbitmqctl(Some(&self.name), &args)?;
+        }
+        Ok(())
+    }
+
+    /// The node's Erlang VM, while it runs (for its CPU time).
+    pub fn vm_pid(&self) -> Option<u32> {
+        node_pid(&self.dir, &self.name)
+    }
+
     /// Sends `signal` to the node's Erlang VM. It runs under runuser's shell; the node's pid
-    /// file names it, and a pid counts as ours only while its command line names our node.
+    /// file names it, and a pid counts as ours only while its environment names our node.
     fn signal(&self, signal: libc::c_int) {
-        let pid = std::fs::read_to_string(self.dir.join("pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<libc::pid_t>().ok());
-        if let Some(pid) = pid {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&self.name) {
-                // SAFETY: kill(2) on the live process of our own node.
-                unsafe { libc::kill(pid, signal) };
-            }
+        if let Some(pid) = node_pid(&self.dir, &self.name) {
+            // SAFETY: kill(2) on the live process of our own node.
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
         }
     }
 
