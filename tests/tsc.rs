@@ -143,7 +143,7 @@ async fn flow(t: &Tsc, queues: &dyn Fn(&Tsc) -> Vec<String>) {
     let too_many = t.run(&["clients", "add", "-n", "230"]);
     assert_eq!(too_many.code, 2, "{}", too_many.stderr);
     assert!(
-        too_many.stderr.contains("room for 228 more"),
+        too_many.stderr.contains("room for 227 more"),
         "{}",
         too_many.stderr
     );
