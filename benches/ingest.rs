@@ -15,12 +15,12 @@
 //!   queue as declared, and (on a cluster) through a transient classic queue as `ts.rpc` is.
 //!
 //! `-- --queue-type quorum` runs all of it on a RabbitMQ cluster of three local nodes of its own
-//! (as `tsc bootstrap --brokers 3` makes) with the reports queue a quorum queue: the cost of a
-//! replicated queue that writes every message, transient or not, to its Raft log. CPU figures
-//! for the broker are then the three nodes' sum.
+//! (as `tsc bootstrap --brokers 3` makes; `--brokers 1`: one node of its own) with the reports
+//! queue a quorum queue: the cost of a replicated queue that writes every message, transient or
+//! not, to its Raft log. CPU figures for the broker are then the nodes' sum.
 //!
 //! Run: `cargo bench --bench ingest` (options: `-- --reports N --clients N --workers N
-//! --queue-type classic|quorum`).
+//! --queue-type classic|quorum --brokers 1|3`).
 
 #[path = "support.rs"]
 mod support;
@@ -39,6 +39,8 @@ struct Opts {
     clients: usize,
     workers: usize,
     queue_type: QueueType,
+    /// Nodes of the benchmark's own RabbitMQ under `--queue-type quorum`.
+    brokers: usize,
 }
 
 fn opts() -> Opts {
@@ -47,6 +49,7 @@ fn opts() -> Opts {
         clients: 10_000,
         workers: 4,
         queue_type: QueueType::Classic,
+        brokers: 3,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -56,6 +59,7 @@ fn opts() -> Opts {
             "--reports" => o.reports = val().expect("--reports N"),
             "--clients" => o.clients = val().expect("--clients N"),
             "--workers" => o.workers = val().expect("--workers N"),
+            "--brokers" => o.brokers = val().expect("--brokers N"),
             "--queue-type" => {
                 o.queue_type = match args.get(i + 1).map(String::as_str) {
                     Some("classic") => QueueType::Classic,
@@ -369,7 +373,7 @@ async fn main() {
     let kind = o.queue_type;
     let mut svc = match kind {
         QueueType::Classic => Services::start("ts-bench-ingest"),
-        QueueType::Quorum => Services::start_cluster("ts-bench-ingest", 3).await,
+        QueueType::Quorum => Services::start_cluster("ts-bench-ingest", o.brokers).await,
     };
     let amqp = svc.amqp_url();
     let store = svc.store().await;
@@ -379,8 +383,8 @@ async fn main() {
         o.clients,
         o.workers,
         match kind {
-            QueueType::Classic => "the machine's broker",
-            QueueType::Quorum => "a cluster of 3 local nodes",
+            QueueType::Classic => "the machine's broker".to_string(),
+            QueueType::Quorum => format!("{} local node(s) of its own", o.brokers),
         }
     );
     // Latency first, on a quiet broker: the reports queue's kind, then (a cluster) a
@@ -521,7 +525,8 @@ async fn main() {
     let (_, late) = stored.counts().await;
     println!("  out of order: {late} reports reached Redis after a later one of their client (refused, counted)");
     println!(
-        "ingest queue_type={kind} drain_per_s={drain_rate:.0} live_per_s={live_rate:.0} {summary_latency} workers={} reports={} drain_server_cpu={:.2} drain_broker_cpu={:.2} drain_redis_cpu={:.2} broker_alone_per_s={broker_rate:.0} broker_alone_cpu={broker_cpu:.2} redis_alone_per_s={redis_rate:.0} redis_alone_cpu={redis_cpu:.2} out_of_order={late}",
+        "ingest queue_type={kind} brokers={} drain_per_s={drain_rate:.0} live_per_s={live_rate:.0} {summary_latency} workers={} reports={} drain_server_cpu={:.2} drain_broker_cpu={:.2} drain_redis_cpu={:.2} broker_alone_per_s={broker_rate:.0} broker_alone_cpu={broker_cpu:.2} redis_alone_per_s={redis_rate:.0} redis_alone_cpu={redis_cpu:.2} out_of_order={late}",
+        if kind == QueueType::Quorum { o.brokers } else { 1 },
         o.workers, o.reports, cpu[0], cpu[1], cpu[2]
     );
 }
