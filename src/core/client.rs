@@ -50,6 +50,11 @@ pub const SYNCED_US: i64 = crate::core::clock::INITIAL_SYNC_US;
 pub const MAKESTEP_UPDATES: u32 = 300;
 /// See [`MAKESTEP_UPDATES`] (µs).
 pub const MAKESTEP_US: i64 = 10 * SYNCED_US;
+/// Consecutive corrections above [`MAKESTEP_US`], all one way, before a young clock is stepped
+/// by one. A crowd's first sync is off for as long as its samples are, so it is stepped two
+/// updates later; one bad estimate (a probe answered late while a broker node died) is slewed,
+/// at most 500 µs before the next update corrects it, instead of a step away and a step back.
+pub const MAKESTEP_CONFIRM: u32 = 3;
 /// Largest jump up in leader epoch a client follows in one message. Epochs grow by one per
 /// election, so a real jump is small; a larger one would be a corrupt or forged epoch that,
 /// once followed, would fence off every real leader.
@@ -131,6 +136,8 @@ pub struct ClientCore {
     synced: bool,
     /// Corrections taken since the clock last became synced (up to [`MAKESTEP_UPDATES`]).
     young: u32,
+    /// Consecutive corrections above [`MAKESTEP_US`], all of one sign (negative: behind).
+    makestep_run: i64,
     max_step_us: i64,
     /// Host time, coordinator and round of the last Berkeley adjustment.
     last_round: Option<(i64, (Uuid, u64), u64)>,
@@ -194,6 +201,7 @@ impl ClientCore {
             reference: None,
             synced: false,
             young: 0,
+            makestep_run: 0,
             max_step_us: 0,
             last_round: None,
             rng: rand::rngs::SmallRng::seed_from_u64(id.as_u128() as u64),
@@ -401,9 +409,15 @@ impl ClientCore {
                 }
             },
         };
+        self.makestep_run = match (offset_us.abs() > MAKESTEP_US, offset_us.signum()) {
+            (false, _) => 0,
+            (true, sign) if self.makestep_run.signum() == sign => self.makestep_run + sign,
+            (true, sign) => sign,
+        };
         let action = match self.discipline.decide(offset_us, self.synced) {
             Action::Slew { .. }
-                if self.young < MAKESTEP_UPDATES && offset_us.abs() > MAKESTEP_US =>
+                if self.young < MAKESTEP_UPDATES
+                    && self.makestep_run.unsigned_abs() >= u64::from(MAKESTEP_CONFIRM) =>
             {
                 Action::Step(offset_us)
             }
@@ -1232,6 +1246,35 @@ mod tests {
             c.report(16 * S).max_step_us.is_some(),
             "synced after a sub-ms adjustment"
         );
+    }
+
+    #[test]
+    fn a_young_clock_steps_a_large_offset_only_when_it_persists() {
+        let mut c = synced_by_reference();
+        // One update whose master is 12 ms ahead of what the estimate says: slewed, not
+        // stepped (a bad estimate comes and goes).
+        let mut u = update(2, 2, 0);
+        u.server_time_us = 2 * S;
+        u.master_ref_offset_us = Some(12_000);
+        assert!(
+            !stepped(&c.on_update(&u, 2 * S)),
+            "one large offset is slewed"
+        );
+        // Back to agreeing: the run starts over.
+        u.seq = 3;
+        u.master_ref_offset_us = Some(0);
+        u.server_time_us = 3 * S;
+        assert!(!stepped(&c.on_update(&u, 3 * S)));
+        // Large and the same way, update after update: a real error, stepped on the third.
+        let mut steps = vec![];
+        for k in 0..MAKESTEP_CONFIRM as i64 {
+            u.seq = 4 + k as u64;
+            u.server_time_us = (4 + k) * S;
+            u.master_ref_offset_us = Some(-15_000);
+            steps.push(stepped(&c.on_update(&u, (4 + k) * S)));
+        }
+        assert_eq!(steps, [false, false, true]);
+        assert!(c.report(7 * S).max_step_us.unwrap() > MAKESTEP_US);
     }
 
     #[test]
