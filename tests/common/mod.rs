@@ -650,12 +650,14 @@ pub async fn assert_client_user_is_confined(url: &str) {
         .await
         .expect("the client user logs in");
     for exchange in [UPDATES_EXCHANGE, CONTROL_EXCHANGE] {
-        // The broker closes the channel over the publish; the next call on it says why, unless
-        // the close arrived first (then lapin only says the channel is closing: try again).
+        // The broker closes the channel over the publish. In confirm mode the publish's
+        // confirmation carries the close's reason, whenever the close arrives (asking the
+        // channel something next raced the close: under load it lost five times in a row).
         let mut answer = None;
         for _ in 0..5 {
             let ch = conn.create_channel().await.unwrap();
-            let _ = ch
+            ch.confirm_select(Default::default()).await.unwrap();
+            let sent = ch
                 .basic_publish(
                     exchange.into(),
                     "".into(),
@@ -664,10 +666,13 @@ pub async fn assert_client_user_is_confined(url: &str) {
                     Default::default(),
                 )
                 .await;
-            let next =
-                tokio::time::timeout(Duration::from_secs(5), ch.basic_qos(1, Default::default()))
+            let next = match sent {
+                Ok(confirm) => tokio::time::timeout(Duration::from_secs(5), confirm)
                     .await
-                    .expect("an answer");
+                    .expect("an answer")
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
             match next {
                 Err(e) if format!("{e}").contains("invalid channel state") => continue,
                 other => {
