@@ -407,6 +407,15 @@ impl State {
         self.brokers.max(1)
     }
 
+    /// How the shared queues are declared: quorum on a cluster of brokers (docs/PROTOCOL.md §4).
+    pub fn queue_type(&self) -> crate::broker::QueueType {
+        if self.broker_count() > 1 {
+            crate::broker::QueueType::Quorum
+        } else {
+            crate::broker::QueueType::Classic
+        }
+    }
+
     pub fn load(home: &Path) -> Result<Self> {
         let path = home.join(STATE_FILE);
         match std::fs::read_to_string(&path) {

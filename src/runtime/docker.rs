@@ -19,7 +19,6 @@ use super::{
     broker_users, client_env, images, remove_node_keys, server_env, swarm_env, write_node_keys,
     Endpoints, Progress, CONTAINER_KEY_DIR,
 };
-use crate::broker::QueueType;
 use crate::error::{Error, Result};
 use crate::settings::{ServerSettings, DEFAULT_HTTP_PORT};
 use bollard::models::{
@@ -91,11 +90,7 @@ impl DockerRuntime {
             server_amqp_url: url(BrokerRole::Server),
             operator_amqp_url: url(BrokerRole::Operator),
             redis_url: redis,
-            queue_type: if brokers.len() > 1 {
-                QueueType::Quorum
-            } else {
-                QueueType::Classic
-            },
+            queue_type: state.queue_type(),
         }
     }
 

@@ -19,7 +19,6 @@ use super::{
     broker_users, client_env, declare_topology, images, remove_node_keys, server_env, swarm_env,
     write_node_keys, Endpoints, Progress,
 };
-use crate::broker::QueueType;
 use crate::error::{Error, Result};
 use crate::settings::ServerSettings;
 use std::net::{IpAddr, Ipv4Addr};
@@ -76,7 +75,7 @@ impl LocalRuntime {
             server_amqp_url: url(BrokerRole::Server),
             operator_amqp_url: url(BrokerRole::Operator),
             redis_url: redis,
-            queue_type: queue_type(state),
+            queue_type: state.queue_type(),
         }
     }
 
@@ -454,15 +453,6 @@ fn alive(n: &LocalNode) -> bool {
         _ => false,
     };
     running && ours
-}
-
-/// How the shared queues are declared: quorum on the cluster's own nodes.
-fn queue_type(state: &State) -> QueueType {
-    if state.broker_count() > 1 {
-        QueueType::Quorum
-    } else {
-        QueueType::Classic
-    }
 }
 
 /// Waits for broker node `n`'s Erlang VM to write its pid file (its first seconds of boot), and
