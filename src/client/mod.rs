@@ -278,7 +278,8 @@ enum Reply {
     Nothing,
     /// The answer to a Berkeley poll.
     Reading(BerkeleyReading),
-    /// A report now: the operator set this clock.
+    /// A report now, out of turn: the operator set this clock, or its estimate just became
+    /// usable.
     ReportNow,
 }
 
@@ -312,6 +313,9 @@ fn handle(core: &Mutex<ClientCore>, msg: &ToClient, host_us: i64, link: &Link) -
                     raw_us = s.raw_us,
                     "probe sample"
                 );
+            }
+            if c.take_report_due() {
+                return Reply::ReportNow;
             }
         }
         ToClient::BerkeleyPoll(p) => return Reply::Reading(c.on_poll(p, host_us)),

@@ -126,6 +126,9 @@ pub struct ClientCore {
     filter: MinDelayFilter,
     filter_for: Option<(Uuid, Uuid)>,
     estimator: OffsetEstimator,
+    /// A report is due at once: the estimate just became usable (see
+    /// [`ClientCore::take_report_due`]).
+    report_due: bool,
     /// The probe period's ladder (adaptive probing).
     ladder: probing::Ladder,
     probe_seq: u64,
@@ -195,6 +198,7 @@ impl ClientCore {
             filter: MinDelayFilter::default(),
             filter_for: None,
             estimator: OffsetEstimator::default(),
+            report_due: false,
             ladder: probing::Ladder::default(),
             probe_seq: 0,
             pending: VecDeque::new(),

@@ -44,6 +44,11 @@ pub struct TrueOffsets {
     last_seq: HashMap<Uuid, u64>,
     /// Each report's ε (`max_error_us`), by client and host time, when it had one.
     pub bounds: HashMap<(Uuid, i64), u64>,
+    /// Each report's estimate error against the reference clock, by client and host time: its
+    /// `true_offset_us` (clock − host) − `ref_offset_us` (clock − reference, as estimated); the
+    /// reference runs on the host clock, so the difference is exact on one host. A follower's
+    /// error is its own estimate error minus the master's.
+    pub estimate_errors: HashMap<(Uuid, i64), i64>,
     /// Latest `max_step_us` per client.
     pub max_step: HashMap<Uuid, i64>,
     /// (from host time, master id): who was master when.
@@ -72,6 +77,10 @@ impl TrueOffsets {
                 .push((rep.time_us - off, off));
             if let Some(e) = rep.max_error_us {
                 self.bounds.insert((rep.id, rep.time_us - off), e);
+            }
+            if let Some(r) = rep.ref_offset_us {
+                self.estimate_errors
+                    .insert((rep.id, rep.time_us - off), off - r);
             }
             if let Some(s) = rep.max_step_us {
                 self.max_step.insert(rep.id, s);
