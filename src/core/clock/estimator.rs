@@ -239,10 +239,10 @@ impl OffsetEstimator {
         // MIN_TRUSTED that are not: after a crowd's start, a window can hold dozens of
         // samples that queued for a second behind others' probes and a few clean ones, and the
         // share alone would keep the queued ones.
+        let floor = delays[(MIN_TRUSTED - 1).min(delays.len() - 1)];
+        let clean = congestion_bound(min_delay_us).max(floor);
         let share_cut = delays[((delays.len() as f64 * share) as usize).min(delays.len() - 1)];
-        let cut = share_cut
-            .min(congestion_bound(min_delay_us))
-            .max(delays[(MIN_TRUSTED - 1).min(delays.len() - 1)]);
+        let cut = share_cut.min(clean).max(floor);
         let mut kept: Vec<Sample> = self
             .samples
             .iter()
@@ -259,9 +259,7 @@ impl OffsetEstimator {
             // one), and a mean over the whole window lags behind a drifting clock by the drift
             // times half the span (measured: every follower's estimate 100-300 µs behind by
             // 10 s, until the frequency was estimated). The faster half of the last second,
-            // at least MIN_TRUSTED, none congested while MIN_TRUSTED are not.
-            let clean =
-                congestion_bound(min_delay_us).max(delays[(MIN_TRUSTED - 1).min(delays.len() - 1)]);
+            // at least MIN_TRUSTED, none congested while MIN_TRUSTED are not (`clean`).
             let mut recent: Vec<Sample> = self
                 .samples
                 .iter()
