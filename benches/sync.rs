@@ -8,7 +8,8 @@
 //! master: it converges to the average).
 //!
 //! Per algorithm: convergence time (the last moment any client was ≥ 1 ms off, before the
-//! steady window), the largest error while the estimators' windows fill (`settle_max_us`, the
+//! steady window), the first moment every client was < 100 µs off (`reach_100us_s`) and the
+//! last that any was not, before the steady window (`last_over_100us_s`), the largest error while the estimators' windows fill (`settle_max_us`, the
 //! 240 s after convergence, as long as the estimator's window), then median / p99 / p99.9 /
 //! max |error| over a steady-state window, and the largest step any synced client took. For
 //! `master` it then kills the master and reports how long the failover took and the largest
@@ -18,10 +19,11 @@
 //! (`eps_coverage`, of `eps_samples`, with the largest miss).
 //!
 //! Run: `cargo bench --bench sync` (options after `--`: `--clients N`, `--steady S` (seconds, or
-//! `Ns` / `Nm`), `--algorithms master,naive,berkeley`, `--berkeley-interval-ms MS`, `--plot DIR`
+//! `Ns` / `Nm`), `--settle S` (the pause before the steady window, default 240 s: shorter to
+//! measure start-up quickly), `--algorithms master,naive,berkeley`, `--berkeley-interval-ms MS`, `--plot DIR`
 //! to write an SVG of every client's error over time per algorithm (and the samples as CSV:
 //! `t_s,ip,error_us,eps_us,est_err_us`, the last each client's own estimate error against the
-//! reference), `--stress` to run
+//! reference; the master's rows have no `error_us`), `--stress` to run
 //! `stress-ng --cpu 2` beside the cluster for the whole run: the loaded case, `--probe-max-ms MS`
 //! for every client's probe ceiling, default 250: the ladder off).
 
@@ -47,6 +49,12 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// shorter span. The largest error in this pause is reported too (`settle_max_us`).
 const SETTLE: Duration =
     Duration::from_micros(time_sync::core::clock::estimator::MAX_SPAN_US as u64);
+/// The settle a run uses when told (`--settle`): a shorter one measures start-up
+/// (`reach_100us_s`, `converge_s`) in a minute, but the steady figures then come from a window
+/// that is not full yet.
+fn settle(o: &Opts) -> Duration {
+    o.settle.unwrap_or(SETTLE)
+}
 /// Server TTL in the benchmark, so the failover takes seconds.
 const TTL_S: u64 = 3;
 /// Redis is read this often.
@@ -55,6 +63,8 @@ const POLL: Duration = Duration::from_millis(100);
 struct Opts {
     clients: usize,
     steady: Duration,
+    /// `--settle`: the pause between convergence and the steady window, if not [`SETTLE`].
+    settle: Option<Duration>,
     algorithms: Vec<Algorithm>,
     berkeley_interval_ms: u64,
     plot: Option<std::path::PathBuf>,
@@ -65,7 +75,7 @@ struct Opts {
 
 /// `300`, `300s` or `5m`.
 fn duration_arg(v: &str) -> Duration {
-    let bad = || panic!("--steady wants seconds, Ns or Nm (got {v:?})");
+    let bad = || panic!("--steady and --settle want seconds, Ns or Nm (got {v:?})");
     let (n, unit) = match v.strip_suffix('m') {
         Some(n) => (n, 60),
         None => (v.strip_suffix('s').unwrap_or(v), 1),
@@ -92,6 +102,7 @@ fn opts() -> Opts {
     let mut o = Opts {
         clients: 16,
         steady: Duration::from_secs(30),
+        settle: None,
         algorithms: vec![Algorithm::Master, Algorithm::Naive, Algorithm::Berkeley],
         berkeley_interval_ms: 5000,
         plot: None,
@@ -105,6 +116,7 @@ fn opts() -> Opts {
         match args[i].as_str() {
             "--clients" => o.clients = val(i).parse().expect("--clients N"),
             "--steady" => o.steady = duration_arg(&val(i)),
+            "--settle" => o.settle = Some(duration_arg(&val(i))),
             "--stress" => {
                 o.stress = true;
                 i += 1;
@@ -186,7 +198,7 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
         series.poll(&store).await;
         tokio::time::sleep(POLL).await;
     }
-    let settle_until = Instant::now() + SETTLE;
+    let settle_until = Instant::now() + settle(o);
     while Instant::now() < settle_until {
         series.poll(&store).await;
         tokio::time::sleep(POLL).await;
@@ -207,6 +219,16 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
         .max()
         .unwrap_or(t0);
     let reach_100us = reached(&errs, 100, expected(alg, o.clients))
+        .map_or("none".to_string(), |h| {
+            format!("{:.1}", (h - t0) as f64 / 1e6)
+        });
+    // And the last moment before the steady window that any client was ≥ 100 µs off: after
+    // it, every clock stayed within 100 µs.
+    let within_100us = errs
+        .iter()
+        .filter(|(_, h, e)| *h < steady_from && e.abs() >= 100)
+        .map(|(_, h, _)| *h)
+        .max()
         .map_or("none".to_string(), |h| {
             format!("{:.1}", (h - t0) as f64 / 1e6)
         });
@@ -247,7 +269,7 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
         .collect();
     let eps_steady = Stats::of(series.bounds_of(&in_steady));
     let mut line = format!(
-        "algorithm={} clients={} stress={} converge_s={converge_s} reach_100us_s={reach_100us} median_us={} p99_us={} p999_us={} max_us={} max_step_us={max_step} samples={} settle_max_us={settle_max} eps_median_us={}",
+        "algorithm={} clients={} stress={} converge_s={converge_s} reach_100us_s={reach_100us} last_over_100us_s={within_100us} median_us={} p99_us={} p999_us={} max_us={} max_step_us={max_step} samples={} settle_max_us={settle_max} eps_median_us={}",
         alg.as_str(),
         o.clients,
         u8::from(o.stress),
@@ -328,7 +350,22 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
         println!("  wrote {}", path.display());
         // The same points as numbers, for a closer look: every error sample, its client and ε.
         let mut csv = String::from("t_s,ip,error_us,eps_us,est_err_us\n");
-        let mut rows = series.errors(alg);
+        // The master's rows too, with no error (it is the reference) but its own estimate's
+        // error: what every follower inherits.
+        let errs = series.errors(alg);
+        let measured: std::collections::HashSet<(Uuid, i64)> =
+            errs.iter().map(|&(id, h, _)| (id, h)).collect();
+        let mut rows: Vec<(Uuid, i64, Option<i64>)> = errs
+            .into_iter()
+            .map(|(id, h, e)| (id, h, Some(e)))
+            .collect();
+        rows.extend(
+            series
+                .estimate_errors
+                .keys()
+                .filter(|k| !measured.contains(k))
+                .map(|&(id, h)| (id, h, None)),
+        );
         rows.sort_by_key(|&(_, h, _)| h);
         for (id, h, e) in rows {
             let ip = series
@@ -340,7 +377,8 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
             let est = series.estimate_errors.get(&(id, h)).map(i64::to_string);
             let t = (h - t0) as f64 / 1e6;
             csv.push_str(&format!(
-                "{t:.3},{ip},{e},{},{}\n",
+                "{t:.3},{ip},{},{},{}\n",
+                e.map(|e| e.to_string()).unwrap_or_default(),
                 eps.unwrap_or_default(),
                 est.unwrap_or_default()
             ));
