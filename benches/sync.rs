@@ -9,8 +9,9 @@
 //!
 //! Per algorithm: convergence time (the last moment any client was ≥ 1 ms off, before the
 //! steady window), the first moment every client was < 100 µs off (`reach_100us_s`) and the
-//! last that any was not, before the steady window (`last_over_100us_s`), the largest error while the estimators' windows fill (`settle_max_us`, the
-//! 240 s after convergence, as long as the estimator's window), then median / p99 / p99.9 /
+//! last that any was not, before the steady window (`last_over_100us_s`), the largest error
+//! while the estimators' windows fill (`settle_max_us`, the 240 s after convergence, as long as
+//! the estimator's window), then median / p99 / p99.9 /
 //! max |error| over a steady-state window, and the largest step any synced client took. For
 //! `master` it then kills the master and reports how long the failover took and the largest
 //! step any client took across it. Every report carries the client's own error bound ε
@@ -20,8 +21,8 @@
 //!
 //! Run: `cargo bench --bench sync` (options after `--`: `--clients N`, `--steady S` (seconds, or
 //! `Ns` / `Nm`), `--settle S` (the pause before the steady window, default 240 s: shorter to
-//! measure start-up quickly), `--algorithms master,naive,berkeley`, `--berkeley-interval-ms MS`, `--plot DIR`
-//! to write an SVG of every client's error over time per algorithm (and the samples as CSV:
+//! measure start-up quickly), `--algorithms master,naive,berkeley`, `--berkeley-interval-ms MS`,
+//! `--plot DIR` to write an SVG of every client's error over time per algorithm (and the samples as CSV:
 //! `t_s,ip,error_us,eps_us,est_err_us`, the last each client's own estimate error against the
 //! reference; the master's rows have no `error_us`), `--stress` to run
 //! `stress-ng --cpu 2` beside the cluster for the whole run: the loaded case, `--probe-max-ms MS`
@@ -49,12 +50,6 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// shorter span. The largest error in this pause is reported too (`settle_max_us`).
 const SETTLE: Duration =
     Duration::from_micros(time_sync::core::clock::estimator::MAX_SPAN_US as u64);
-/// The settle a run uses when told (`--settle`): a shorter one measures start-up
-/// (`reach_100us_s`, `converge_s`) in a minute, but the steady figures then come from a window
-/// that is not full yet.
-fn settle(o: &Opts) -> Duration {
-    o.settle.unwrap_or(SETTLE)
-}
 /// Server TTL in the benchmark, so the failover takes seconds.
 const TTL_S: u64 = 3;
 /// Redis is read this often.
@@ -63,8 +58,10 @@ const POLL: Duration = Duration::from_millis(100);
 struct Opts {
     clients: usize,
     steady: Duration,
-    /// `--settle`: the pause between convergence and the steady window, if not [`SETTLE`].
-    settle: Option<Duration>,
+    /// `--settle`: the pause between convergence and the steady window, [`SETTLE`] by default.
+    /// A shorter one measures start-up (`reach_100us_s`, `last_over_100us_s`) in a minute, but
+    /// the steady figures then come from a window that is not full yet.
+    settle: Duration,
     algorithms: Vec<Algorithm>,
     berkeley_interval_ms: u64,
     plot: Option<std::path::PathBuf>,
@@ -102,7 +99,7 @@ fn opts() -> Opts {
     let mut o = Opts {
         clients: 16,
         steady: Duration::from_secs(30),
-        settle: None,
+        settle: SETTLE,
         algorithms: vec![Algorithm::Master, Algorithm::Naive, Algorithm::Berkeley],
         berkeley_interval_ms: 5000,
         plot: None,
@@ -116,7 +113,7 @@ fn opts() -> Opts {
         match args[i].as_str() {
             "--clients" => o.clients = val(i).parse().expect("--clients N"),
             "--steady" => o.steady = duration_arg(&val(i)),
-            "--settle" => o.settle = Some(duration_arg(&val(i))),
+            "--settle" => o.settle = duration_arg(&val(i)),
             "--stress" => {
                 o.stress = true;
                 i += 1;
@@ -198,7 +195,7 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
         series.poll(&store).await;
         tokio::time::sleep(POLL).await;
     }
-    let settle_until = Instant::now() + settle(o);
+    let settle_until = Instant::now() + o.settle;
     while Instant::now() < settle_until {
         series.poll(&store).await;
         tokio::time::sleep(POLL).await;
@@ -212,33 +209,30 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
     }
     let steady_to = SystemClock.now_us();
     let errs = series.errors(alg);
+    let secs = |h: i64| format!("{:.1}", (h - t0) as f64 / 1e6);
     let converge_at = errs
         .iter()
         .filter(|(_, h, e)| *h < steady_from && e.abs() >= CONVERGED_US)
         .map(|(_, h, _)| *h)
         .max()
         .unwrap_or(t0);
-    let reach_100us = reached(&errs, 100, expected(alg, o.clients))
-        .map_or("none".to_string(), |h| {
-            format!("{:.1}", (h - t0) as f64 / 1e6)
-        });
+    let reach_100us =
+        reached(&errs, 100, expected(alg, o.clients)).map_or("none".to_string(), secs);
     // And the last moment before the steady window that any client was ≥ 100 µs off: after
     // it, every clock stayed within 100 µs.
-    let within_100us = errs
+    let last_over_100us = errs
         .iter()
         .filter(|(_, h, e)| *h < steady_from && e.abs() >= 100)
         .map(|(_, h, _)| *h)
         .max()
-        .map_or("none".to_string(), |h| {
-            format!("{:.1}", (h - t0) as f64 / 1e6)
-        });
+        .map_or("none".to_string(), secs);
     let still_off = errs
         .iter()
         .any(|(_, h, e)| *h >= steady_from && *h <= steady_to && e.abs() >= CONVERGED_US);
     let converge_s = if still_off {
         "none".to_string()
     } else {
-        format!("{:.1}", (converge_at - t0) as f64 / 1e6)
+        secs(converge_at)
     };
     let steady = Stats::of(
         errs.iter()
@@ -269,7 +263,7 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
         .collect();
     let eps_steady = Stats::of(series.bounds_of(&in_steady));
     let mut line = format!(
-        "algorithm={} clients={} stress={} converge_s={converge_s} reach_100us_s={reach_100us} last_over_100us_s={within_100us} median_us={} p99_us={} p999_us={} max_us={} max_step_us={max_step} samples={} settle_max_us={settle_max} eps_median_us={}",
+        "algorithm={} clients={} stress={} converge_s={converge_s} reach_100us_s={reach_100us} last_over_100us_s={last_over_100us} median_us={} p99_us={} p999_us={} max_us={} max_step_us={max_step} samples={} settle_max_us={settle_max} eps_median_us={}",
         alg.as_str(),
         o.clients,
         u8::from(o.stress),
@@ -350,12 +344,11 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
         println!("  wrote {}", path.display());
         // The same points as numbers, for a closer look: every error sample, its client and ε.
         let mut csv = String::from("t_s,ip,error_us,eps_us,est_err_us\n");
-        // The master's rows too, with no error (it is the reference) but its own estimate's
-        // error: what every follower inherits.
-        let errs = series.errors(alg);
-        let measured: std::collections::HashSet<(Uuid, i64)> =
-            errs.iter().map(|&(id, h, _)| (id, h)).collect();
-        let mut rows: Vec<(Uuid, i64, Option<i64>)> = errs
+        // Read again: the failover's samples came after `errs`. The master's rows too (not
+        // under `berkeley`, where every client has an error), with no error (it is the
+        // reference) but its own estimate's error: what every follower inherits.
+        let mut rows: Vec<(Uuid, i64, Option<i64>)> = series
+            .errors(alg)
             .into_iter()
             .map(|(id, h, e)| (id, h, Some(e)))
             .collect();
@@ -363,7 +356,7 @@ async fn run(alg: Algorithm, o: &Opts, seed: u64) -> Outcome {
             series
                 .estimate_errors
                 .keys()
-                .filter(|k| !measured.contains(k))
+                .filter(|&&(id, h)| alg != Algorithm::Berkeley && series.master_at(h) == Some(id))
                 .map(|&(id, h)| (id, h, None)),
         );
         rows.sort_by_key(|&(_, h, _)| h);
