@@ -11,10 +11,9 @@
 //! steady window), the first moment every client was < 100 µs off (`reach_100us_s`) and the
 //! last that any was not, before the steady window (`last_over_100us_s`), the largest error
 //! while the estimators' windows fill (`settle_max_us`, the 240 s after convergence, as long as
-//! the estimator's window), then median / p99 / p99.9 /
-//! max |error| over a steady-state window, and the largest step any synced client took. For
-//! `master` it then kills the master and reports how long the failover took and the largest
-//! step any client took across it. Every report carries the client's own error bound ε
+//! the estimator's window), then median / p99 / p99.9 / max |error| over a steady-state
+//! window, and the largest step any synced client took. For `master` it then kills the master
+//! and reports how long the failover took and the largest step any client took across it. Every report carries the client's own error bound ε
 //! (`max_error_us`): the bench gives its median over the steady window (`eps_median_us`) and
 //! how often |error| ≤ ε held over the whole run, convergence and failover included
 //! (`eps_coverage`, of `eps_samples`, with the largest miss).
@@ -22,11 +21,11 @@
 //! Run: `cargo bench --bench sync` (options after `--`: `--clients N`, `--steady S` (seconds, or
 //! `Ns` / `Nm`), `--settle S` (the pause before the steady window, default 240 s: shorter to
 //! measure start-up quickly), `--algorithms master,naive,berkeley`, `--berkeley-interval-ms MS`,
-//! `--plot DIR` to write an SVG of every client's error over time per algorithm (and the samples as CSV:
-//! `t_s,ip,error_us,eps_us,est_err_us`, the last each client's own estimate error against the
-//! reference; the master's rows have no `error_us`), `--stress` to run
-//! `stress-ng --cpu 2` beside the cluster for the whole run: the loaded case, `--probe-max-ms MS`
-//! for every client's probe ceiling, default 250: the ladder off).
+//! `--plot DIR` to write an SVG of every client's error over time per algorithm (and the
+//! samples as CSV: `t_s,ip,error_us,eps_us,est_err_us`, the last each client's own estimate
+//! error against the reference; the master's rows have no `error_us`), `--stress` to run
+//! `stress-ng --cpu 2` beside the cluster for the whole run: the loaded case, `--probe-max-ms
+//! MS` for every client's probe ceiling, default 250: the ladder off).
 
 #[path = "support.rs"]
 mod support;
