@@ -55,7 +55,7 @@ async fn lowest_ip_becomes_master_and_clocks_converge() {
     assert!(worst < SYNC_BOUND_US, "spread {worst} µs");
     // Every follower states ε, its own bound on its error to the master, and it holds: the
     // true error (all clients share this host's clock) is within it. Until a follower's probes
-    // span 8 s its frequency is unmeasured and ε counts 500 ppm for it (milliseconds); then it
+    // span 2 s its frequency is unmeasured and ε counts 500 ppm for it (milliseconds); then it
     // falls below 1 ms.
     wait_for(
         Duration::from_secs(30),

@@ -29,6 +29,8 @@ use lapin::Connection;
 use rand::{Rng, SeedableRng};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -203,18 +205,19 @@ async fn session<C: Clock>(
         )
         .await?;
     debug!(%queue, "listening for master updates");
-    let mut ticker = tokio::time::interval(cfg.settings.interval());
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut next_probe = tokio::time::Instant::now();
+    let interval = cfg.settings.interval();
+    let mut reports = ReportSchedule::new(Instant::now());
+    let mut next_probe = Instant::now();
     let expiry = broker::expiry_for(cfg.settings.interval());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {
+            _ = tokio::time::sleep_until(reports.next()) => {
                 link.rejects.lock().expect("not poisoned").flush();
                 let report = core.lock().expect("not poisoned").report(clock.now_us());
                 let sealed = link.keys.get().seal_from_client(&report)?;
                 broker::publish_raw(&ch, "", REPORTS_QUEUE, &sealed, Some(expiry)).await?;
+                reports.sent(Instant::now(), interval);
             }
             _ = tokio::time::sleep_until(next_probe) => {
                 let (probe, every) = {
@@ -223,7 +226,7 @@ async fn session<C: Clock>(
                 };
                 let sealed = link.keys.get().seal_from_client(&ToServer::Probe(probe))?;
                 broker::publish_rpc(&ch, &sealed, &queue, PROBE_EXPIRY).await?;
-                next_probe = tokio::time::Instant::now() + every;
+                next_probe = Instant::now() + every;
             }
             next = consumer.next() => {
                 let d = match next {
@@ -244,15 +247,7 @@ async fn session<C: Clock>(
                                 let sealed = link.keys.get().seal_from_client(&ToServer::BerkeleyReading(reading))?;
                                 broker::publish_rpc(&ch, &sealed, &queue, PROBE_EXPIRY).await?;
                             }
-                            // The cluster (and the operator's dashboard) sees the new time now,
-                            // not up to an interval later; the next regular report follows
-                            // one interval after this one.
-                            Reply::ReportNow => {
-                                let report = core.lock().expect("not poisoned").report(clock.now_us());
-                                let sealed = link.keys.get().seal_from_client(&report)?;
-                                broker::publish_raw(&ch, "", REPORTS_QUEUE, &sealed, Some(expiry)).await?;
-                                ticker.reset();
-                            }
+                            Reply::ReportNow => reports.out_of_turn(Instant::now(), interval),
                         }
                     }
                     Err(e) => {
@@ -268,6 +263,60 @@ async fn session<C: Clock>(
     let _ = ch.basic_cancel(tag, BasicCancelOptions::default()).await;
     let _ = ch.close(200, "shutdown".into()).await;
     Ok(())
+}
+
+/// When one client's reports go out: every interval, missed ticks skipped; and out of turn
+/// ([`Reply::ReportNow`]), so that the cluster (and the operator's dashboard) sees a new time or
+/// a first estimate now, not up to an interval later. An out-of-turn report restarts the
+/// interval, and it waits until [`REPORT_GAP`] of an interval has passed since the last report:
+/// two reports of one client in the queue together can be taken by two workers and stored out
+/// of order, and the older one is then refused as a replay (docs/PROTOCOL.md §14.2).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReportSchedule {
+    next: Instant,
+    last: Option<Instant>,
+}
+
+/// The shortest time between two reports of one client, as a fraction of the interval.
+pub const REPORT_GAP: f64 = 0.25;
+
+impl ReportSchedule {
+    /// The first report is due at `first`.
+    pub(crate) fn new(first: Instant) -> Self {
+        Self {
+            next: first,
+            last: None,
+        }
+    }
+
+    /// When the next report is due.
+    pub(crate) fn next(&self) -> Instant {
+        self.next
+    }
+
+    /// The report due at [`Self::next`] went out at `now`.
+    pub(crate) fn sent(&mut self, now: Instant, interval: Duration) {
+        self.last = Some(now);
+        self.next = skip_to_future(self.next, interval, now);
+    }
+
+    /// A report is wanted out of turn at `now`.
+    pub(crate) fn out_of_turn(&mut self, now: Instant, interval: Duration) {
+        self.next = match self.last {
+            Some(last) => now.max(last + interval.mul_f64(REPORT_GAP)),
+            None => now,
+        };
+    }
+}
+
+/// The next tick of a period that last fired at `t`: one period later, or, if the loop fell
+/// behind, the first tick after `now` (missed ticks are skipped).
+pub(crate) fn skip_to_future(t: Instant, period: Duration, now: Instant) -> Instant {
+    let mut next = t + period;
+    while next <= now {
+        next += period;
+    }
+    next
 }
 
 /// A probe or reading older than this is not worth answering.
@@ -364,5 +413,46 @@ fn log_outcome(target: &str, seq: u64, outcome: UpdateOutcome, loud: bool) {
         UpdateOutcome::Stale => debug!(seq, "ignored stale update"),
         UpdateOutcome::Held => debug!(seq, "holding over a change of reference"),
         UpdateOutcome::NotForMe => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn reports_tick_every_interval_and_skip_missed_ticks() {
+        let t0 = Instant::now();
+        let mut s = ReportSchedule::new(t0);
+        assert_eq!(s.next(), t0);
+        s.sent(t0, SECOND);
+        assert_eq!(s.next(), t0 + SECOND);
+        // Sent 1.5 s late: the tick at 2 s is skipped, not sent twice.
+        s.sent(t0 + Duration::from_millis(2500), SECOND);
+        assert_eq!(s.next(), t0 + 3 * SECOND);
+    }
+
+    #[test]
+    fn an_out_of_turn_report_keeps_its_distance_and_restarts_the_interval() {
+        let t0 = Instant::now();
+        let mut s = ReportSchedule::new(t0 + SECOND);
+        // Before any report: at once.
+        s.out_of_turn(t0, SECOND);
+        assert_eq!(s.next(), t0);
+        s.sent(t0, SECOND);
+        // 10 ms after a report (a first estimate right after the first report): a quarter
+        // interval after it, not at once.
+        let soon = t0 + Duration::from_millis(10);
+        s.out_of_turn(soon, SECOND);
+        let due = t0 + SECOND.mul_f64(REPORT_GAP);
+        assert_eq!(s.next(), due);
+        s.sent(due, SECOND);
+        assert_eq!(s.next(), due + SECOND, "the interval restarts");
+        // Long enough after the last one: at once.
+        let later = due + Duration::from_millis(600);
+        s.out_of_turn(later, SECOND);
+        assert_eq!(s.next(), later);
     }
 }

@@ -17,7 +17,7 @@
 //! arrives once per member queue with the same bytes; a group verifies the leader's signature
 //! once per distinct message and compares the bytes of the other copies.
 
-use super::{handle, Link, Reply, PROBE_EXPIRY};
+use super::{handle, Link, Reply, ReportSchedule, PROBE_EXPIRY};
 use crate::broker;
 use crate::core::client::ClientCore;
 use crate::core::clock::{Clock, Discipline, SystemClock, VirtualClock};
@@ -268,9 +268,13 @@ async fn group_session(
     // This group's turn to join (already past after a reconnection).
     let start =
         Instant::now().max(started + Duration::from_secs_f64(range.start as f64 / JOIN_RATE));
+    // A member's report timer is the one its schedule names: an out-of-turn report moves the
+    // schedule and pushes a new timer, and the old one is dropped when it comes up.
     let mut timers: BinaryHeap<Reverse<(Instant, usize, Due)>> = BinaryHeap::new();
+    let mut schedules = Vec::with_capacity(group.len());
     for k in 0..group.len() {
         let phase = interval.mul_f64(k as f64 / group.len() as f64);
+        schedules.push(ReportSchedule::new(start + phase));
         timers.push(Reverse((start + phase, k, Due::Report)));
         timers.push(Reverse((start + phase / 10, k, Due::Probe)));
     }
@@ -289,6 +293,7 @@ async fn group_session(
                     let m = &group[k];
                     let ring = link.keys.get();
                     match due {
+                        Due::Report if t != schedules[k].next() => {}
                         Due::Report => {
                             if k == 0 {
                                 link.rejects.lock().expect("not poisoned").flush();
@@ -296,7 +301,8 @@ async fn group_session(
                             let report = m.core.lock().expect("not poisoned").report(clock.now_us());
                             let sealed = ring.seal_from_member(m.index, &report)?;
                             broker::publish_raw(&ch, "", REPORTS_QUEUE, &sealed, Some(expiry)).await?;
-                            timers.push(Reverse((skip_to_future(t, interval, now), k, Due::Report)));
+                            schedules[k].sent(now, interval);
+                            timers.push(Reverse((schedules[k].next(), k, Due::Report)));
                         }
                         Due::Probe => {
                             let (probe, every) = {
@@ -327,9 +333,8 @@ async fn group_session(
                             broker::publish_rpc(&ch, &sealed, &queues[k], PROBE_EXPIRY).await?;
                         }
                         Reply::ReportNow => {
-                            let report = m.core.lock().expect("not poisoned").report(clock.now_us());
-                            let sealed = link.keys.get().seal_from_member(m.index, &report)?;
-                            broker::publish_raw(&ch, "", REPORTS_QUEUE, &sealed, Some(expiry)).await?;
+                            schedules[k].out_of_turn(Instant::now(), interval);
+                            timers.push(Reverse((schedules[k].next(), k, Due::Report)));
                         }
                     },
                     Err(e) => {
@@ -343,14 +348,4 @@ async fn group_session(
     drop(inbox);
     let _ = ch.close(200, "shutdown".into()).await;
     Ok(())
-}
-
-/// The next tick of a period that last fired at `t`: one period later, or, if the loop fell
-/// behind, the first tick after `now` (missed ticks are skipped, as a lone client's are).
-fn skip_to_future(t: Instant, period: Duration, now: Instant) -> Instant {
-    let mut next = t + period;
-    while next <= now {
-        next += period;
-    }
-    next
 }

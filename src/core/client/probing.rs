@@ -8,8 +8,10 @@ use crate::core::protocol::{Probe, ProbeReply, PROTOCOL_VERSION};
 use rand::Rng;
 use std::time::Duration;
 
-/// Probe period while the estimator has few samples: converge in about a second.
-pub const PROBE_FAST: Duration = Duration::from_millis(100);
+/// Probe period while the estimator has few samples: 20 a second, so that a line through
+/// them (a frequency after [`MIN_FREQ_SPAN_US`](crate::core::clock::estimator::MIN_FREQ_SPAN_US))
+/// is fitted in about two seconds.
+pub const PROBE_FAST: Duration = Duration::from_millis(50);
 /// Probe period afterwards, the ladder's first rung: 4 a second fill the estimator's 240 s
 /// window.
 pub const PROBE_SLOW: Duration = Duration::from_millis(250);
@@ -23,18 +25,18 @@ pub const LADDER_STEP: u32 = 8;
 /// The estimator's window spans at least this many of the longest probe periods, so that a
 /// client on the top rung still fits a line through enough samples.
 pub const SPAN_PERIODS: u32 = 64;
-/// Samples after which probing slows down.
-pub const FAST_PROBES: usize = 40;
+/// Samples after which probing slows down (three seconds of fast probes).
+pub const FAST_PROBES: usize = 60;
 /// Probes awaiting a reply; older ones are forgotten (their replies are too late to be useful).
 pub const MAX_PENDING_PROBES: usize = 32;
 /// A forgotten probe sent less than this long ago went unanswered because of overload, not
 /// because of one lost message long ago.
 pub const UNANSWERED: Duration = Duration::from_secs(10);
-/// Probe samples needed before the estimate is used (half a second of fast probes): the very
+/// Probe samples needed before the estimate is used (a quarter second of fast probes): the very
 /// first probes of a connection are the slowest and most lopsided.
 pub const READY_SAMPLES: usize = 5;
-/// Probe samples needed against a new reference by a client that is already synced: two
-/// seconds of fast probes, while it holds over.
+/// Probe samples needed against a new reference by a client that is already synced: a
+/// second of fast probes, while it holds over.
 pub const RESYNC_SAMPLES: usize = 20;
 
 /// Adaptive probing, as NTP's poll interval: the probe period doubles, from [`PROBE_SLOW`] up
@@ -214,17 +216,19 @@ impl ClientCore {
         let pos = self.pending.iter().position(|(seq, _)| *seq == r.seq)?;
         let (_, t1_raw) = self.pending.remove(pos)?;
         if self.reference != Some(r.server_id) {
-            // Another server's clock is another reference: samples do not mix.
+            // Another server's clock is another reference: samples do not mix. Every probe
+            // still pending was sent before the client knew this reference, maybe while the
+            // probe queue had no consumer: their waits are in their delays, one-sided, and
+            // answered in one burst they agree with each other (seen in the broker drill: a
+            // new leader's reference connected 3 s late, and a master's first estimate, 5
+            // samples of that burst, was 277 ms off and stepped every follower away and back;
+            // and at start, when the first probes beat the server, 159 ms off). At most one
+            // sample of such a burst is kept: this one, at the first reference; none after a
+            // change of leader, whose first reply was itself sent to the old one.
             self.estimator.clear();
             self.ladder.reset();
+            self.pending.clear();
             if self.reference.replace(r.server_id).is_some() {
-                // The leader changed. This reply, and every probe still pending, was sent
-                // before the client knew it, maybe while the probe queue had no consumer: their
-                // waits are in their delays, one-sided, and answered in one burst they agree
-                // with each other (seen in the broker drill: a new leader's reference connected
-                // 3 s late, and a master's first estimate, 5 samples of that burst, was 277 ms
-                // off and stepped every follower away and back). Start from fresh probes.
-                self.pending.clear();
                 self.stats.probe_replies += 1;
                 return None;
             }
@@ -305,9 +309,9 @@ mod tests {
                 c.ladder().period()
             );
         }
-        // 40 fast samples, then 8 per rung from 250 ms to 16 s (6 rungs).
+        // The fast samples, then 8 per rung from 250 ms to 16 s (6 rungs).
         assert!(
-            (40 + 6 * LADDER_STEP as i64..=200).contains(&n),
+            (FAST_PROBES as i64 + 6 * LADDER_STEP as i64..=200).contains(&n),
             "{n} probes"
         );
         let every = c.probe_interval();
@@ -341,6 +345,52 @@ mod tests {
         assert!(!c.take_report_due(), "taken once");
     }
 
+    /// Reference `server`'s reply to `client`'s probe `p`, stamped `t2` on arrival and sent
+    /// 10 µs later.
+    fn reply_of(server: Uuid, client: Uuid, p: &Probe, t2: i64) -> ProbeReply {
+        ProbeReply {
+            v: PROTOCOL_VERSION,
+            server_id: server,
+            epoch: 2,
+            client_id: client,
+            seq: p.seq,
+            t1_us: p.t1_us,
+            t2_us: t2,
+            t3_us: t2 + 10,
+            stamp: Default::default(),
+        }
+    }
+
+    #[test]
+    fn of_probes_answered_in_one_burst_at_start_one_is_used() {
+        let mut c = core();
+        // The first probes beat the server: ten, 50 ms apart, wait in its queue and are
+        // answered in one burst at 2 s (each one's request waited, its reply did not).
+        let sent: Vec<Probe> = (0..10).map(|i| c.probe(i * 50_000)).collect();
+        let (server, id) = (Uuid::from_u128(99), c.id);
+        let mut h = 2_000_000;
+        let made = (0..)
+            .zip(&sent)
+            .filter(|&(i, p)| {
+                let t2 = h + i * 20;
+                c.on_probe_reply(&reply_of(server, id, p, t2), t2 + 160)
+                    .is_some()
+            })
+            .count();
+        assert_eq!(made, 1, "one sample of the burst");
+        assert!(c.estimate().is_none(), "not usable on one sample");
+        // Fresh probes, answered on time.
+        for _ in 1..READY_SAMPLES {
+            h += 50_000;
+            let p = c.probe(h);
+            let r = reply_of(server, id, &p, h + 150);
+            assert!(c.on_probe_reply(&r, h + 310).is_some());
+        }
+        let raw = c.clock.raw_at(h);
+        let err = c.estimate().expect("usable").offset_at(raw) - (raw - h) as f64;
+        assert!(err.abs() < 50.0, "estimate {err:+.0} µs off");
+    }
+
     #[test]
     fn probes_sent_before_a_change_of_reference_are_not_used() {
         let mut c = core();
@@ -353,17 +403,7 @@ mod tests {
         let sent: Vec<Probe> = (0..30).map(|i| c.probe(h + i * 100_000)).collect();
         h += 3_000_000;
         let (new_ref, id) = (Uuid::from_u128(99), c.id);
-        let reply = |p: &Probe, t2: i64| ProbeReply {
-            v: PROTOCOL_VERSION,
-            server_id: new_ref,
-            epoch: 2,
-            client_id: id,
-            seq: p.seq,
-            t1_us: p.t1_us,
-            t2_us: t2,
-            t3_us: t2 + 10,
-            stamp: Default::default(),
-        };
+        let reply = |p: &Probe, t2: i64| reply_of(new_ref, id, p, t2);
         for (i, p) in sent.iter().enumerate() {
             let t2 = h + i as i64 * 20;
             let r = reply(p, t2);
@@ -390,7 +430,7 @@ mod tests {
         let mut c = core();
         c.set_probe_max(Duration::from_secs(16));
         let mut h = 0;
-        // Converging: probes at 100 ms, none answered (the reference is swamped).
+        // Converging: fast probes, none answered (the reference is swamped).
         for _ in 0..MAX_PENDING_PROBES {
             c.probe(h);
             h += c.probe_interval().as_micros() as i64;
@@ -401,7 +441,7 @@ mod tests {
             h += c.probe_interval().as_micros() as i64;
         }
         assert_eq!(c.ladder().period(), PROBE_SLOW * 8);
-        assert!(c.probe_interval() >= PROBE_SLOW * 4, "no 100 ms probes");
+        assert!(c.probe_interval() >= PROBE_SLOW * 4, "no fast probes");
         // Without a ceiling, nothing changes.
         let mut c = core();
         let mut h = 0;
@@ -429,7 +469,7 @@ mod tests {
         assert_eq!(c.ladder().period(), PROBE_SLOW * 2);
         assert!(
             c.probe_interval() >= PROBE_SLOW,
-            "no 100 ms probes while congested"
+            "no fast probes while congested"
         );
         assert!(probe(&mut c, &mut h, 200, 0), "a quick one counts again");
     }
