@@ -55,16 +55,17 @@ async fn lowest_ip_becomes_master_and_clocks_converge() {
     assert!(worst < SYNC_BOUND_US, "spread {worst} µs");
     // Every follower states ε, its own bound on its error to the master, and it holds: the
     // true error (all clients share this host's clock) is within it. Until a follower's probes
-    // span 2 s its frequency is unmeasured and ε counts 500 ppm for it (milliseconds); then it
-    // falls below 1 ms.
+    // span 8 s its frequency is unmeasured and ε counts 500 ppm for it (around a millisecond,
+    // up and down with each correction); then it falls below 1 ms and stays there.
     wait_for(
         Duration::from_secs(30),
-        "every follower stating ε < 1 ms",
+        "every follower stating a frequency and ε < 1 ms",
         || async {
             let r = live(&store).await;
             let stated = r
                 .iter()
                 .filter(|f| f.report.id != m.id)
+                .filter(|f| f.report.ref_freq_ppm.is_some())
                 .filter(|f| f.report.max_error_us.is_some_and(|e| e < 1000))
                 .count();
             (stated + 1 == ips.len()).then_some(())

@@ -8,10 +8,8 @@ use crate::core::protocol::{Probe, ProbeReply, PROTOCOL_VERSION};
 use rand::Rng;
 use std::time::Duration;
 
-/// Probe period while the estimator has few samples: 20 a second, so that a line through
-/// them (a frequency after [`MIN_FREQ_SPAN_US`](crate::core::clock::estimator::MIN_FREQ_SPAN_US))
-/// is fitted in about two seconds.
-pub const PROBE_FAST: Duration = Duration::from_millis(50);
+/// Probe period while the estimator has few samples: converge in about a second.
+pub const PROBE_FAST: Duration = Duration::from_millis(100);
 /// Probe period afterwards, the ladder's first rung: 4 a second fill the estimator's 240 s
 /// window.
 pub const PROBE_SLOW: Duration = Duration::from_millis(250);
@@ -25,18 +23,18 @@ pub const LADDER_STEP: u32 = 8;
 /// The estimator's window spans at least this many of the longest probe periods, so that a
 /// client on the top rung still fits a line through enough samples.
 pub const SPAN_PERIODS: u32 = 64;
-/// Samples after which probing slows down (three seconds of fast probes).
-pub const FAST_PROBES: usize = 60;
+/// Samples after which probing slows down (four seconds of fast probes).
+pub const FAST_PROBES: usize = 40;
 /// Probes awaiting a reply; older ones are forgotten (their replies are too late to be useful).
 pub const MAX_PENDING_PROBES: usize = 32;
 /// A forgotten probe sent less than this long ago went unanswered because of overload, not
 /// because of one lost message long ago.
 pub const UNANSWERED: Duration = Duration::from_secs(10);
-/// Probe samples needed before the estimate is used (a quarter second of fast probes): the very
+/// Probe samples needed before the estimate is used (half a second of fast probes): the very
 /// first probes of a connection are the slowest and most lopsided.
 pub const READY_SAMPLES: usize = 5;
-/// Probe samples needed against a new reference by a client that is already synced: a
-/// second of fast probes, while it holds over.
+/// Probe samples needed against a new reference by a client that is already synced: two
+/// seconds of fast probes, while it holds over.
 pub const RESYNC_SAMPLES: usize = 20;
 
 /// Adaptive probing, as NTP's poll interval: the probe period doubles, from [`PROBE_SLOW`] up

@@ -84,7 +84,7 @@ pub fn congestion_bound(min_delay_us: i64) -> i64 {
 pub const MIN_TRUSTED: usize = 3;
 /// Frequency is estimated only once the kept samples span this much raw time (µs): over a
 /// shorter span, tens of µs of noise would read as many ppm.
-pub const MIN_FREQ_SPAN_US: i64 = 2_000_000;
+pub const MIN_FREQ_SPAN_US: i64 = 8_000_000;
 /// Without a frequency, only samples this recent (raw µs) are averaged.
 pub const RECENT_US: i64 = 1_000_000;
 /// Residuals beyond this many robust standard deviations are dropped before the final fit.
@@ -463,7 +463,7 @@ mod tests {
 
     #[test]
     fn no_frequency_before_enough_span() {
-        let e = simulate(0.0, 50.0, 1, 19, 9);
+        let e = simulate(0.0, 50.0, 5, 5, 9);
         let est = e.estimate().unwrap();
         assert_eq!(est.freq_ppm, None);
         assert_eq!(est.offset_at(est.at_raw_us + 1_000_000), est.offset_us);
@@ -471,12 +471,16 @@ mod tests {
 
     #[test]
     fn before_the_frequency_a_drifting_clock_is_followed_without_lag() {
-        // As a client probes at first: 20 a second; at 1.9 s the kept samples span too little
-        // for a frequency, and at 300 ppm the clock has drifted 555 µs.
-        let sent = || (0..38).map(|i| i * 50_000);
+        // As a client probes: 10 a second for 4 s, then 4 a second; at 7.5 s the kept samples
+        // span too little for a frequency, and the clock has drifted 375 µs at 50 ppm.
+        let sent = || {
+            (0..40)
+                .map(|i| i * 100_000)
+                .chain((0..14).map(|i| 4_000_000 + i * 250_000))
+        };
         let mut errs: Vec<f64> = (0..40)
             .map(|seed| {
-                let drift = if seed % 2 == 0 { 300.0 } else { -300.0 };
+                let drift = if seed % 2 == 0 { 50.0 } else { -50.0 };
                 let est = simulate_at(0.0, drift, sent(), 500 + seed)
                     .estimate()
                     .unwrap();
@@ -487,8 +491,8 @@ mod tests {
             .map(f64::abs)
             .collect();
         errs.sort_by(f64::total_cmp);
-        // A mean over the whole window would be ~280 µs behind.
-        assert!(errs[20] < 200.0, "median error {:.0} µs", errs[20]);
+        // A mean over the whole window would be ~190 µs behind.
+        assert!(errs[20] < 60.0, "median error {:.0} µs", errs[20]);
     }
 
     #[test]
