@@ -13,8 +13,9 @@
 //! while the estimators' windows fill (`settle_max_us`, the 240 s after convergence, as long as
 //! the estimator's window), then median / p99 / p99.9 / max |error| over a steady-state
 //! window, and the largest step any synced client took. For `master` it then kills the master
-//! and reports how long the failover took and the largest step any client took across it. Every report carries the client's own error bound ε
-//! (`max_error_us`): the bench gives its median over the steady window (`eps_median_us`) and
+//! and reports how long the failover took and the largest step any client took across it.
+//! Every report carries the client's own error bound ε (`max_error_us`): the bench gives its
+//! median over the steady window (`eps_median_us`) and
 //! how often |error| ≤ ε held over the whole run, convergence and failover included
 //! (`eps_coverage`, of `eps_samples`, with the largest miss).
 //!

@@ -208,7 +208,7 @@ async fn session<C: Clock>(
     let interval = cfg.settings.interval();
     let mut reports = ReportSchedule::new(Instant::now());
     let mut next_probe = Instant::now();
-    let expiry = broker::expiry_for(cfg.settings.interval());
+    let expiry = broker::expiry_for(interval);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -278,7 +278,7 @@ pub(crate) struct ReportSchedule {
 }
 
 /// The shortest time between two reports of one client, as a fraction of the interval.
-pub const REPORT_GAP: f64 = 0.25;
+pub(crate) const REPORT_GAP: f64 = 0.25;
 
 impl ReportSchedule {
     /// The first report is due at `first`.
@@ -311,7 +311,7 @@ impl ReportSchedule {
 
 /// The next tick of a period that last fired at `t`: one period later, or, if the loop fell
 /// behind, the first tick after `now` (missed ticks are skipped).
-pub(crate) fn skip_to_future(t: Instant, period: Duration, now: Instant) -> Instant {
+fn skip_to_future(t: Instant, period: Duration, now: Instant) -> Instant {
     let mut next = t + period;
     while next <= now {
         next += period;
